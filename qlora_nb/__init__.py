@@ -1,0 +1,46 @@
+"""qlora_nb: LoRA and QLoRA fine-tuning from a Jupyter notebook.
+
+``%load_ext qlora_nb`` registers the magics without importing torch,
+transformers or plotly; those load when a magic (or a Python twin such as
+:func:`load`) first needs them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import QloraError
+
+__version__ = "0.1.0"
+
+__all__ = ["QloraError", "Session", "load", "plan", "__version__"]
+
+if TYPE_CHECKING:
+    from .engine.session import Session, load
+    from .memory.planner import plan
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: heavy parts load on first use
+    if name in ("load", "Session"):
+        from .engine import session
+
+        return getattr(session, name)
+    if name == "plan":
+        from .memory.planner import plan
+
+        return plan
+    raise AttributeError(f"module 'qlora_nb' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext qlora_nb``: register the magics and the one-paragraph error display."""
+    from .magics import register
+
+    register(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    """``%unload_ext qlora_nb``: remove the magics and the error display again."""
+    from .magics import unregister
+
+    unregister(ipython)

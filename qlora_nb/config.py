@@ -1,0 +1,356 @@
+"""Option dataclasses shared by the magics, the Python twins and saved runs.
+
+Each field carries its help text, accepted values and aliases in ``metadata``
+(the peft ``LoraConfig`` style), so one declaration drives validation, the
+magics' ``--help``, YAML round-trips and the error messages. Names follow
+``TrainingArguments`` / ``LoraConfig`` where they overlap; the short names the
+issues use (``alpha``, ``targets``, ``epochs``…) are the canonical ones and the
+library names are accepted as aliases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from .errors import QloraError, did_you_mean
+
+T = TypeVar("T", bound="OptionsBase")
+
+_TRUE = {"true", "yes", "on", "1", "y"}
+_FALSE = {"false", "no", "off", "0", "n", "none"}
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    choices: tuple[Any, ...] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    min_exclusive: bool = False,
+    aliases: tuple[str, ...] = (),
+    factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A dataclass field with the metadata that validation and help read."""
+    meta = {
+        "help": help,
+        "choices": choices,
+        "min": min,
+        "max": max,
+        "min_exclusive": min_exclusive,
+        "aliases": aliases,
+    }
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        if len(args) == 1:
+            return args[0], optional
+        return typing.Union[tuple(args)], optional  # noqa: UP007
+    return tp, False
+
+
+def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
+    """Turn YAML / command-line values into the field's type, or say why not."""
+    base, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise QloraError(f"{name} needs a value, got nothing.", where=where)
+    if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        return None
+    bad = QloraError(
+        f"{value!r} is not a valid value for {name} (expected {getattr(base, '__name__', str(base))}).",
+        where=where,
+    )
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad
+    if base is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip().replace("_", ""))
+            except ValueError:
+                raise bad from None
+        raise bad
+    if base is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            out = float(value)
+        elif isinstance(value, str):
+            try:
+                out = float(value.strip())
+            except ValueError:
+                raise bad from None
+        else:
+            raise bad
+        if not math.isfinite(out):
+            raise bad
+        return out
+    if base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    origin = typing.get_origin(base)
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            items = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise bad
+        return items
+    # Any / unions of complex types (e.g. data: path, list of dicts, DataFrame): keep as given.
+    return value
+
+
+@dataclass
+class OptionsBase:
+    """Validation, aliases and YAML round-trip shared by every options dataclass."""
+
+    _kind: ClassVar[str] = "option"
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def aliases(cls) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for f in dataclasses.fields(cls):
+            for a in f.metadata.get("aliases", ()):
+                out[a] = f.name
+        return out
+
+    @classmethod
+    def help_text(cls) -> str:
+        """One line per option: name, default and help (used by magics' docstrings)."""
+        lines = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else "…"
+            choices = f.metadata.get("choices")
+            extra = f" One of: {', '.join(map(str, choices))}." if choices else ""
+            lines.append(f"  {f.name} (default {default!r}): {f.metadata.get('help', '')}{extra}")
+        return "\n".join(lines)
+
+    @classmethod
+    def from_options(cls: type[T], options: Mapping[str, Any] | None = None, **kwargs: Any) -> T:
+        """Build from user options: resolve aliases, refuse unknown keys, coerce and validate."""
+        merged: dict[str, Any] = {}
+        for src in (options or {}, kwargs):
+            if not isinstance(src, Mapping):
+                raise QloraError(
+                    f"options must be a mapping of name: value, got {type(src).__name__}.",
+                    hint="Write one `name: value` per line.",
+                )
+            for key, value in src.items():
+                merged[cls._canonical(str(key))] = value
+        return cls(**merged)
+
+    @classmethod
+    def _canonical(cls, key: str) -> str:
+        k = key.strip().replace("-", "_")
+        names = cls.field_names()
+        if k in names:
+            return k
+        aliases = cls.aliases()
+        if k in aliases:
+            return aliases[k]
+        raise QloraError(
+            f"unknown {cls._kind} {key!r}.",
+            hint=did_you_mean(k, names + list(aliases)),
+        )
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            where = f"{self._kind} {f.name!r}"
+            value = _coerce(f.name, getattr(self, f.name), hints[f.name], where)
+            meta = f.metadata
+            choices = meta.get("choices")
+            if choices is not None and value is not None:
+                if isinstance(value, str):
+                    norm = value.strip().lower()
+                    match = next((c for c in choices if str(c).lower() == norm), None)
+                    if match is None:
+                        raise QloraError(f"{value!r} is not accepted.", where=where, hint=did_you_mean(value, choices))
+                    value = match
+                elif value not in choices:
+                    raise QloraError(
+                        f"{value!r} is not accepted.", where=where, hint=f"Accepted: {', '.join(map(str, choices))}."
+                    )
+            lo, hi = meta.get("min"), meta.get("max")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
+                    op = ">" if meta.get("min_exclusive") else ">="
+                    raise QloraError(f"{value!r} is out of range.", where=where, hint=f"It must be {op} {lo}.")
+                if hi is not None and value > hi:
+                    raise QloraError(f"{value!r} is out of range.", where=where, hint=f"It must be <= {hi}.")
+            object.__setattr__(self, f.name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; subclasses override."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-safe values (data objects are summarised, not embedded)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (str, int, float, bool)) or v is None:
+                out[f.name] = v
+            elif isinstance(v, (list, tuple)) and all(isinstance(x, (str, int, float, bool)) for x in v):
+                out[f.name] = list(v)
+            else:
+                out[f.name] = f"<{type(v).__name__}>"
+        return out
+
+    def replace(self: T, **changes: Any) -> T:
+        current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for k, v in changes.items():
+            current[self._canonical(k)] = v
+        return type(self)(**current)
+
+
+DTYPES = ("bfloat16", "float16", "float32")
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+
+
+@dataclass
+class LoadConfig(OptionsBase):
+    """How a model is loaded, quantized and given LoRA adapters (QLoRA paper defaults)."""
+
+    _kind: ClassVar[str] = "load option"
+
+    model: str = option("smollm2-135m", "Alias from the built-in table, a local HF folder, a .gguf file or a hub id.")
+    bits: int = option(4, "Base weight storage: 4 (QLoRA), 8 (LLM.int8) or 16 (plain LoRA).", choices=(4, 8, 16))
+    quant: str = option("nf4", "4-bit data type: NormalFloat4 (QLoRA) or FP4 (E2M1).", choices=("nf4", "fp4"))
+    double_quant: bool = option(True, "Quantize the per-block absmax constants to 8 bits in blocks of 256.")
+    compute_dtype: str = option(
+        "bfloat16", "dtype of the matmuls and of 16-bit weights.", choices=DTYPES + tuple(DTYPE_ALIASES)
+    )
+    r: int = option(16, "LoRA rank r: each adapted matrix gets r*(d_in+d_out) trainable parameters.", min=1)
+    alpha: float = option(32.0, "LoRA alpha: the update is scaled by alpha/r (alpha/sqrt(r) with rslora).",
+                          min=0, min_exclusive=True, aliases=("lora_alpha",))
+    dropout: float = option(0.05, "Dropout on the LoRA input (QLoRA: 0.05-0.1).", min=0.0, max=0.99,
+                            aliases=("lora_dropout",))
+    targets: list[str] = option(
+        factory=lambda: ["all-linear"],
+        help="Modules that get adapters: 'all-linear' (QLoRA) or module names such as q_proj,v_proj.",
+        aliases=("target_modules",),
+    )
+    dora: bool = option(False, "Weight-decomposed LoRA (DoRA).", aliases=("use_dora",))
+    rslora: bool = option(False, "Rank-stabilised scaling alpha/sqrt(r).", aliases=("use_rslora",))
+    adapter: str | None = option(None, "A saved adapter folder to load instead of fresh adapters.")
+    adapter_name: str = option("default", "Name of the (first) adapter in the session.")
+    trust_remote_code: bool = option(False, "Run model code from the model folder/hub. Off unless you trust it.")
+    allow_pickle: bool = option(False, "Allow reading pickle (.bin) weights; only safetensors otherwise.")
+    seed: int = option(0, "Seed for the LoRA initialisation.", min=0)
+    device: str = option("auto", "Where to run: auto (cuda when available), cpu or cuda.", choices=("auto", "cpu", "cuda"))
+
+    def validate(self) -> None:
+        self.compute_dtype = DTYPE_ALIASES.get(self.compute_dtype, self.compute_dtype)
+        if not self.targets:
+            raise QloraError("targets is empty.", where="load option 'targets'",
+                             hint="Use 'all-linear' or name modules such as q_proj,v_proj.")
+        self.targets = [str(t) for t in self.targets]
+
+
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+
+
+@dataclass
+class TrainConfig(OptionsBase):
+    """One training run. A body of just ``data: my.jsonl`` trains with these defaults."""
+
+    _kind: ClassVar[str] = "train option"
+
+    data: Any = option(None, "JSON/JSONL/CSV/parquet path, 'demo', a hub dataset name, or $variable "
+                             "(list of dicts / DataFrame) from the notebook.")
+    template: str | None = option(None, "Format string; everything before {output} is the prompt. "
+                                        "None: chat template for 'messages' rows, or prompt/completion columns.")
+    cutoff_len: int = option(256, "Longest tokenized example; longer rows are truncated and counted.", min=8,
+                             aliases=("max_seq_length", "max_length"))
+    val_split: float = option(0.1, "Fraction (or count when >= 1) of rows held out for evaluation.", min=0.0)
+    epochs: float = option(3.0, "Passes over the training rows (ignored when max_steps > 0).", min=0,
+                           min_exclusive=True, aliases=("num_train_epochs",))
+    max_steps: int = option(-1, "Stop after this many optimizer steps (-1: use epochs).", min=-1)
+    batch_size: int = option(8, "Rows per device per step.", min=1, aliases=("per_device_train_batch_size",))
+    gradient_accumulation_steps: int = option(1, "Micro-batches accumulated per optimizer step.", min=1)
+    learning_rate: float = option(2e-4, "Peak learning rate (QLoRA: 2e-4 for 7B, 1e-4 for 65B).", min=0,
+                                  min_exclusive=True, aliases=("lr",))
+    lr_scheduler_type: str = option("cosine", "Learning-rate schedule.",
+                                    choices=("linear", "cosine", "constant", "constant_with_warmup"))
+    warmup_steps: int = option(5, "Linear warm-up steps.", min=0)
+    weight_decay: float = option(0.0, "AdamW weight decay.", min=0.0)
+    max_grad_norm: float = option(0.3, "Gradient clipping (QLoRA: 0.3).", min=0, min_exclusive=True)
+    early_stopping_patience: int | None = option(None, "Stop after this many evals without eval_loss improving.",
+                                                 min=1)
+    eval_steps: int | None = option(None, "Evaluate (and run probes) every N steps; None: about 5 times a run.",
+                                    min=1)
+    logging_steps: int = option(1, "Emit a step event every N steps.", min=1)
+    save_steps: int | None = option(None, "Checkpoint the adapter every N steps (always at the end).", min=1)
+    group_by_length: bool = option(True, "Batch rows of similar length so little compute is spent on padding.")
+    packing: bool = option(False, "Concatenate rows into cutoff_len blocks (no padding at all).")
+    completion_only: bool = option(True, "Mask the prompt from the loss: learn only the completion.")
+    optimizer: str = option("adamw", "Optimizer; paged_* fall back to unpaged on CPU.", choices=OPTIMIZERS,
+                            aliases=("optim",))
+    gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
+    seed: int = option(42, "Seed for shuffling, dropout and the split.", min=0)
+    output_dir: str | None = option(None, "Where checkpoints and the final adapter go (default: runs/<name>).")
+    run_name: str | None = option(None, "Name of this run; also the adapter's name in the session.")
+    report_to: str = option("none", "Extra loggers: none, wandb or tensorboard (when installed).",
+                            choices=("none", "wandb", "tensorboard"))
+    resume: bool = option(False, "Continue from the last checkpoint in output_dir with the same schedule.",
+                          aliases=("resume_from_checkpoint",))
+    probes: list[str] = option(factory=list, help="Prompts generated base vs adapted at each eval.")
+    n_probes: int = option(2, "How many validation rows to use as probes when probes is empty.", min=0)
+    overwrite: bool = option(False, "Reuse a non-empty output_dir that holds another run.")
+
+    def validate(self) -> None:
+        if self.data is None:
+            raise QloraError("no data given.", where="train option 'data'",
+                             hint="Add `data: path.jsonl` (or csv/parquet/'demo'/$variable) to the cell body.")
+        if self.packing and self.completion_only:
+            # Packing mixes rows in a block; the completion mask is kept per row, so both work together.
+            pass
+
+
+@dataclass
+class GenerateConfig(OptionsBase):
+    """Decoding settings shared by base and adapted generations (same seed for both)."""
+
+    _kind: ClassVar[str] = "compare option"
+
+    max_new_tokens: int = option(48, "Tokens generated per output.", min=1, max=4096)
+    sample: bool = option(False, "Sample instead of greedy decoding.", aliases=("do_sample",))
+    temperature: float = option(0.7, "Sampling temperature (only with sample).", min=0, min_exclusive=True)
+    top_p: float = option(0.95, "Nucleus sampling mass (only with sample).", min=0, max=1, min_exclusive=True)
+    seed: int = option(0, "Seed used before each generation so base and adapted draw the same noise.", min=0)
+    adapters: list[str] = option(factory=list, help="Adapter names to compare with the base (default: all).")
+    chat: bool | None = option(None, "Apply the chat template (default: yes when the tokenizer has one and "
+                                     "no training template is set).")

@@ -1,0 +1,207 @@
+"""``Session``: one loaded base model with its named LoRA adapters, and everything done to it.
+
+The magics are thin wrappers over these methods; scripts and tests call them
+directly. Heavy modules are imported inside the methods that need them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import LoadConfig
+from ..errors import QloraError
+from ..events import EventBus
+
+if TYPE_CHECKING:
+    from ..memory.ledger import Ledger
+
+
+class Session:
+    """A base model (frozen, 4/8/16-bit) plus named LoRA adapters, tokenizer and config.
+
+    Attributes:
+        model: the peft model; ``model.disable_adapter()`` gives the base in place.
+        tokenizer: the model's tokenizer (pad token set).
+        config: the :class:`LoadConfig` used, with ``model_path`` the local folder loaded.
+        events: an :class:`EventBus` that training/compare/ledger updates are emitted on.
+        adapters: name -> info dict (``source``: fresh, trained or a folder).
+        runs: TrainResults of this session, newest last.
+    """
+
+    def __init__(self, model, tokenizer, config: LoadConfig, model_path: Path, device: str,
+                 load_seconds: float = 0.0) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.model_path = Path(model_path)
+        self.device = device
+        self.load_seconds = load_seconds
+        self.events = EventBus()
+        self.adapters: dict[str, dict[str, Any]] = {config.adapter_name: {"source": "fresh"}}
+        self.runs: list[Any] = []
+        self.template: str | None = None  # the training template, reused by compare
+        self.optimizer = None  # the last training run's optimizer, for the ledger
+        self.peak_rss: int | None = None
+        self.base_fingerprint: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- state
+    @property
+    def active_adapter(self) -> str:
+        return self.model.active_adapter
+
+    def set_adapter(self, name: str) -> None:
+        if name not in self.adapters:
+            from ..errors import did_you_mean
+
+            raise QloraError(f"no adapter named {name!r} in this session.", where="adapter",
+                             hint=did_you_mean(name, self.adapters))
+        self.model.set_adapter(name)
+
+    def ledger(self, measure: bool = True) -> Ledger:
+        """Bytes by component from the real tensors (see :mod:`qlora_nb.memory.ledger`)."""
+        from ..memory.ledger import measure_ledger
+
+        return measure_ledger(self.model, self.optimizer, device=self.device, peak_bytes=self.peak_rss,
+                              measure=measure)
+
+    @property
+    def params(self) -> dict[str, int]:
+        return self.ledger(measure=False).params
+
+    def __repr__(self) -> str:
+        p = self.params
+        return (f"<qlora_nb.Session {self.config.model!r} {self.config.bits}-bit"
+                f"{' ' + self.config.quant if self.config.bits == 4 else ''}, adapters={list(self.adapters)}, "
+                f"{p['trainable']:,}/{p['total']:,} trainable>")
+
+    # --------------------------------------------------------------- actions
+    def train(self, data: Any = None, *, on_event=None, **options: Any):
+        """Train the active adapter; see :class:`qlora_nb.config.TrainConfig` for options."""
+        from .train import train
+
+        return train(self, data=data, on_event=on_event, **options)
+
+    def generate(self, prompt: str, *, adapter: str | None = None, **options: Any) -> str:
+        """One generation; ``adapter=None`` uses the active adapter, ``"base"`` disables adapters."""
+        from .generate import generate_one
+
+        return generate_one(self, prompt, adapter=adapter, **options)
+
+    def compare(self, prompts: Any, *, on_event=None, **options: Any):
+        """Base vs adapted generations from the same weights; see :mod:`qlora_nb.engine.generate`."""
+        from .generate import compare
+
+        return compare(self, prompts, on_event=on_event, **options)
+
+    def save(self, directory: str | Path, *, overwrite: bool = False, adapter: str | None = None) -> Path:
+        from .export import save_adapter
+
+        return save_adapter(self, directory, overwrite=overwrite, adapter=adapter)
+
+    def load_adapter(self, directory: str | Path, *, name: str | None = None, allow_pickle: bool = False) -> str:
+        from .export import load_adapter
+
+        return load_adapter(self, directory, name=name, allow_pickle=allow_pickle)
+
+    def merge(self, directory: str | Path, *, dtype: str = "bfloat16", overwrite: bool = False, **options: Any):
+        from .export import merge
+
+        return merge(self, directory, dtype=dtype, overwrite=overwrite, **options)
+
+    def export(self, directory: str | Path, *, overwrite: bool = False, **options: Any) -> Path:
+        from .export import export_script
+
+        return export_script(self, directory, overwrite=overwrite, **options)
+
+    def plan(self, **options: Any):
+        """The planner's prediction for this session's model and settings."""
+        from ..memory.planner import plan_session
+
+        return plan_session(self, **options)
+
+    def quant_report(self, **options: Any):
+        from ..memory.quant_report import quant_report
+
+        return quant_report(self, **options)
+
+    def unload(self) -> int:
+        """Drop the model; returns the bytes of weights released (see ``%qlora_unload``)."""
+        from .lifecycle import unload_session
+
+        return unload_session(self)
+
+
+def load(model: str | None = None, **options: Any) -> Session:
+    """Load ``model`` 4-bit (by default) and attach LoRA: the Python twin of ``%qlora_load``.
+
+    Options are :class:`qlora_nb.config.LoadConfig` fields (``bits``, ``quant``,
+    ``double_quant``, ``compute_dtype``, ``r``, ``alpha``, ``dropout``,
+    ``targets``, ``dora``, ``rslora``, ``adapter``…).
+    """
+    from ..models import resolve_model
+    from .quantize import attach_lora, load_base, pick_device
+    from .tokenizer import load_tokenizer
+
+    if model is not None:
+        options["model"] = model
+    cfg = LoadConfig.from_options(options)
+    started = time.perf_counter()
+    device = pick_device(cfg)
+    path = resolve_model(cfg.model)
+    with _quiet_libraries():
+        tokenizer = load_tokenizer(path, cfg)
+        base = load_base(path, cfg, device)
+        if cfg.adapter:
+            from .export import open_adapter
+
+            peft_model = open_adapter(base, cfg.adapter, name=cfg.adapter_name, allow_pickle=cfg.allow_pickle,
+                                      model_path=path)
+        else:
+            peft_model = attach_lora(base, cfg)
+    session = Session(peft_model, tokenizer, cfg, path, device, time.perf_counter() - started)
+    if cfg.adapter:
+        session.adapters[cfg.adapter_name] = {"source": str(cfg.adapter)}
+    from ..models import model_fingerprint
+
+    session.base_fingerprint = model_fingerprint(path)
+    return session
+
+
+class _quiet_libraries:
+    """Silence progress bars and chatty warnings from transformers/bitsandbytes while loading."""
+
+    def __enter__(self):
+        import logging
+        import warnings
+
+        self._warn = warnings.catch_warnings()
+        self._warn.__enter__()
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="bitsandbytes")
+        self._levels = {}
+        for name in ("transformers", "bitsandbytes", "peft", "accelerate"):
+            lg = logging.getLogger(name)
+            self._levels[name] = lg.level
+            lg.setLevel(logging.ERROR)
+        try:
+            from transformers.utils import logging as tlog
+
+            self._bar = tlog.is_progress_bar_enabled()
+            tlog.disable_progress_bar()
+        except Exception:
+            self._bar = None
+        return self
+
+    def __exit__(self, *exc):
+        import logging
+
+        for name, lvl in self._levels.items():
+            logging.getLogger(name).setLevel(lvl)
+        if self._bar:
+            from transformers.utils import logging as tlog
+
+            tlog.enable_progress_bar()
+        self._warn.__exit__(*exc)
+        return False

@@ -1,0 +1,95 @@
+"""%qlora_load, %qlora_load_adapter, %qlora_ledger and %qlora_unload."""
+
+from __future__ import annotations
+
+from IPython.core.magic import line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from ..config import LoadConfig
+from .base import DEFAULT_SESSION, QloraMagicsBase, display, friendly, parse_args
+
+
+@magics_class
+class LoadMagics(QloraMagicsBase):
+    @magic_arguments()
+    @argument("model", nargs="?", default=None, help="Alias (smollm2-135m), local HF folder, .gguf file or hub id.")
+    @argument("--name", default=DEFAULT_SESSION, help="Variable the Session is bound to (default: qlora).")
+    @argument("--bits", default=None, help="4 (QLoRA), 8 or 16 (plain LoRA).")
+    @argument("--quant", default=None, help="nf4 (default) or fp4.")
+    @argument("--double-quant", dest="double_quant", default=None, action="store_const", const=True,
+              help="Quantize the quantization constants (default on).")
+    @argument("--no-double-quant", dest="double_quant", action="store_const", const=False,
+              help="Keep fp32 absmax constants (4.5 bits/param).")
+    @argument("--compute-dtype", dest="compute_dtype", default=None, help="bfloat16 (default), float16 or float32.")
+    @argument("--r", "-r", default=None, help="LoRA rank (default 16).")
+    @argument("--alpha", default=None, help="LoRA alpha (default 32).")
+    @argument("--dropout", default=None, help="LoRA dropout (default 0.05).")
+    @argument("--targets", default=None, help="all-linear (default) or comma-separated module names.")
+    @argument("--dora", action="store_const", const=True, default=None, help="Use DoRA.")
+    @argument("--rslora", action="store_const", const=True, default=None, help="Scale by alpha/sqrt(r).")
+    @argument("--adapter", default=None, help="Load this saved adapter folder instead of fresh adapters.")
+    @argument("--device", default=None, help="auto (default), cpu or cuda.")
+    @argument("--trust-remote-code", dest="trust_remote_code", action="store_const", const=True, default=None,
+              help="Run model code shipped with the model (off by default).")
+    @argument("--allow-pickle", dest="allow_pickle", action="store_const", const=True, default=None,
+              help="Allow .bin pickle weights (safetensors only by default).")
+    @argument("--seed", default=None, help="Seed for the LoRA initialisation.")
+    @argument("--quiet", action="store_true", help="Bind the session without displaying the breakdown.")
+    @line_magic
+    @friendly("qlora_load")
+    def qlora_load(self, line: str = ""):
+        """Load MODEL quantized (NF4 + double quantization by default), attach LoRA, show the breakdown."""
+        from ..engine.session import load
+
+        args = parse_args(self.qlora_load, line, "qlora_load")
+        options = {k: v for k, v in vars(args).items() if v is not None and k not in ("name", "quiet")}
+        LoadConfig.from_options(options)  # validate flags before any heavy import
+        session = load(**options)
+        self.bind(args.name, session)
+        if not args.quiet:
+            self._show_breakdown(session)
+
+    def _show_breakdown(self, session) -> None:
+        from ..widgets.breakdown import BreakdownWidget
+
+        display(BreakdownWidget.for_session(session))
+
+    @magic_arguments()
+    @argument("directory", help="Folder written by %%qlora_save / Session.save (adapter_config.json + safetensors).")
+    @argument("--name", default=None, help="Adapter name in the session (default: the folder name).")
+    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
+    @argument("--allow-pickle", dest="allow_pickle", action="store_true", help="Allow adapter_model.bin pickles.")
+    @line_magic
+    @friendly("qlora_load_adapter")
+    def qlora_load_adapter(self, line: str = ""):
+        """Load a saved adapter into the session under a name (compare with %qlora_compare --adapters)."""
+        args = parse_args(self.qlora_load_adapter, line, "qlora_load_adapter")
+        session = self.session(args.session)
+        name = session.load_adapter(args.directory, name=args.name, allow_pickle=args.allow_pickle)
+        print(f"adapter {name!r} loaded from {args.directory}; adapters: {', '.join(session.adapters)}")
+
+    @magic_arguments()
+    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
+    @argument("-o", dest="output", default=None, help="Bind the Ledger to this variable.")
+    @line_magic
+    @friendly("qlora_ledger")
+    def qlora_ledger(self, line: str = ""):
+        """Show the memory ledger (bytes by component) of a session."""
+        args = parse_args(self.qlora_ledger, line, "qlora_ledger")
+        session = self.session(args.session)
+        if args.output:
+            self.bind(args.output, session.ledger())
+        self._show_breakdown(session)
+
+    @magic_arguments()
+    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
+    @line_magic
+    @friendly("qlora_unload")
+    def qlora_unload(self, line: str = ""):
+        """Free the session's model: drop references (also in Out/_ and the last traceback), gc, empty caches."""
+        from ..engine.lifecycle import unload_from_shell
+
+        args = parse_args(self.qlora_unload, line, "qlora_unload")
+        session = self.session(args.session)
+        report = unload_from_shell(self.shell, args.session, session)
+        print(report)

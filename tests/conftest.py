@@ -1,0 +1,90 @@
+"""Shared fixtures: a tiny random Llama + byte-level tokenizer built in the test, and the demo model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256)
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tokenizer():
+    """A byte-level BPE tokenizer with no merges: every byte is a token, plus specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in pre_tokenizers.ByteLevel.alphabet():
+        vocab[ch] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", bos_token="<|im_start|>",
+                                  pad_token="<|endoftext|>", additional_special_tokens=specials)
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def build_tiny_model_dir(path: Path, seed: int = 0, **overrides) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **{**TINY, **overrides})
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def tiny_session(tiny_model_dir):
+    import qlora_nb
+
+    return qlora_nb.load(str(tiny_model_dir), r=4, alpha=8, dropout=0.0)
+
+
+def demo_model_available() -> bool:
+    from qlora_nb.models import cache_dir
+
+    return (cache_dir() / "models" / "smollm2-135m" / "config.json").is_file()
+
+
+@pytest.fixture(scope="session")
+def demo_session_factory():
+    """Loads the demo model (converted into the cache by `make model`)."""
+    if not demo_model_available() and os.environ.get("CI"):
+        pytest.fail("demo model missing from the cache: `make model` should have fetched it")
+    import qlora_nb
+
+    def make(**options):
+        return qlora_nb.load("smollm2-135m", **options)
+
+    return make
+
+
+@pytest.fixture
+def write_jsonl(tmp_path):
+    def write(rows, name="data.jsonl"):
+        p = tmp_path / name
+        p.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+        return p
+
+    return write
