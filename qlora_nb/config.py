@@ -354,3 +354,58 @@ class GenerateConfig(OptionsBase):
     adapters: list[str] = option(factory=list, help="Adapter names to compare with the base (default: all).")
     chat: bool | None = option(None, "Apply the chat template (default: yes when the tokenizer has one and "
                                      "no training template is set).")
+
+
+@dataclass
+class PlanConfig(OptionsBase):
+    """What ``%qlora_plan`` / :func:`qlora_nb.plan` predict memory for (defaults: the QLoRA recipe)."""
+
+    _kind: ClassVar[str] = "plan option"
+
+    model: str = option("smollm2-135m", "Name from the architectures table, a local config.json/model folder "
+                                        "or a hub id (only its config is fetched).")
+    gpu: str | None = option(None, "Memory to fit in: '24GB', '80GiB', '512MB' or a number of GB (GB = GiB, as GPU "
+                                   "makers count). Default: this machine's RAM on cpu, the visible GPU or 24GB.")
+    method: str = option("qlora", "full fine-tuning, lora on a 16-bit base, or qlora on a 4-bit base.",
+                         choices=("full", "lora", "qlora"))
+    bits: int | None = option(None, "Base storage override: 4, 8 (LLM.int8 + LoRA) or 16; default from method.",
+                              choices=(4, 8, 16))
+    quant: str = option("nf4", "4-bit data type.", choices=("nf4", "fp4"))
+    double_quant: bool = option(True, "Quantize the absmax constants (8 bits, blocks of 256).")
+    r: int = option(16, "LoRA rank.", min=1)
+    targets: list[str] = option(factory=lambda: ["all-linear"], help="LoRA targets: all-linear or module names.",
+                                aliases=("target_modules",))
+    lora_dropout: float = option(0.05, "LoRA dropout (> 0 keeps a dropped fp32 copy of each adapted input).",
+                                 min=0.0, max=0.99, aliases=("dropout",))
+    dora: bool = option(False, "DoRA adds a magnitude vector (d_out) per adapted matrix.", aliases=("use_dora",))
+    seq_len: int = option(512, "Tokens per row.", min=1, aliases=("cutoff_len", "max_seq_length"))
+    batch_size: int = option(4, "Rows per step.", min=1, aliases=("per_device_train_batch_size",))
+    gradient_checkpointing: bool = option(False, "Recompute activations in backward.")
+    optimizer: str = option("adamw", "Optimizer.", choices=OPTIMIZERS, aliases=("optim",))
+    compute_dtype: str = option("bfloat16", "dtype of activations and 16-bit weights.",
+                                choices=DTYPES + tuple(DTYPE_ALIASES))
+    device: str = option("cuda", "Where training runs: cuda (allocator bytes) or cpu (process RSS).",
+                         choices=("cuda", "cpu"))
+
+    def validate(self) -> None:
+        self.compute_dtype = DTYPE_ALIASES.get(self.compute_dtype, self.compute_dtype)
+        if not self.targets:
+            raise QloraError("targets is empty.", where="plan option 'targets'",
+                             hint="Use 'all-linear' or module names such as q_proj,v_proj.")
+        self.targets = [str(t) for t in self.targets]
+        if self.gpu is not None:
+            from .memory.planner import parse_memory
+
+            parse_memory(self.gpu)  # refuse "0GB", "-3", "lots" here, naming the option
+        if self.method == "full" and self.bits not in (None, 16):
+            raise QloraError(f"full fine-tuning trains 16-bit weights, not a {self.bits}-bit base.",
+                             where="plan option 'bits'", hint="Use method: qlora (4-bit) or lora with bits: 8.")
+        if self.method == "qlora" and self.bits == 16:
+            raise QloraError("qlora means a quantized base; bits 16 is plain lora.", where="plan option 'bits'",
+                             hint="Use method: lora, or bits: 4/8.")
+
+    @property
+    def base_bits(self) -> int:
+        if self.bits is not None:
+            return self.bits
+        return 4 if self.method == "qlora" else 16

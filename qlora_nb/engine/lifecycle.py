@@ -1,8 +1,256 @@
-"""Unloading sessions and explaining out-of-memory errors (filled in by the faults issue)."""
+"""Unloading sessions and explaining out-of-memory errors.
+
+A notebook keeps objects alive in places users do not see: ``Out[n]``, ``_``,
+the last traceback's frames (which hold the locals of the engine function that
+failed) and IPython's traceback formatter. Deleting the variable alone frees
+nothing while any of those still point at the model, so :func:`unload_from_shell`
+clears them all before collecting.
+
+Out-of-memory errors come in three shapes (``MemoryError`` on CPU,
+``torch.OutOfMemoryError`` on CUDA, and older ``RuntimeError("CUDA out of
+memory")``); :func:`explain_oom` turns each into a :class:`QloraOOMError` that
+says what to change, using the planner when it can say which change is cheapest.
+"""
 
 from __future__ import annotations
 
+import gc
+import sys
+from typing import Any
 
-def explain_oom(exc: BaseException, where: str):
-    """A QloraOOMError for memory errors, else None."""
-    return None
+from ..errors import QloraError, QloraOOMError
+
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory",
+             "failed to allocate")
+
+PLANNER_FIX = "cheapest_fix"  # qlora_nb.memory.planner.cheapest_fix(session, **train_options) -> str | None
+GENERIC_OOM_ADVICE = ("Cheapest changes, in order: gradient_checkpointing: true, a smaller batch_size "
+                      "(with gradient_accumulation_steps to keep the effective batch), a smaller cutoff_len, "
+                      "optimizer: paged_adamw_8bit; or load with bits=4. Run %qlora_plan to see what fits.")
+
+
+# ----------------------------------------------------------------- unloading
+def _session_bytes(session) -> int:
+    """Bytes of every named tensor component (weights, adapters, grads, optimizer) of the session."""
+    if getattr(session, "model", None) is None or is_unloaded(session):
+        return 0
+    try:
+        led = session.ledger(measure=False)
+    except Exception:  # a half-built session: nothing measurable to report
+        return 0
+    return sum(v for k, v in led.as_dict().items() if k != "activations_and_other")
+
+
+def _release_allocator() -> None:
+    """Collect cycles, return freed heap pages to the OS (glibc) and empty the CUDA cache."""
+    gc.collect()
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+class UnloadedError(QloraError, AttributeError):
+    """Using an unloaded session's model (an AttributeError too, so ``hasattr``/``getattr(..., default)`` work)."""
+
+
+class UnloadedModel:
+    """Stands in for an unloaded session's model: any use says so instead of failing deep in a library."""
+
+    def __getattr__(self, name: str):
+        raise UnloadedError("this session was unloaded (%qlora_unload / Session.unload); its model is gone.",
+                         where="session", hint="Load the model again with %qlora_load or qlora_nb.load().")
+
+    def __call__(self, *args, **kwargs):
+        return self.__getattr__("__call__")
+
+    def __repr__(self) -> str:
+        return "<unloaded model>"
+
+
+def is_unloaded(session) -> bool:
+    return isinstance(getattr(session, "model", None), UnloadedModel)
+
+
+def unload_session(session) -> int:
+    """Drop the session's model, optimizer and trainer; return the tensor bytes that were released.
+
+    The Session object stays as a record (config, runs, adapters) but holds no
+    tensors; using its model afterwards raises a QloraError that says so.
+    """
+    if is_unloaded(session):
+        return 0
+    freed = _session_bytes(session)
+    session.model = UnloadedModel()
+    for attr in ("optimizer", "trainer", "_trainer", "_train_state", "_last_inputs"):
+        if hasattr(session, attr):
+            setattr(session, attr, None)
+    for run in getattr(session, "runs", None) or []:
+        for attr in ("trainer", "model", "optimizer"):
+            if getattr(run, attr, None) is not None:
+                try:
+                    setattr(run, attr, None)
+                except AttributeError:  # frozen dataclass / slots: not ours to change
+                    pass
+    _release_allocator()
+    return freed
+
+
+def _targets(session) -> set[int]:
+    """ids of the objects whose references must go: the session, its model and the model's inner layers."""
+    objs: list[Any] = [session]
+    model = None if is_unloaded(session) else getattr(session, "model", None)
+    while model is not None and id(model) not in {id(o) for o in objs}:
+        objs.append(model)
+        model = getattr(model, "base_model", None) or getattr(model, "model", None)
+        if not hasattr(model, "parameters"):
+            break
+    for attr in ("optimizer", "trainer", "_trainer"):
+        if getattr(session, attr, None) is not None:
+            objs.append(getattr(session, attr))
+    return {id(o) for o in objs}
+
+
+def _refers_to(value: Any, ids: set[int]) -> bool:
+    """True when ``value`` is a target or holds one directly (a result/widget holding the session)."""
+    if id(value) in ids:
+        return True
+    try:
+        refs = gc.get_referents(value)
+        d = getattr(value, "__dict__", None)
+        if isinstance(d, dict):
+            refs += list(d.values())
+    except Exception:
+        return False
+    return any(id(r) in ids for r in refs)
+
+
+def _clear_traceback(tb) -> None:
+    import traceback
+
+    if tb is not None:
+        try:
+            traceback.clear_frames(tb)
+        except Exception:
+            pass
+
+
+def clear_shell_references(shell, ids: set[int]) -> list[str]:
+    """Remove references to ``ids`` from IPython's output history, ``_`` variables and last traceback."""
+    cleared: list[str] = []
+    # The last traceback's frames hold the locals of the function that failed (often the session/model).
+    last_tb = getattr(sys, "last_traceback", None)
+    if last_tb is not None:
+        _clear_traceback(last_tb)
+        cleared.append("last traceback")
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+        if hasattr(sys, name):
+            delattr(sys, name)
+    for tb_holder in (getattr(shell, "InteractiveTB", None), getattr(shell, "SyntaxTB", None)):
+        if tb_holder is not None and getattr(tb_holder, "tb", None) is not None:
+            _clear_traceback(tb_holder.tb)
+            tb_holder.tb = None
+    hm = getattr(shell, "history_manager", None)
+    out = getattr(hm, "output_hist", None)
+    if isinstance(out, dict):
+        for n in [n for n, v in out.items() if _refers_to(v, ids)]:
+            del out[n]
+            cleared.append(f"Out[{n}]")
+    # ``_``, ``__``, ``___`` and ``_N`` live in user_ns and, as values, in user_ns_hidden too.
+    spaces = [shell.user_ns] + [d for d in (getattr(shell, "user_ns_hidden", None),) if isinstance(d, dict)]
+    for ns in spaces:
+        for name in [k for k, v in ns.items() if (k in ("_", "__", "___") or (k.startswith("_") and k[1:].isdigit()))
+                     and _refers_to(v, ids)]:
+            if name in ("_", "__", "___"):
+                ns[name] = None
+            else:
+                del ns[name]
+            if ns is shell.user_ns:
+                cleared.append(name)
+    dh = getattr(shell, "displayhook", None)
+    for name in ("_", "__", "___"):
+        if dh is not None and _refers_to(getattr(dh, name, None), ids):
+            setattr(dh, name, None)
+    last = getattr(shell, "last_execution_result", None)
+    if last is not None and _refers_to(getattr(last, "result", None), ids):
+        shell.last_execution_result = None
+    return cleared
+
+
+def unload_from_shell(shell, name: str, session) -> str:
+    """``%qlora_unload``: unbind ``name``, clear the notebook's hidden references, free the model; a report."""
+    from ..memory.ledger import human_bytes, rss_bytes
+
+    rss_before = rss_bytes()
+    ids = _targets(session)
+    cleared = clear_shell_references(shell, ids)
+    for ns in [shell.user_ns] + [d for d in (getattr(shell, "user_ns_hidden", None),) if isinstance(d, dict)]:
+        for key in [k for k, v in ns.items() if v is session]:
+            del ns[key]
+    freed = unload_session(session)
+    del session
+    _release_allocator()
+    rss_after = rss_bytes()
+    extra = f"; cleared {', '.join(cleared)}" if cleared else ""
+    return (f"unloaded {name!r}: {human_bytes(freed)} of model tensors released (ledger); process RSS "
+            f"{human_bytes(rss_before)} -> {human_bytes(rss_after)} ({human_bytes(max(0, rss_before - rss_after))} "
+            f"returned){extra}.")
+
+
+# ----------------------------------------------------------------------- OOM
+def is_oom(exc: BaseException) -> bool:
+    """MemoryError, torch.OutOfMemoryError, or a RuntimeError whose text says it ran out of memory."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom_type = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        return any(t in text for t in _OOM_TEXT)
+    return False
+
+
+def cheapest_change(session=None, options: dict[str, Any] | None = None) -> str:
+    """The planner's cheapest change for this session and run, or generic advice when it cannot say."""
+    if session is not None and getattr(session, "model", None) is not None and not is_unloaded(session):
+        try:
+            from ..memory import planner
+        except ImportError:
+            planner = None
+        fix = getattr(planner, PLANNER_FIX, None) if planner is not None else None
+        if fix is not None:
+            try:
+                advice = fix(session, **(options or {}))
+            except Exception:
+                advice = None
+            if advice:
+                return f"The planner's cheapest change: {str(advice).rstrip('.')}. Run %qlora_plan for the rest."
+    return GENERIC_OOM_ADVICE
+
+
+def explain_oom(exc: BaseException, where: str, *, session=None, options: dict[str, Any] | None = None,
+                checkpoint: str | None = None) -> QloraOOMError | None:
+    """A QloraOOMError for memory errors (with advice and the checkpoint kept), else None."""
+    if isinstance(exc, QloraOOMError):
+        return exc
+    if not is_oom(exc):
+        return None
+    first = (str(exc).splitlines() or [""])[0].strip()
+    device = "GPU" if "cuda" in first.lower() or type(exc).__name__ == "OutOfMemoryError" else "memory"
+    msg = f"ran out of {device}" + (f" ({first[:160]})" if first else "") + "."
+    if checkpoint:
+        msg += f" The last checkpoint is kept in {checkpoint}."
+    _release_allocator()
+    where_s = where if where.startswith("%") or " " in where else f"%{where}"
+    err = QloraOOMError(msg, where=where_s, hint=cheapest_change(session, options))
+    err.checkpoint = checkpoint
+    return err

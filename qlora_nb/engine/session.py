@@ -41,7 +41,10 @@ class Session:
         self.events = EventBus()
         self.adapters: dict[str, dict[str, Any]] = {config.adapter_name: {"source": "fresh"}}
         self.runs: list[Any] = []
-        self.template: str | None = None  # the training template, reused by compare
+        self.template: Any = None  # the training data.template.Template, reused by compare
+        self.val_rows: list[dict[str, str]] = []  # the last run's held-out rows (compare's default prompts)
+        self.chat_format = False  # the last run's rows were chat `messages`
+        self.stop_requested = False  # set by request_stop() (the dashboard's Stop button)
         self.optimizer = None  # the last training run's optimizer, for the ledger
         self.peak_rss: int | None = None
         self.base_fingerprint: dict[str, Any] = {}
@@ -59,6 +62,10 @@ class Session:
                              hint=did_you_mean(name, self.adapters))
         self.model.set_adapter(name)
 
+    def request_stop(self) -> None:
+        """Ask a running training to stop at the next step boundary (and save a checkpoint)."""
+        self.stop_requested = True
+
     def ledger(self, measure: bool = True) -> Ledger:
         """Bytes by component from the real tensors (see :mod:`qlora_nb.memory.ledger`)."""
         from ..memory.ledger import measure_ledger
@@ -71,6 +78,8 @@ class Session:
         return self.ledger(measure=False).params
 
     def __repr__(self) -> str:
+        if type(self.model).__name__ == "UnloadedModel":  # after unload(): no tensors left to count
+            return f"<qlora_nb.Session {self.config.model!r} (unloaded)>"
         p = self.params
         return (f"<qlora_nb.Session {self.config.model!r} {self.config.bits}-bit"
                 f"{' ' + self.config.quant if self.config.bits == 4 else ''}, adapters={list(self.adapters)}, "

@@ -16,10 +16,20 @@ def magic_classes() -> list[type]:
 
 
 def _show_qlora_error(shell, etype, value, tb, tb_offset=None):
-    """Render a QloraError as one paragraph; the cell still counts as failed."""
-    if getattr(value, "_qlora_debug", False):
-        return shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
-    return [f"{etype.__name__}: {value}"]
+    """Show a QloraError as one paragraph (full traceback with ``--debug``); the cell still counts as failed.
+
+    IPython ignores what a custom handler returns (``run_code`` only calls it),
+    so the handler shows the text itself through ``_showtraceback``: a plain
+    print in a terminal, an ``error`` message (ename/evalue) in a kernel.
+    """
+    import os
+
+    if getattr(value, "_qlora_debug", False) or os.environ.get("QLORA_NB_DEBUG", "").lower() in ("1", "true", "yes"):
+        stb = shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+    else:
+        stb = [f"{etype.__name__}: {value}"]
+    shell._showtraceback(etype, value, stb)
+    return stb
 
 
 def register(shell) -> None:

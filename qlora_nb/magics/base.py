@@ -77,7 +77,14 @@ def parse_yaml_body(body: str, magic: str) -> dict[str, Any]:
 
 
 def _make_text_loader():
-    """A SafeLoader that keeps dates as text (``2024-01-01`` must not become a date)."""
+    """A SafeLoader that keeps scalars as the text the user wrote.
+
+    YAML 1.1 would turn ``2024-01-01`` into a date, ``007`` into 7, ``1.50``
+    into 1.5 and ``no`` into False; a template, probe or run name must reach the
+    toolkit exactly as written. Options are typed later, field by field, by
+    :meth:`qlora_nb.config.OptionsBase.from_options`, which parses numbers and
+    booleans from text. Only ``null``/``~``/empty stay None.
+    """
     import yaml
 
     class TextLoader(yaml.SafeLoader):
@@ -87,6 +94,8 @@ def _make_text_loader():
         k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
         for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
+    for tag in ("int", "float", "bool", "timestamp"):
+        TextLoader.add_constructor(f"tag:yaml.org,2002:{tag}", lambda loader, node: loader.construct_scalar(node))
     return TextLoader
 
 
@@ -163,31 +172,43 @@ def friendly(magic: str):
     def wrap(fn):
         @functools.wraps(fn)
         def inner(self, line: str = "", cell: str | None = None, *args, **kwargs):
-            debug = "--debug" in (line or "").split()
+            line = line or ""
+            debug = "--debug" in line.split()
             if debug:
                 line = " ".join(t for t in line.split(" ") if t != "--debug")
+            error: QloraError | None = None
             try:
                 if cell is None:
                     return fn(self, line)
                 return fn(self, line, cell)
             except QloraError as exc:
                 exc._qlora_debug = debug
+                if not debug and exc.__suppress_context__:
+                    exc.__context__ = None  # `raise ... from None`: drop the hidden frames it still holds
                 raise
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, SystemExit, GeneratorExit):
                 raise
             except Exception as exc:
                 if debug:
                     raise
-                from ..engine.lifecycle import explain_oom
-
-                oom = explain_oom(exc, magic)
-                if oom is not None:
-                    raise oom from None
-                raise QloraError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                                 where=f"%{magic}",
-                                 hint="This looks like a bug or an unsupported setting; rerun with --debug "
-                                      "to see the traceback.") from None
+                error = _as_qlora_error(exc, magic)
+            # Raised outside the except block: the original exception (and the frames, tensors and
+            # session its traceback holds) is not kept alive as __context__ of the error users see.
+            raise error
 
         return inner
 
     return wrap
+
+
+def _as_qlora_error(exc: BaseException, magic: str) -> QloraError:
+    """An OOM explained with the planner's advice, or any other library error as one paragraph."""
+    from ..engine.lifecycle import explain_oom
+
+    oom = explain_oom(exc, magic)
+    if oom is not None:
+        return oom
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return QloraError(f"{type(exc).__name__}: {first}".rstrip(": ") + ".", where=f"%{magic}",
+                      hint="This looks like a bug or an unsupported setting; rerun with --debug to see the "
+                           "traceback.")

@@ -1,12 +1,124 @@
-"""Magics for compare (filled in by its issue)."""
+"""%qlora_compare: base vs adapted generations side by side (Python twin: ``Session.compare``)."""
 
 from __future__ import annotations
 
-from IPython.core.magic import magics_class
+from typing import Any
 
-from .base import QloraMagicsBase
+from IPython.core.magic import line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from ..config import GenerateConfig
+from ..errors import QloraError
+from .base import DEFAULT_SESSION, QloraMagicsBase, friendly, parse_args
 
 
 @magics_class
 class CompareMagics(QloraMagicsBase):
-    pass
+    @magic_arguments()
+    @argument("prompt", nargs="*", help='The prompt in quotes, or $variable holding a str or a list of str.')
+    @argument("--max-new-tokens", dest="max_new_tokens", default=None, help="Tokens generated per output (48).")
+    @argument("--seed", default=None, help="Seed set before every generation (0).")
+    @argument("--sample", dest="sample", action="store_const", const=True, default=None,
+              help="Sample (same seed for every column).")
+    @argument("--greedy", dest="sample", action="store_const", const=False, help="Greedy decoding (default).")
+    @argument("--temperature", default=None, help="Sampling temperature (0.7).")
+    @argument("--top-p", dest="top_p", default=None, help="Nucleus sampling mass (0.95).")
+    @argument("--adapters", default=None, help="Comma-separated adapter names to compare with the base (default: all).")
+    @argument("--chat", dest="chat", action="store_const", const=True, default=None,
+              help="Force the chat template on free-text prompts.")
+    @argument("--no-chat", dest="chat", action="store_const", const=False, help="Use the prompt without the chat template.")
+    @argument("--data", default=None, choices=["val"], help="Prompts from data rows: 'val' is the validation split "
+                                                             "of the last training run.")
+    @argument("--n", default="8", help="How many rows with --data (8).")
+    @argument("--logprobs", action="store_true", help="Shade each token by how much the adapter changed its log-prob.")
+    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
+    @argument("-o", dest="output", default="compare_result", help="Bind the CompareResult to this name.")
+    @line_magic
+    @no_var_expand  # $variable is resolved here (a list stays a list), not pasted in as text by IPython
+    @friendly("qlora_compare")
+    def qlora_compare(self, line: str = ""):
+        """Generate from the base (adapters disabled) and each adapter on the same weights, seed and settings."""
+        args = parse_args(self.qlora_compare, line, "qlora_compare")
+        for key, value in vars(args).items():  # IPython's argument splitter keeps quotes
+            setattr(args, key, [_unquote(v) for v in value] if isinstance(value, list) else _unquote(value))
+        options: dict[str, Any] = {k: getattr(args, k) for k in
+                                   ("max_new_tokens", "seed", "sample", "temperature", "top_p", "adapters", "chat")
+                                   if getattr(args, k) is not None}
+        GenerateConfig.from_options(options)  # bad flags fail before any heavy import
+        session = self.session(args.session)
+        prompts = self._prompts(args, session)
+        if not args.output.isidentifier():
+            raise QloraError(f"{args.output!r} is not a valid Python name.", where="-o",
+                             hint="Use letters, digits and underscores.")
+        widget = self._widget(session) if getattr(self.shell, "kernel", None) is not None else None
+        handle = _display(widget)
+        try:
+            result = session.compare(prompts, logprobs=args.logprobs, **options)
+        except BaseException:
+            if widget is not None:
+                widget.status = "stopped"
+            raise
+        finally:
+            if widget is not None and widget._unsubscribe is not None:
+                widget._unsubscribe()
+        self.bind(args.output, result)
+        if handle is not None:
+            handle.update(widget)  # the finished text/plain for front ends without widgets
+        else:
+            print(result.text())
+
+    def _prompts(self, args, session) -> Any:
+        if args.data:
+            if args.prompt:
+                raise QloraError("give either a prompt or --data, not both.", where="%qlora_compare")
+            try:
+                n = int(args.n)
+            except ValueError:
+                raise QloraError(f"{args.n!r} is not a number.", where="--n", hint="Write e.g. --n 8.") from None
+            if n < 1:
+                raise QloraError(f"{n} rows asked for.", where="--n", hint="Use --n 1 or more.")
+            rows = getattr(session, "val_rows", None)
+            if not rows:
+                raise QloraError("this session has no validation rows: it has not been trained yet, or trained "
+                                 "with val_split: 0.", where="--data val",
+                                 hint="Train with %%qlora_train first, or pass prompts (\"text\" or $list).")
+            return list(rows[:n])
+        if not args.prompt:
+            raise QloraError("no prompt given.", where="%qlora_compare",
+                             hint='Write %qlora_compare "your prompt", pass $variable, or use --data val --n 8.')
+        if len(args.prompt) == 1 and args.prompt[0].startswith("$"):
+            value = self.resolve_value(args.prompt[0], "%qlora_compare prompt")
+            if isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(v, (str, dict))
+                                                                                    for v in value)):
+                return value
+            raise QloraError(f"{args.prompt[0]} is a {type(value).__name__}; expected a str or a list of str.",
+                             where="%qlora_compare prompt", hint="Assign the prompt text (or a list of texts).")
+        return " ".join(args.prompt)  # unquoted words form one prompt
+
+    def _widget(self, session):
+        try:
+            from ..widgets.compare import CompareWidget
+        except ImportError:  # no anywidget: the text view still works
+            return None
+        return CompareWidget.for_session(session)
+
+
+def _unquote(value: Any) -> Any:
+    """``"text"`` or ``'text'`` as a Python string literal (escapes such as \\n work); other values as given."""
+    if not (isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""):
+        return value
+    import ast
+
+    try:
+        out = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value[1:-1]
+    return out if isinstance(out, str) else value[1:-1]
+
+
+def _display(widget):
+    if widget is None:
+        return None
+    from IPython.display import display
+
+    return display(widget, display_id=True)

@@ -1,12 +1,71 @@
-"""Magics for export (filled in by its issue)."""
+"""%qlora_save, %qlora_merge and %qlora_export: thin wrappers over Session.save / merge / export."""
 
 from __future__ import annotations
 
-from IPython.core.magic import magics_class
+from IPython.core.magic import line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
 
-from .base import QloraMagicsBase
+from .base import DEFAULT_SESSION, QloraMagicsBase, display, friendly, parse_args
 
 
 @magics_class
 class ExportMagics(QloraMagicsBase):
-    pass
+    @magic_arguments()
+    @argument("directory", help="Folder to write (adapter_config.json + adapter_model.safetensors + model card).")
+    @argument("--overwrite", action="store_true", help="Replace a non-empty folder.")
+    @argument("--adapter", default=None, help="Adapter to save (default: the active one).")
+    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
+    @line_magic
+    @friendly("qlora_save")
+    def qlora_save(self, line: str = ""):
+        """Save an adapter as a standard PEFT folder (plain peft loads it) plus qlora_nb.json and a model card."""
+        args = parse_args(self.qlora_save, line, "qlora_save")
+        session = self.session(args.session)
+        out = session.save(args.directory, overwrite=args.overwrite, adapter=args.adapter)
+        size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+        print(f"saved adapter {args.adapter or session.active_adapter!r} to {out} ({size / 1024:.0f} KiB); "
+              f"reload with %qlora_load_adapter {out} or peft.PeftModel.from_pretrained(base, {str(out)!r})")
+
+    @magic_arguments()
+    @argument("directory", help="Folder for the merged model (safetensors + config + tokenizer).")
+    @argument("--dtype", default="bf16", help="bf16 (default), fp16 or fp32 (exact).")
+    @argument("--overwrite", action="store_true", help="Replace a non-empty folder.")
+    @argument("--no-verify", dest="verify", action="store_false",
+              help="Skip reloading the merged model and comparing weights and logits.")
+    @argument("--adapter", default=None, help="Adapter to merge (default: the active one).")
+    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
+    @argument("-o", dest="output", default=None, help="Bind the MergeResult to this variable.")
+    @line_magic
+    @friendly("qlora_merge")
+    def qlora_merge(self, line: str = ""):
+        """Merge an adapter into a 16/32-bit copy of the base, after a memory check, and verify the result."""
+        from ..engine.merge import normalize_dtype
+
+        args = parse_args(self.qlora_merge, line, "qlora_merge")
+        dtype = normalize_dtype(args.dtype)  # refuse bad flags before touching the session
+        session = self.session(args.session)
+        result = session.merge(args.directory, dtype=dtype, overwrite=args.overwrite, verify=args.verify,
+                               adapter=args.adapter, verbose=True)
+        if args.output:
+            self.bind(args.output, result)
+
+    @magic_arguments()
+    @argument("directory", help="Folder for train.py, its config, accelerate configs and a README.")
+    @argument("--overwrite", action="store_true", help="Replace a non-empty folder.")
+    @argument("--num-processes", dest="num_processes", default=None,
+              help="Processes (GPUs) per machine written into the accelerate config (default 2).")
+    @argument("--fsdp", action="store_true", help="Make the FSDP-QLoRA config the default in the README.")
+    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
+    @line_magic
+    @friendly("qlora_export")
+    def qlora_export(self, line: str = ""):
+        """Export this session's run as a standalone train.py + config for `accelerate launch` (DDP or FSDP-QLoRA)."""
+        args = parse_args(self.qlora_export, line, "qlora_export")
+        session = self.session(args.session)
+        options = {"fsdp": args.fsdp}
+        if args.num_processes is not None:
+            options["num_processes"] = args.num_processes
+        out = session.export(args.directory, overwrite=args.overwrite, **options)
+        from IPython.display import Markdown
+
+        display(Markdown((out / "README.md").read_text(encoding="utf-8")))

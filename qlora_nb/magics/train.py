@@ -1,12 +1,64 @@
-"""Magics for train (filled in by its issue)."""
+"""``%%qlora_train``: a YAML cell body of TrainConfig options → ``Session.train`` with a live view."""
 
 from __future__ import annotations
 
-from IPython.core.magic import magics_class
+from IPython.core.magic import cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
 
-from .base import QloraMagicsBase
+from ..config import TrainConfig
+from ..errors import QloraError
+from .base import DEFAULT_SESSION, QloraMagicsBase, friendly, parse_args, parse_yaml_body
+
+
+def _live_view(session, cfg: TrainConfig, quiet: bool):
+    """The dashboard helper's chooser (widget in a kernel, text line elsewhere), or nothing when quiet."""
+    import contextlib
+
+    if quiet:
+        return contextlib.nullcontext()
+    try:
+        from ..widgets.progress import watch
+    except ImportError:  # the dashboard is optional for training itself
+        try:
+            from IPython.display import display
+
+            from ..widgets.dashboard import TrainingDashboard
+        except ImportError:
+            return contextlib.nullcontext()
+        dash = TrainingDashboard.for_session(session, cfg)
+        display(dash)
+        return dash
+    return watch(session, cfg)
 
 
 @magics_class
 class TrainMagics(QloraMagicsBase):
-    pass
+    @magic_arguments()
+    @argument("--session", default=DEFAULT_SESSION, help="Session variable to train (default: qlora).")
+    @argument("-o", "--output", dest="output", default="train_result",
+              help="Bind the TrainResult to this variable (default: train_result).")
+    @argument("--resume", action="store_true", help="Continue from the last checkpoint in output_dir.")
+    @argument("--quiet", action="store_true", help="No dashboard or progress lines.")
+    @cell_magic
+    @friendly("qlora_train")
+    def qlora_train(self, line: str = "", cell: str = ""):
+        """Train the session's active LoRA adapter; the cell body is YAML, e.g. ``data: train.jsonl``.
+
+        Common options: data, template, cutoff_len, val_split, epochs/max_steps,
+        batch_size, learning_rate, early_stopping_patience, eval_steps,
+        group_by_length/packing, completion_only, optimizer, seed, output_dir,
+        resume. ``$name`` values come from the notebook (e.g. ``data: $df``).
+        Python twin: ``session.train(data=..., **options)``.
+        """
+        args = parse_args(self.qlora_train, line, "qlora_train")
+        options = self.resolve_values(parse_yaml_body(cell, "qlora_train"), "%%qlora_train")
+        if args.resume:
+            options["resume"] = True
+        cfg = TrainConfig.from_options(options)  # unknown keys / bad values fail before anything heavy
+        if not args.output.isidentifier():
+            raise QloraError(f"{args.output!r} is not a valid Python name.", where="-o",
+                             hint="Use letters, digits and underscores.")
+        session = self.session(args.session)
+        with _live_view(session, cfg, args.quiet):
+            result = session.train(**options)
+        self.bind(args.output, result)

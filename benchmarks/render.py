@@ -1,0 +1,182 @@
+"""Statistics and the markdown report (``benchmarks/RESULTS.md``) from stored results files.
+
+Kept separate from the runner so the report can be rendered again from the
+JSON (``run.py --render-only``) and checked by the smoke test without running
+anything heavy.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+ROW_TITLES = {
+    "throughput": "1. Training throughput",
+    "memory": "2. Peak memory",
+    "startup": "3. Start-up",
+    "dashboard": "4. Dashboard overhead",
+    "compare": "5. Comparison cost",
+    "bits": "6. LoRA vs QLoRA vs 16-bit",
+}
+
+
+def stats(values) -> dict[str, Any] | None:
+    """Median, min, max and n of the numbers given (None values dropped); None when there are none."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def _num(x: float, unit: str) -> str:
+    if unit == "B":
+        for u in ("B", "KiB", "MiB", "GiB"):
+            if abs(x) < 1024 or u == "GiB":
+                return f"{x:.0f} {u}" if u == "B" else f"{x:.1f} {u}"
+            x /= 1024
+    if unit == "x":
+        return f"{x:.2f}x"
+    if unit == "%":
+        return f"{100 * x:.1f}%"
+    if unit == "s":
+        return f"{x:.2f} s" if abs(x) < 100 else f"{x:.0f} s"
+    return f"{x:.1f}"
+
+
+def fmt(s: dict[str, Any] | None, unit: str = "") -> str:
+    """``median (min-max, n=k)``; a dash when nothing was measured."""
+    if not s:
+        return "–"
+    if s["n"] == 1:
+        return f"{_num(s['median'], unit)} (n=1)"
+    return f"{_num(s['median'], unit)} ({_num(s['min'], unit)}–{_num(s['max'], unit)}, n={s['n']})"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+NAMES = {"toolkit": "qlora_nb (`Session.train`)", "plain": "plain recipe (Trainer, pad to cutoff_len)",
+         "unsloth": "Unsloth", "dashboard": "qlora_nb + live dashboard", "bits8": "qlora_nb 8-bit",
+         "bits16": "qlora_nb 16-bit"}
+
+
+def render_one(res: dict[str, Any]) -> list[str]:
+    """The six rows of one results file."""
+    rows, s = res["rows"], res["settings"]
+    lines = [f"Machine `{res['machine']}` ({res.get('cpu_count')} cores), device `{res['device']}`, "
+             f"{res['date']}, mode `{res['mode']}`, suite {res.get('suite_seconds', 0) / 60:.1f} min; "
+             f"load average before/after: {', '.join(f'{x:.2f}' for x in res.get('loadavg_before', []))} / "
+             f"{', '.join(f'{x:.2f}' for x in res.get('loadavg_after', []))}. "
+             f"File: `results/{res.get('_file', '?')}`.", "",
+             f"Model `{s['model']}` (4-bit NF4 + double quantization unless stated, LoRA r=16 all-linear), "
+             f"data: {s['data']} ({s['rows']} rows), batch {s['batch_size']}, {s['steps']} steps, "
+             f"cutoff_len {s['cutoff_len']}, {s['reps']} alternating rounds; reference: {s.get('reference')}.",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in res.get("versions", {}).items()) + ".", ""]
+    if rows.get("failed_runs"):
+        lines += ["**Failed runs:** " + "; ".join(f"{f['label']} (round {f['round']}): "
+                                                  f"{str(f['error']).splitlines()[0][:200]}"
+                                                  for f in rows["failed_runs"]), ""]
+    t = rows["throughput"]
+    lines += [f"### {ROW_TITLES['throughput']}", "",
+              "Non-padding tokens per second over training steps 2..N (step 1 excluded as warm-up), counted by "
+              "the same decoder hook for every contender.", ""]
+    body = []
+    for g in ("toolkit", "plain", "unsloth"):
+        if g in t:
+            body.append([NAMES[g], fmt(t[g]["tokens_per_s"]), fmt(t[g]["all_steps_tokens_per_s"]),
+                         fmt(t[g]["step_seconds"], "s"), fmt(t[g]["padding_fraction"], "%")])
+    lines += _table(["", "tokens/s (steady)", "tokens/s (all steps)", "s/step", "padding computed"], body)
+    lines += ["", f"**Ratio toolkit / plain (same round): {fmt(t.get('ratio_toolkit_vs_plain'), 'x')}**"]
+    if t.get("ratio_toolkit_vs_unsloth"):
+        lines += [f"**Ratio toolkit / Unsloth (same round): {fmt(t['ratio_toolkit_vs_unsloth'], 'x')}**"]
+    m = rows["memory"]
+    lines += ["", f"### {ROW_TITLES['memory']}", "", f"Measured: {m['measure']}.", ""]
+    lines += _table(["", "peak"], [[NAMES[g], fmt(m[g], "B")] for g in NAMES if g in m])
+    lines += ["", f"**Ratio toolkit / plain (same round): {fmt(m.get('ratio_toolkit_vs_plain'), 'x')}**"]
+    led = m.get("toolkit_ledger")
+    if led:
+        lines += ["", f"Toolkit ledger by component vs the measured peak (the median run, round {led['round']}; "
+                      f"`activations_and_other` = measured - named; on CPU it includes the Python/torch runtime, "
+                      f"RSS after load was {_num(led.get('rss_after_load_bytes') or 0, 'B')}):", ""]
+        comp = [[k, _num(v, "B")] for k, v in led["components"].items()]
+        comp.append(["**measured peak**", f"**{_num(led['measured_bytes'], 'B')}** ({led['measured_source']})"])
+        lines += _table(["component", "bytes"], comp)
+    st = rows["startup"]
+    heavy = st.get("heavy_modules_after_load_ext") or []
+    lines += ["", f"### {ROW_TITLES['startup']}", ""]
+    body = [["`%load_ext qlora_nb`", fmt(st["load_ext_seconds"], "s") +
+             (f" (imported: {', '.join(heavy)})" if heavy else " (no torch/transformers imported)")],
+            ["`%qlora_load` cold (first in a fresh process, imports included, converted model cached)",
+             fmt(st["cold_load_seconds"], "s")],
+            ["`%qlora_load` warm (again in the same process, after `%qlora_unload`)",
+             fmt(st["warm_load_seconds"], "s")],
+            ["`%qlora_load` first ever (empty cache: GGUF -> safetensors conversion, download not timed)",
+             fmt(st["first_ever_load_seconds"], "s")]]
+    for g, v in st["first_step_after_train_call_s"].items():
+        body.append([f"first training step done, from the train call: {NAMES[g]}", fmt(v, "s")])
+    for g, v in st["first_step_from_launch_s"].items():
+        body.append([f"first training step done, from process launch: {NAMES[g]}", fmt(v, "s")])
+    lines += _table(["", "seconds"], body)
+    d = rows["dashboard"]
+    lines += ["", f"### {ROW_TITLES['dashboard']}", "",
+              "Training with a `TrainingDashboard` subscribed to the session (no browser attached: the widget "
+              "still updates its traits and the plotly figure) vs none, same steps.", ""]
+    lines += _table(["", "value"], [
+        ["tokens/s with dashboard", fmt(d["tokens_per_s_with"])],
+        ["tokens/s without", fmt(d["tokens_per_s_without"])],
+        ["**ratio with / without (same round)**", f"**{fmt(d['ratio_with_vs_without'], 'x')}**"],
+        ["dashboard's own time / training time", fmt(d["self_measured_fraction"], "%")],
+        ["redraws per run", fmt(d["flushes"])]])
+    c = rows.get("compare")
+    lines += ["", f"### {ROW_TITLES['compare']}", ""]
+    if c:
+        lines += [f"`Session.compare` on {c['prompts']} prompt(s), columns {', '.join(c['columns'])}, "
+                  f"{c['max_new_tokens']} new tokens, greedy; plain `model.generate` on the same formatted "
+                  "prompts, alternated in one process.", ""]
+        lines += _table(["", "value"], [
+            ["weights + adapters bytes, after - before (expected 0)", _num(c["weight_delta_bytes"], "B")],
+            ["RSS after - before", _num(c["rss_delta_bytes"], "B")],
+            ["peak RSS growth during compare", _num(c["peak_rss_growth_bytes"], "B")],
+            ["compare tokens/s", fmt(c["compare_tokens_per_s"])],
+            ["plain generate tokens/s", fmt(c["generate_tokens_per_s"])],
+            ["**ratio compare / generate**", f"**{fmt(c['ratio_compare_vs_generate'], 'x')}**"]])
+    else:
+        lines += ["Not measured (the compare run failed; see failed runs)."]
+    lines += ["", f"### {ROW_TITLES['bits']}", "",
+              "The same toolkit training run with the base stored at 16, 8 and 4 bits (LoRA on all linear layers).",
+              ""]
+    body = [[f"{b}-bit", fmt(v["peak_memory_bytes"], "B"), fmt(v["weight_bytes"], "B"), fmt(v["step_seconds"], "s"),
+             fmt(v["tokens_per_s"])] for b, v in rows["bits"].items()]
+    lines += _table(["base", "peak memory", "base weights (ledger)", "s/step", "tokens/s"], body)
+    pc = res.get("planner_check")
+    if pc:
+        lines += ["", "### Planner check (`benchmarks/planner_check.py`)", "", "```",
+                  (pc.get("stdout") or "").strip() or f"(no output; stderr: {(pc.get('stderr') or '').strip()[-500:]})",
+                  "```"]
+    return lines
+
+
+def render_results(results: list[dict[str, Any]]) -> str:
+    """RESULTS.md: the newest full run per device kind; GPU marked pending when none was recorded."""
+    latest: dict[str, dict[str, Any]] = {}
+    for r in sorted(results, key=lambda r: r.get("date", "")):
+        latest["cuda" if str(r.get("device", "")).startswith("cuda") else "cpu"] = r
+    lines = ["# Benchmark results", "",
+             "Generated by `benchmarks/run.py` (`make bench`); do not edit by hand. Every figure is the median of "
+             "several runs with (min–max, n); every ratio compares runs from the same round of alternating fresh "
+             "processes. These machines are shared and noisy: absolute times are reported, never asserted.", ""]
+    for kind, title in (("cpu", "CPU"), ("cuda", "GPU")):
+        lines += [f"## {title}", ""]
+        if kind in latest:
+            lines += render_one(latest[kind])
+        elif kind == "cuda":
+            lines += ["GPU figures pending: no CUDA run has been recorded yet. On a GPU machine run "
+                      "`python benchmarks/run.py --mode full --device cuda` (paged 8-bit AdamW, CUDA memory "
+                      "statistics; Unsloth is the reference where it installs, the plain recipe otherwise)."]
+        else:
+            lines += ["No CPU run recorded yet: run `make bench`."]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,494 @@
+"""Train the session's active adapter with transformers' ``Trainer``; events feed the dashboard.
+
+Setup → fit, the litgpt way: read and validate the data (every row, before any
+step), tokenize with completion-only labels, build a ``Trainer`` that pads each
+batch to its own longest row and groups rows of similar length (or packs them),
+then fit with a callback that turns the Trainer's hooks into plain events on
+``session.events``. The engine never imports a widget.
+
+Interrupts: during ``train()`` a temporary SIGINT handler only sets a flag, so
+a kernel interrupt (or ``session.request_stop()``, the dashboard's Stop button)
+ends training at the next step boundary with a full checkpoint (adapter,
+optimizer, scheduler, RNG), which ``resume=True`` continues with the same
+schedule. A second interrupt raises ``KeyboardInterrupt`` at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig
+from ..errors import QloraError
+from ..fileio import atomic_dir, write_text_atomic
+
+OPTIM_NAMES = {  # TrainingArguments names; bitsandbytes falls back to unpaged state on CPU by itself
+    "adamw": "adamw_torch",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "paged_adamw_32bit": "paged_adamw_32bit",
+}
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``history`` has one dict per logged step (``eval_loss`` at eval steps)."""
+
+    history: list[dict[str, Any]]
+    adapter_dir: Path | None
+    metrics: dict[str, Any]
+    interrupted: bool = False
+    stopped_early: bool = False
+    truncated_rows: int = 0
+    output_dir: Path | None = None
+    checkpoint: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def losses(self) -> list[float]:
+        return [h["loss"] for h in self.history if "loss" in h]
+
+    @property
+    def eval_losses(self) -> list[float]:
+        return [h["eval_loss"] for h in self.history if "eval_loss" in h]
+
+    def __repr__(self) -> str:
+        state = "interrupted" if self.interrupted else "stopped early" if self.stopped_early else "done"
+        last = f", loss {self.losses[-1]:.4f}" if self.losses else ""
+        ev = f", eval_loss {self.eval_losses[-1]:.4f}" if self.eval_losses else ""
+        return (f"<TrainResult {state}: {self.metrics.get('steps', 0)} steps{last}{ev}, "
+                f"{self.metrics.get('tokens_per_s', 0):.0f} tokens/s, adapter in {self.adapter_dir}>")
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class Prepared:
+    train: list[dict[str, list[int]]]
+    val: list[dict[str, list[int]]]
+    train_rows: list[dict[str, str]]
+    val_rows: list[dict[str, str]]
+    template: Any
+    chat: bool
+    truncated: int
+
+
+def split_rows(rows: list[dict[str, str]], val_split: float, seed: int) -> tuple[list, list]:
+    """A seeded held-out split: a fraction when ``val_split < 1``, a row count otherwise."""
+    if val_split <= 0:
+        return list(rows), []
+    n_val = int(val_split) if val_split >= 1 else max(1, round(len(rows) * val_split))
+    if n_val >= len(rows):
+        raise QloraError(f"val_split={val_split:g} holds out {n_val} of {len(rows)} rows, leaving none to train on.",
+                         where="train option 'val_split'",
+                         hint="Use a smaller fraction (e.g. 0.1), a smaller count, or 0 for no evaluation.")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_val])
+    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+
+
+def prepare(session, cfg: TrainConfig) -> Prepared:
+    """Load, validate, split and tokenize: every data error surfaces here, before the first step."""
+    from ..data.collate import tokenize_rows
+    from ..data.load import load_data
+    from ..data.validate import validate
+
+    text = validate(load_data(cfg.data), cfg.template, session.tokenizer)
+    if text.val_rows is not None:
+        train_rows, val_rows = text.rows, text.val_rows
+    else:
+        train_rows, val_rows = split_rows(text.rows, cfg.val_split, cfg.seed)
+    tr = tokenize_rows(train_rows, text.template, session.tokenizer, cfg.cutoff_len, cfg.completion_only, text.chat_format)
+    va = tokenize_rows(val_rows, text.template, session.tokenizer, cfg.cutoff_len, cfg.completion_only, text.chat_format)
+    if not any(t != -100 for ex in tr.examples for t in ex["labels"]):
+        raise QloraError("no row has a completion token left to learn.", where="train option 'data'",
+                         hint="Check that the output field is not empty, or raise cutoff_len.")
+    return Prepared(tr.examples, va.examples, train_rows, val_rows, text.template, text.chat_format,
+                    tr.truncated + va.truncated)
+
+
+# ------------------------------------------------------------------------ helpers
+def generate_batch(session, prompts: list[str], max_new_tokens: int = 48, base: bool = False) -> list[str]:
+    """Greedy completions for ``prompts`` (batched, left-padded), with or without the adapters.
+
+    Used for probes and the demo's exact match; the compare helper owns the
+    streaming, seeded generation of ``%qlora_compare``.
+    """
+    import contextlib
+
+    import torch
+
+    from .quantize import guard_cpu_repack
+
+    model, tok = session.model, session.tokenizer
+    was_training = model.training
+    side = tok.padding_side
+    tok.padding_side = "left"
+    guard_cpu_repack(model)
+    try:
+        model.eval()
+        enc = tok(list(prompts), return_tensors="pt", padding=True).to(session.device)
+        ctx = model.disable_adapter() if base else contextlib.nullcontext()
+        with ctx, torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        return [tok.decode(row, skip_special_tokens=True) for row in new]
+    finally:
+        tok.padding_side = side
+        if was_training:
+            model.train()
+
+
+class _RssSampler:
+    """Samples process RSS every 50 ms in a thread: the CPU peak happens mid-backward, between hooks."""
+
+    def __init__(self, session) -> None:
+        from ..memory.ledger import rss_bytes
+
+        self._rss = rss_bytes
+        self.session = session
+        self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="qlora-rss")
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._rss())
+            self.session.peak_rss = self.peak
+
+    def __enter__(self):
+        self.session.peak_rss = self.peak
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+        self.session.peak_rss = max(self.peak, self._rss())
+
+
+class _InterruptFlag:
+    """A SIGINT handler for the duration of a run: the first interrupt asks for a stop, a second one aborts."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._old: Any = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _make_callback(session, cfg: TrainConfig, prep: Prepared, flag: _InterruptFlag, history: list, state: dict):
+    from transformers import TrainerCallback
+
+    events = session.events
+    probe_prompts = list(cfg.probes) or [prep.template.prompt(r) for r in prep.val_rows[: cfg.n_probes]]
+    probe_tokens = 48
+    if not cfg.probes and prep.val:
+        longest = max(sum(t != -100 for t in ex["labels"]) for ex in prep.val[: cfg.n_probes])
+        probe_tokens = min(96, longest + 4)
+    ledger_every = max(1, state["max_steps"] // 20)
+
+    class EventsCallback(TrainerCallback):
+        """Trainer hooks → ``session.events`` (step, eval, probe, ledger, poll, train_begin/end)."""
+
+        base_outputs: list[str] | None = None
+
+        def on_train_begin(self, args, st, control, **kw):
+            state["t_begin"] = time.perf_counter()
+            state["start_step"] = st.global_step
+            events.emit("train_begin", max_steps=st.max_steps, epochs=args.num_train_epochs,
+                        train_rows=len(prep.train), val_rows=len(prep.val), truncated_rows=prep.truncated,
+                        output_dir=args.output_dir, resumed_from=state.get("resume_from"),
+                        config=cfg.to_dict())
+
+        def on_step_begin(self, args, st, control, **kw):
+            state["t_step"] = time.perf_counter()
+            state["tokens_at_step"] = state["trainer"].tokens
+
+        def on_step_end(self, args, st, control, **kw):
+            dt = time.perf_counter() - state["t_step"]
+            tokens = state["trainer"].tokens - state["tokens_at_step"]
+            state["step_time"] += dt
+            state["last"] = {"tokens": tokens, "dt": dt}
+            if st.global_step % ledger_every == 0 or st.global_step == state["start_step"] + 1:
+                session.optimizer = kw.get("optimizer")
+                events.emit("ledger", step=st.global_step, ledger=session.ledger().to_event())
+            events.emit("poll", step=st.global_step)
+            if flag.hit or session.stop_requested:
+                state["interrupted"] = True
+                control.should_training_stop = True
+                control.should_save = True
+
+        def on_log(self, args, st, control, logs=None, **kw):
+            logs = logs or {}
+            if "loss" not in logs or "last" not in state:
+                return
+            last = state["last"]
+            done = st.global_step - state["start_step"]
+            elapsed = time.perf_counter() - state["t_begin"]
+            eta = elapsed / max(1, done) * max(0, st.max_steps - st.global_step)
+            entry = {"step": st.global_step, "loss": float(logs["loss"]),
+                     "learning_rate": float(logs.get("learning_rate", 0.0)),
+                     "tokens_per_s": last["tokens"] / last["dt"] if last["dt"] > 0 else 0.0,
+                     "epoch": float(st.epoch or 0.0), "max_steps": st.max_steps, "eta_s": eta}
+            if "grad_norm" in logs:
+                entry["grad_norm"] = float(logs["grad_norm"])
+            history.append(entry)
+            events.emit("step", **entry)
+
+        def on_evaluate(self, args, st, control, metrics=None, **kw):
+            if not metrics or "eval_loss" not in metrics:
+                return
+            loss = float(metrics["eval_loss"])
+            if history and history[-1]["step"] == st.global_step:
+                history[-1]["eval_loss"] = loss
+            else:
+                history.append({"step": st.global_step, "eval_loss": loss})
+            events.emit("eval", step=st.global_step, eval_loss=loss)
+            if probe_prompts and not state.get("no_probes"):
+                if self.base_outputs is None:
+                    self.base_outputs = generate_batch(session, probe_prompts, probe_tokens, base=True)
+                adapted = generate_batch(session, probe_prompts, probe_tokens)
+                for p, b, a in zip(probe_prompts, self.base_outputs, adapted, strict=True):
+                    events.emit("probe", step=st.global_step, prompt=p, base=b, adapted=a)
+
+        def on_train_end(self, args, st, control, **kw):
+            session.optimizer = kw.get("optimizer", session.optimizer)
+
+    return EventsCallback()
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    from ..data.collate import real_tokens
+
+    class CountingTrainer(Trainer):
+        """A Trainer that counts the non-padding tokens it trains on (for tokens/s)."""
+
+        tokens = 0
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if model.training:
+                self.tokens += real_tokens(inputs)
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    return CountingTrainer
+
+
+def _output_dir(session, cfg: TrainConfig) -> tuple[Path, str]:
+    if cfg.output_dir:
+        out = Path(cfg.output_dir).expanduser()
+        return out, cfg.run_name or out.name
+    if cfg.resume and not cfg.run_name:
+        previous = [r for r in session.runs if getattr(r, "output_dir", None)]
+        if previous:
+            out = Path(previous[-1].output_dir)
+            return out, out.name
+        raise QloraError("resume: true but no output_dir is given and this session has no earlier run.",
+                         where="train option 'resume'", hint="Add `output_dir: runs/<name>` of the run to resume.")
+    name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
+    return Path("runs") / name, name
+
+
+def _planned_steps(cfg: TrainConfig, n_train: int) -> int:
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    per_epoch = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.gradient_accumulation_steps)
+    return max(1, math.ceil(per_epoch * cfg.epochs))
+
+
+def _report_to(cfg: TrainConfig) -> list[str]:
+    if cfg.report_to == "none":
+        return []
+    import importlib.util
+
+    module = {"wandb": "wandb", "tensorboard": "tensorboard"}[cfg.report_to]
+    if importlib.util.find_spec(module) is None:
+        raise QloraError(f"report_to {cfg.report_to!r} needs the {module} package, which is not installed.",
+                         where="train option 'report_to'", hint=f"pip install {module}, or use report_to: none.")
+    return [cfg.report_to]
+
+
+def _training_args(session, cfg: TrainConfig, out: Path, name: str, has_val: bool, eval_steps: int):
+    from transformers import TrainingArguments
+
+    use_cpu = not str(session.device).startswith("cuda")
+    bf16 = session.config.compute_dtype == "bfloat16"
+    if bf16 and not use_cpu:
+        import torch
+
+        bf16 = torch.cuda.is_bf16_supported()
+    sampling = "group_by_length" if cfg.group_by_length and not cfg.packing else "random"
+    return TrainingArguments(
+        output_dir=str(out), run_name=name, seed=cfg.seed, data_seed=cfg.seed, use_cpu=use_cpu,
+        bf16=bf16, fp16=session.config.compute_dtype == "float16" and not use_cpu,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        logging_strategy="steps", logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if has_val else "no", eval_steps=eval_steps if has_val else None,
+        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500, save_total_limit=2,
+        metric_for_best_model="eval_loss" if has_val else None, greater_is_better=False,
+        optim=OPTIM_NAMES[cfg.optimizer], gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        train_sampling_strategy=sampling, remove_unused_columns=False, prediction_loss_only=True,
+        report_to=_report_to(cfg), disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False,
+    )
+
+
+# --------------------------------------------------------------------------- train
+def train(session, data: Any = None, on_event=None, **options: Any) -> TrainResult:
+    """Train the session's active adapter; options are :class:`~qlora_nb.config.TrainConfig` fields."""
+    if data is not None:
+        options["data"] = data
+    cfg = TrainConfig.from_options(options)
+    prep = prepare(session, cfg)
+    out, name = _output_dir(session, cfg)
+    resume_from = _find_checkpoint(out) if cfg.resume else None
+    if not cfg.resume and out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise QloraError(f"output_dir {str(out)!r} already holds a run.", where="train option 'output_dir'",
+                         hint="Use resume: true to continue it, overwrite: true to replace it, or another "
+                              "output_dir/run_name.")
+    if cfg.early_stopping_patience and not prep.val:
+        raise QloraError("early_stopping_patience needs held-out rows to evaluate.",
+                         where="train option 'early_stopping_patience'", hint="Set val_split > 0.")
+    planned = _planned_steps(cfg, len(prep.train))
+    eval_steps = cfg.eval_steps or max(1, planned // 5)
+
+    unsubscribe = session.events.subscribe(on_event) if on_event is not None else None
+    try:
+        return _fit(session, cfg, prep, out, name, resume_from, planned, eval_steps)
+    finally:
+        if unsubscribe:
+            unsubscribe()
+
+
+def _find_checkpoint(out: Path) -> str:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if ckpt is None:
+        raise QloraError(f"no checkpoint to resume in {str(out)!r}.", where="train option 'resume'",
+                         hint="Checkpoints are written when a run is interrupted or every save_steps; "
+                              "train without resume to start over.")
+    return ckpt
+
+
+def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume_from: str | None,
+         planned: int, eval_steps: int) -> TrainResult:
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from ..data.collate import Collator, ListDataset
+    from .quantize import guard_cpu_repack
+    from .session import _quiet_libraries
+
+    model, tok = session.model, session.tokenizer
+    guard_cpu_repack(model)
+    session.stop_requested = False
+    session.template, session.val_rows, session.chat_format = prep.template, prep.val_rows, prep.chat
+    history: list[dict[str, Any]] = []
+    state: dict[str, Any] = {"step_time": 0.0, "interrupted": False, "max_steps": planned, "resume_from": resume_from}
+    flag = _InterruptFlag()
+    with _quiet_libraries():
+        args = _training_args(session, cfg, out, name, bool(prep.val), eval_steps)
+        trainer = _trainer_class()(
+            model=model, args=args, train_dataset=ListDataset(prep.train),
+            eval_dataset=ListDataset(prep.val) if prep.val else None,
+            data_collator=Collator(tok.pad_token_id, packing=cfg.packing), processing_class=tok,
+        )
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+    state["trainer"] = trainer
+    trainer.add_callback(_make_callback(session, cfg, prep, flag, history, state))
+    early = None
+    if cfg.early_stopping_patience:
+        early = EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)
+        trainer.add_callback(early)
+    use_cache = getattr(model.config, "use_cache", None)
+    model.config.use_cache = False
+    aborted = False
+    started = time.perf_counter()
+    try:
+        with _quiet_libraries(), flag, _RssSampler(session):
+            try:
+                output = trainer.train(resume_from_checkpoint=resume_from)
+                metrics = dict(output.metrics)
+            except KeyboardInterrupt:  # a second interrupt: stop now, keep the weights as they are
+                aborted, metrics = True, {}
+                model.zero_grad(set_to_none=True)
+    finally:
+        model.config.use_cache = use_cache
+        if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
+            model.gradient_checkpointing_disable()
+        guard_cpu_repack(model)
+    session.optimizer = trainer.optimizer
+    interrupted = aborted or state["interrupted"]
+    st = trainer.state
+    stopped_early = bool(early is not None and not interrupted and st.global_step < st.max_steps
+                         and early.early_stopping_patience_counter >= cfg.early_stopping_patience)
+    tokens = trainer.tokens
+    metrics.update({"steps": st.global_step, "max_steps": st.max_steps, "train_tokens": tokens,
+                    "tokens_per_s": tokens / state["step_time"] if state["step_time"] else 0.0,
+                    "step_time_s": state["step_time"], "wall_s": time.perf_counter() - started,
+                    "train_rows": len(prep.train), "val_rows": len(prep.val), "peak_rss": session.peak_rss})
+    if prep.val and not interrupted:
+        metrics.setdefault("eval_loss", next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None))
+    adapter_dir = save_run(session, cfg, out, metrics, prep)
+    checkpoint = None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if out.is_dir():
+        last = get_last_checkpoint(str(out))
+        checkpoint = Path(last) if last else None
+    result = TrainResult(history=history, adapter_dir=adapter_dir, metrics=metrics, interrupted=interrupted,
+                         stopped_early=stopped_early, truncated_rows=prep.truncated, output_dir=out,
+                         checkpoint=checkpoint, config=cfg.to_dict())
+    session.adapters.setdefault(session.active_adapter, {}).update(
+        {"source": "trained", "adapter_dir": str(adapter_dir), "run_name": name})
+    session.runs.append(result)
+    session.events.emit("train_end", steps=st.global_step, interrupted=interrupted, stopped_early=stopped_early,
+                        adapter_dir=str(adapter_dir), checkpoint=str(checkpoint) if checkpoint else None,
+                        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))})
+    return result
+
+
+def save_run(session, cfg: TrainConfig, out: Path, metrics: dict[str, Any], prep: Prepared) -> Path:
+    """The adapter (safetensors + adapter_config.json) and the run's config, swapped in atomically."""
+    name = session.active_adapter
+    target = out / "adapter"
+    with atomic_dir(target, overwrite=True) as tmp:
+        session.model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[name])
+        nested = tmp / name
+        if name != "default" and nested.is_dir():  # peft nests non-default adapters; keep one flat layout
+            for f in nested.iterdir():
+                f.replace(tmp / f.name)
+            nested.rmdir()
+        run = {"train": cfg.to_dict(), "load": session.config.to_dict(), "adapter_name": name,
+               "template": prep.template.text, "chat_format": prep.chat, "base_model": str(session.model_path),
+               "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))}}
+        (tmp / "train_config.json").write_text(json.dumps(run, indent=2, default=str), encoding="utf-8")
+    write_text_atomic(out / "train_config.json", json.dumps(run, indent=2, default=str))
+    return target

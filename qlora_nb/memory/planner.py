@@ -1,0 +1,471 @@
+"""The memory planner: the ledger's components predicted from a config alone.
+
+Weights, quantization constants, adapters, gradients and optimizer states are
+exact arithmetic over the module inventory of :mod:`.architectures` with the
+storage rules of :mod:`.formulas` (byte-exact against the measured ledger for a
+loaded model; tested). Activations, logits and overhead are a model:
+
+Activations (bytes per token per decoder layer), read off the tensors autograd
+saves for backward (``saved_tensors_hooks`` on the demo model, bf16, SDPA,
+LoRA on all-linear), which refines Korthikanti et al.'s ``s·b·h·(34 + 5as/h)``
+for LLaMA blocks: SDPA keeps no ``a·s²`` attention matrix (only q, k, v, the
+output and an fp32 log-sum-exp per head), SwiGLU keeps gate, up and act(gate)
+(``3·I`` in compute dtype), every RMSNorm keeps its fp32 upcast (``4h + 4``),
+and each LoRA target keeps its input cast to fp32 plus, with dropout, the
+dropped copy (``4·d_in`` each) and ``lora_A``'s fp32 output (``4r``). The sum
+matched the saved bytes of the demo model within 0.2% (1.91 MB/token incl.
+logits). Backward needs one more layer's worth of gradients in flight, so a
+step peaks at ``(L + 1)`` layers; with gradient checkpointing only each layer's
+input (``cd·h``) is kept plus two layers (recompute + gradients).
+
+Logits: ``b·s·V·(cd + 4 + 4)``: the model's logits, their fp32 upcast for the
+loss and the fp32 log-probabilities cross-entropy keeps.
+
+Overhead: on CPU the process RSS also holds the Python/torch/transformers
+runtime, the tokenizer and heap the loader freed but kept. Fitted on this
+machine (2 cores, torch 2.13 CPU, demo model, 9 batch/seq/checkpointing runs
+of benchmarks/planner_check.py): RSS after ``qlora_nb.load()`` minus the named
+tensors, see ``CPU_RUNTIME_BYTES`` and ``CPU_ACT_SCALE`` below. On CUDA the
+overhead is the CUDA context and allocator slack (an estimate; no GPU here).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import PlanConfig
+from ..errors import QloraError, did_you_mean
+from . import formulas as F
+from .architectures import ARCHITECTURES, Arch, arch_from_config, lookup, read_config, unknown_model_error
+
+COMPONENTS = ("quantized_weights", "quant_constants", "other_weights", "adapters", "gradients",
+              "optimizer_states", "activations", "logits", "overhead")
+
+# Fitted on this CPU by benchmarks/planner_check.py (see the module docstring and the results JSON).
+CPU_RUNTIME_BYTES = 1_000 * 2**20  # python + torch + transformers + peft + bnb + tokenizer + retained heap
+CPU_ACT_SCALE = 1.0  # measured RSS growth per predicted activation byte
+CUDA_CONTEXT_BYTES = 768 * 2**20  # CUDA context + cuBLAS workspace + allocator slack (estimate)
+TIGHT = 0.9  # above this share of the memory the verdict is "tight"
+
+_UNITS = {"": 2**30, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
+
+
+def parse_memory(value: Any, where: str = "plan option 'gpu'") -> int:
+    """'24GB', '80GiB', '512 MB', 24 -> bytes. GB counts like GiB: GPU makers' '24GB' is 24 GiB."""
+    import re
+
+    if isinstance(value, bool):
+        raise QloraError(f"{value!r} is not a memory size.", where=where, hint="Write e.g. 24GB or 80GiB.")
+    if isinstance(value, (int, float)):
+        num, unit = float(value), ""
+    else:
+        m = re.fullmatch(r"\s*([-+]?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise QloraError(f"{value!r} is not a memory size.", where=where, hint="Write e.g. 24GB, 80GiB or 512MB.")
+        num, unit = float(m.group(1)), m.group(2).lower()
+    if not math.isfinite(num) or num <= 0:
+        raise QloraError(f"{value!r} must be more than zero.", where=where, hint="Write e.g. 24GB.")
+    return int(num * _UNITS[unit])
+
+
+def human(n: float) -> str:
+    from .ledger import human_bytes
+
+    return human_bytes(n)
+
+
+# ------------------------------------------------------------------ resolving MODEL
+def resolve_arch(model: str) -> tuple[Arch, str]:
+    """(Arch, where it came from) for a table name, a config.json/model folder, or a hub id (config only)."""
+    name = str(model).strip()
+    if not name:
+        raise QloraError("no model given.", where="MODEL", hint="Name a model, e.g. llama-2-7b.")
+    path = Path(os.path.expanduser(name))
+    if path.exists():
+        cfg_path = path / "config.json" if path.is_dir() else path
+        if not cfg_path.is_file():
+            raise QloraError(f"folder {str(path)!r} has no config.json.", where="MODEL",
+                             hint="Pass a model folder with config.json, or the config.json itself.")
+        return arch_from_config(read_config(cfg_path), name=path.name if path.is_dir() else path.parent.name), \
+            str(cfg_path)
+    found = lookup(name)
+    if found is not None:
+        return found, "architectures table"
+    if name.startswith((".", "/", "~")) or name.endswith(".json"):
+        raise QloraError(f"path {name!r} does not exist.", where="MODEL", hint="Check the path.")
+    if name.count("/") == 1:
+        cfg = _hub_config(name)
+        if cfg is not None:
+            return arch_from_config(read_config(cfg), name=name), f"hub config {name}"
+        err = unknown_model_error(name.split("/")[-1])
+        err.message = f"{name!r} is not in the architectures table and its config could not be fetched from the hub."
+        raise QloraError(err.message, where="MODEL", hint=err.hint)
+    raise unknown_model_error(name)
+
+
+def _hub_config(repo_id: str) -> Path | None:
+    """Only config.json, never weights; None when offline or missing."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo_id, "config.json", etag_timeout=5))
+    except Exception:
+        return None
+
+
+# ------------------------------------------------------------------ the plan
+@dataclass
+class Plan:
+    """Predicted bytes per component, the verdict against the memory limit, and the cheapest fix."""
+
+    model: str
+    source: str
+    arch: Arch
+    config: PlanConfig
+    components: dict[str, int]
+    params: dict[str, int]
+    matrices: list[dict[str, int | str]]
+    limit_bytes: int
+    limit_source: str
+    verdict: str = ""
+    reason: str = ""
+    paged_bytes: int = 0
+    measured: dict[str, int] | None = field(default=None, repr=False)
+
+    @property
+    def total(self) -> int:
+        return sum(self.components.values())
+
+    @property
+    def trainable_params(self) -> int:
+        return self.params["trainable"]
+
+    @property
+    def bits_per_quantized_param(self) -> float | None:
+        q = self.params["quantized"]
+        if not q:
+            return None
+        return 8 * (self.components["quantized_weights"] + self.components["quant_constants"]) / q
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.components)
+        out.update(trainable_params=self.trainable_params, total_params=self.params["total"],
+                   quantized_params=self.params["quantized"], bits_per_quantized_param=self.bits_per_quantized_param,
+                   total=self.total, limit_bytes=self.limit_bytes, verdict=self.verdict, reason=self.reason)
+        return out
+
+    def to_pandas(self):
+        import pandas as pd
+
+        rows = [{"component": k, "predicted_bytes": v,
+                 **({"measured_bytes": self.measured.get(k)} if self.measured else {})}
+                for k, v in self.components.items()]
+        return pd.DataFrame(rows)
+
+    def __str__(self) -> str:
+        c = self.config
+        head = (f"plan for {self.model} ({self.source}): {c.method}, {c.base_bits}-bit base"
+                + (f" {c.quant.upper()}{' + DQ' if c.double_quant else ''}" if c.base_bits == 4 else "")
+                + (f", r={c.r}" if c.method != "full" else "")
+                + f", batch {c.batch_size} x {c.seq_len} tokens, {c.optimizer}"
+                + (", gradient checkpointing" if c.gradient_checkpointing else "") + f", {c.device}")
+        lines = [head, f"parameters: {self.params['total']:,} total, {self.trainable_params:,} trainable"
+                 + (f", {self.bits_per_quantized_param:.3f} bits per quantized param"
+                    if self.bits_per_quantized_param else "")]
+        width = max(map(len, COMPONENTS)) + 2
+        measured = self.measured or {}
+        for k in COMPONENTS:
+            extra = ""
+            if k in measured:
+                extra = f"   measured {human(measured[k]):>10}" + ("  (exact)" if measured[k] == self.components[k]
+                                                                    else "")
+            lines.append(f"  {k:<{width}} {human(self.components[k]):>10}{extra}")
+        lines.append(f"  {'total':<{width}} {human(self.total):>10}   vs {human(self.limit_bytes)} "
+                     f"({self.limit_source})")
+        lines.append(f"verdict: {self.verdict} — {self.reason}")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(str(self))
+
+    def to_event(self) -> dict[str, Any]:
+        return {"model": self.model, "source": self.source, "components": dict(self.components),
+                "total": self.total, "limit_bytes": self.limit_bytes, "verdict": self.verdict, "reason": self.reason,
+                "trainable_params": self.trainable_params, "bits_per_quantized_param": self.bits_per_quantized_param,
+                "measured": self.measured}
+
+
+def lora_matrices(arch: Arch, targets: list[str], r: int) -> list[dict[str, Any]]:
+    """The adapted matrix types for ``targets`` ('all-linear' = every decoder linear; peft skips lm_head)."""
+    specs = arch.linears()
+    names = [s.name for s in specs]
+    if [t.lower() for t in targets] == ["all-linear"]:
+        chosen = specs
+    else:
+        chosen = []
+        for t in targets:
+            key = t.rsplit(".", 1)[-1]
+            if key not in names:
+                raise QloraError(f"LoRA target {t!r} is not a linear layer of {arch.name}.",
+                                 where="plan option 'targets'",
+                                 hint=did_you_mean(key, names + ["all-linear"]))
+        chosen = [s for s in specs if s.name in {t.rsplit(".", 1)[-1] for t in targets}]
+    return [{"name": s.name, "d_in": s.d_in, "d_out": s.d_out, "r": r, "count": s.count,
+             "params_each": F.lora_params(r, s.d_in, s.d_out), "params": F.lora_params(r, s.d_in, s.d_out) * s.count}
+            for s in chosen]
+
+
+def activation_bytes_per_token_layer(arch: Arch, cfg: PlanConfig, matrices: list[dict[str, Any]]) -> int:
+    """Bytes autograd keeps per token in one decoder layer (see the module docstring)."""
+    cd = F.DTYPE_BYTES[cfg.compute_dtype]
+    h, i = arch.hidden, arch.intermediate
+    norms = arch.norms_per_layer * (4 * h + 4)
+    attn = cd * (2 * arch.q_dim + 2 * arch.kv_dim) + 4 * arch.heads
+    mlp = 3 * cd * i
+    lora = 0
+    if cfg.method != "full":
+        # lora_A's fp32 input per target; dropout adds its noise tensor (fp32 on CPU, a bool mask on CUDA).
+        per_in = 4 + ((4 if cfg.device == "cpu" else 1) if cfg.lora_dropout > 0 else 0)
+        for m in matrices:
+            lora += (per_in * int(m["d_in"]) + 4 * int(m["r"])) * int(m["count"]) // arch.layers
+    else:  # trainable weights: each linear keeps its input (shared inputs once)
+        lora = cd * (h + arch.q_dim + h + i)
+    return norms + attn + mlp + lora
+
+
+def _trainable_tensors(arch: Arch, cfg: PlanConfig, matrices: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(numel, how many) of every trainable tensor: optimizer state is per tensor."""
+    if cfg.method == "full":
+        out = [(s.numel, s.count) for s in arch.linears()]
+        out += [(s.d_out, s.count) for s in arch.linears() if s.bias]
+        out += [(arch.vocab * arch.hidden, 1 if arch.tied else 2), (arch.hidden, arch.layers * arch.norms_per_layer + 1)]
+        if arch.qk_norm:
+            out.append((arch.head_dim, 2 * arch.layers))
+        return out
+    out = []
+    for m in matrices:
+        out += [(int(m["r"]) * int(m["d_in"]), int(m["count"])), (int(m["d_out"]) * int(m["r"]), int(m["count"]))]
+        if cfg.dora:
+            out.append((int(m["d_out"]), int(m["count"])))
+    return out
+
+
+def compute_components(arch: Arch, cfg: PlanConfig) -> tuple[dict[str, int], dict[str, int], list, int]:
+    """(components, params, LoRA matrices, paged bytes) for one architecture and configuration."""
+    bits, cd = cfg.base_bits, F.DTYPE_BYTES[cfg.compute_dtype]
+    comp = dict.fromkeys(COMPONENTS, 0)
+    quantized = 0
+    for s in arch.linears():
+        n = s.numel
+        if bits == 4:
+            comp["quantized_weights"] += F.packed_4bit_bytes(n) * s.count
+            comp["quant_constants"] += F.constants_4bit_bytes(n, cfg.double_quant) * s.count
+            quantized += n * s.count
+        elif bits == 8:
+            w, scb = F.int8_bytes(s.d_in, s.d_out)
+            comp["quantized_weights"] += w * s.count
+            comp["quant_constants"] += scb * s.count
+            quantized += n * s.count
+        else:
+            comp["other_weights"] += n * cd * s.count
+        if s.bias:
+            comp["other_weights"] += s.d_out * cd * s.count
+    comp["other_weights"] += (arch.embedding_params() + arch.norm_params()) * cd + arch.rotary_buffer_numel() * F.FP32
+
+    matrices = [] if cfg.method == "full" else lora_matrices(arch, cfg.targets, cfg.r)
+    tensors = _trainable_tensors(arch, cfg, matrices)
+    trainable = sum(n * k for n, k in tensors)
+    base_params = arch.total_params()
+    if cfg.method == "full":
+        comp["gradients"] = trainable * cd
+    else:
+        comp["adapters"] = trainable * F.FP32
+        comp["gradients"] = trainable * F.FP32
+    paged = 0
+    for n, k in tensors:
+        if cfg.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+            b = F.adamw8bit_state_bytes(n)
+        else:
+            b = F.adamw_state_bytes(n)
+        comp["optimizer_states"] += b * k
+        if cfg.optimizer.startswith("paged") and n >= 100_000:
+            paged += b * k
+
+    tokens = cfg.batch_size * cfg.seq_len
+    per_layer = activation_bytes_per_token_layer(arch, cfg, matrices)
+    if cfg.gradient_checkpointing:
+        act = tokens * (arch.layers * cd * arch.hidden + 2 * per_layer)
+    else:
+        act = tokens * (arch.layers + 1) * per_layer
+    scale = CPU_ACT_SCALE if cfg.device == "cpu" else 1.0
+    comp["activations"] = int(act * scale)
+    comp["logits"] = int(tokens * arch.vocab * (cd + 8) * scale)
+    comp["overhead"] = CPU_RUNTIME_BYTES if cfg.device == "cpu" else CUDA_CONTEXT_BYTES
+    params = {"total": base_params + (trainable if cfg.method != "full" else 0), "trainable": trainable,
+              "quantized": quantized}
+    return comp, params, matrices, paged
+
+
+def _limit(cfg: PlanConfig) -> tuple[int, str]:
+    if cfg.gpu is not None:
+        return parse_memory(cfg.gpu), f"--gpu {cfg.gpu}"
+    if cfg.device == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's RAM"
+        except (ValueError, OSError, AttributeError):
+            return 16 * 2**30, "16 GiB (RAM unknown)"
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(0).total_memory), torch.cuda.get_device_name(0)
+    return 24 * 2**30, "24 GiB (default; pass --gpu)"
+
+
+def _verdict_of(total: int, limit: int) -> str:
+    if total <= TIGHT * limit:
+        return "fits"
+    if total <= limit:
+        return "tight"
+    return "won't fit"
+
+
+def _changes(cfg: PlanConfig) -> list[tuple[str, dict[str, Any]]]:
+    """Candidate changes, cheapest first (the order the reason line prefers)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    if not cfg.gradient_checkpointing:
+        out.append(("turn on gradient checkpointing", {"gradient_checkpointing": True}))
+    if "8bit" not in cfg.optimizer:
+        out.append(("use the paged_adamw_8bit optimizer", {"optimizer": "paged_adamw_8bit"}))
+    b = cfg.batch_size // 2
+    while b >= 1:
+        k = math.ceil(cfg.batch_size / b)
+        out.append((f"batch_size {b} (gradient_accumulation_steps {k} keeps the effective batch)", {"batch_size": b}))
+        b //= 2
+    s = cfg.seq_len // 2
+    while s >= 64:
+        out.append((f"seq_len {s}", {"seq_len": s}))
+        s //= 2
+    if cfg.method == "full":
+        out.append(("lora instead of full fine-tuning", {"method": "lora", "bits": None}))
+    if cfg.method != "qlora" and cfg.base_bits != 4:
+        out.append(("qlora (4-bit NF4 base) instead of lora", {"method": "qlora", "bits": None, "quant": "nf4"}))
+    if cfg.base_bits == 4 and not cfg.double_quant:
+        out.append(("turn on double quantization", {"double_quant": True}))
+    r = cfg.r // 2
+    while cfg.method != "full" and r >= 1:
+        out.append((f"r {r}", {"r": r}))
+        r //= 2
+    return out
+
+
+def cheapest_change(arch: Arch, cfg: PlanConfig, limit: int) -> str | None:
+    """The first single change (cheapest first) that fits, else the first cumulative set that does."""
+    changes = _changes(cfg)
+    for text, delta in changes:
+        trial = cfg.replace(**delta)
+        if sum(compute_components(arch, trial)[0].values()) <= TIGHT * limit:
+            return text
+    acc, applied = cfg, []
+    for text, delta in changes:
+        acc = acc.replace(**delta)
+        applied.append(text)
+        if sum(compute_components(arch, acc)[0].values()) <= TIGHT * limit:
+            return " + ".join(applied)
+    return None
+
+
+def _reason(plan: Plan) -> str:
+    name, size = max(plan.components.items(), key=lambda kv: kv[1])
+    big = f"biggest component: {name.replace('_', ' ')} ({human(size)})"
+    used = f"{human(plan.total)} of {human(plan.limit_bytes)}"
+    if plan.verdict == "fits":
+        return f"{used}; {big}."
+    fix = cheapest_change(plan.arch, plan.config, plan.limit_bytes)
+    if fix is None:
+        return f"{used}; {big}; nothing in the search fits (checkpointing, 8-bit optimizer, batch, seq_len, " \
+               f"qlora, r) — it needs more memory."
+    return f"{used}; {big}; cheapest change that fits: {fix}."
+
+
+def build_plan(arch: Arch, cfg: PlanConfig, source: str, model: str | None = None) -> Plan:
+    comp, params, matrices, paged = compute_components(arch, cfg)
+    limit, limit_source = _limit(cfg)
+    plan = Plan(model or arch.name, source, arch, cfg, comp, params, matrices, limit, limit_source, paged_bytes=paged)
+    plan.verdict = _verdict_of(plan.total, limit)
+    plan.reason = _reason(plan)
+    return plan
+
+
+def plan(model: str | None = None, **options: Any) -> Plan:
+    """Predict training memory for ``model`` (table name, config.json/folder or hub id): the ``%qlora_plan`` twin.
+
+    Options are :class:`qlora_nb.config.PlanConfig` fields (``gpu``, ``method``, ``quant``, ``double_quant``,
+    ``r``, ``targets``, ``seq_len``, ``batch_size``, ``gradient_checkpointing``, ``optimizer``…).
+    """
+    if model is not None:
+        options["model"] = model
+    cfg = PlanConfig.from_options(options)
+    arch, source = resolve_arch(cfg.model)
+    return build_plan(arch, cfg, source, cfg.model)
+
+
+def session_options(session) -> dict[str, Any]:
+    """PlanConfig options that describe a loaded session (its LoRA config and last run, when there is one)."""
+    c = session.config
+    opts: dict[str, Any] = {
+        "model": str(session.model_path), "bits": c.bits, "method": "qlora" if c.bits == 4 else "lora",
+        "quant": c.quant, "double_quant": c.double_quant, "r": c.r, "targets": list(c.targets),
+        "lora_dropout": c.dropout, "dora": c.dora, "compute_dtype": c.compute_dtype,
+        "device": "cuda" if str(session.device).startswith("cuda") else "cpu",
+    }
+    peft_cfg = getattr(session.model, "peft_config", {}).get(getattr(session.model, "active_adapter", None))
+    if peft_cfg is not None:
+        opts["r"] = int(peft_cfg.r)
+        tm = peft_cfg.target_modules
+        opts["targets"] = [tm] if isinstance(tm, str) else sorted(tm)
+        opts["lora_dropout"] = float(peft_cfg.lora_dropout)
+        opts["dora"] = bool(getattr(peft_cfg, "use_dora", False))
+    run_cfg = getattr(session.runs[-1], "config", None) if getattr(session, "runs", None) else None
+    if run_cfg is not None:
+        for src, dst in (("batch_size", "batch_size"), ("cutoff_len", "seq_len"),
+                         ("gradient_checkpointing", "gradient_checkpointing"), ("optimizer", "optimizer")):
+            if hasattr(run_cfg, src):
+                opts[dst] = getattr(run_cfg, src)
+    return opts
+
+
+def plan_session(session, *, measure: bool = True, **options: Any) -> Plan:
+    """The plan for a loaded session's model and settings (options override), with its measured ledger."""
+    opts = session_options(session)
+    opts.update(options)
+    if opts.get("targets") and opts["targets"] != ["all-linear"]:
+        names = {s.name for s in resolve_arch(opts["model"])[0].linears()}
+        if set(opts["targets"]) >= names:  # peft resolved 'all-linear' into the names
+            opts["targets"] = ["all-linear"]
+    p = plan(**opts)
+    p.model = session.config.model
+    if measure:
+        led = session.ledger()
+        p.measured = led.as_dict()
+    return p
+
+
+def cheapest_fix(session, **options: Any) -> str | None:
+    """For OOM messages: the planner's cheapest change for this session and run settings."""
+    known = set(PlanConfig.field_names()) | set(PlanConfig.aliases())
+    opts = {k: v for k, v in options.items() if k.replace("-", "_") in known}
+    p = plan_session(session, measure=False, **opts)
+    return cheapest_change(p.arch, p.config, p.limit_bytes) if p.verdict != "fits" else None
+
+
+def table() -> list[dict[str, Any]]:
+    """The architectures table as rows (for display and tests)."""
+    return [a.to_dict() for a in ARCHITECTURES.values()]

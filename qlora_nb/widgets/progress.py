@@ -1,0 +1,164 @@
+"""Plain-text training progress, and the choice between it and the live dashboard.
+
+Where no widget front-end can render (a terminal, a script, nbclient/papermill
+runs) a line like ``step 12/60 loss 1.2340 lr 2.0e-04 310 tok/s eta 0:42`` is
+printed every few steps, on every eval and at the end.
+
+How the view is chosen (:func:`watch`): inside a Jupyter (ZMQ) kernel the
+dashboard is displayed; its text/plain fallback is what nbclient and
+non-widget front-ends record, and the display is updated at ``train_end`` so
+they keep a one-line summary of the finished run. Anywhere
+else (``get_ipython()`` is None or a terminal IPython) :class:`TextProgress`
+prints instead. A kernel cannot tell whether a browser is attached, so this
+is the best available signal; ``view="text"``/``"widget"`` overrides it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class TextProgress:
+    """An event subscriber that prints one progress line per ``every`` steps, per eval and at the end.
+
+    ``every=None`` picks about ten lines per run from ``max_steps``.
+    """
+
+    def __init__(self, every: int | None = None, stream: TextIO | None = None) -> None:
+        self.every = every
+        self.stream = stream
+        self._unsubscribe: Callable[[], None] | None = None
+        self._last: dict[str, Any] = {}
+        self._started: float | None = None
+
+    @classmethod
+    def for_session(cls, session: Any, config: Any = None, **kwargs: Any) -> TextProgress:
+        p = cls(**kwargs)
+        p._unsubscribe = session.events.subscribe(p.on_event)
+        return p
+
+    def detach(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    close = detach
+
+    def __enter__(self) -> TextProgress:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._unsubscribe is not None and exc_type is not None:
+            if issubclass(exc_type, KeyboardInterrupt):
+                self.on_event({"kind": "train_end", "interrupted": True})
+            else:
+                self.on_event({"kind": "train_end", "error": f"{exc_type.__name__}: {exc}"})
+        self.detach()
+
+    def _print(self, line: str) -> None:
+        stream = self.stream or sys.stdout
+        print(line, file=stream, flush=True)
+
+    def _interval(self, max_steps: Any) -> int:
+        if self.every:
+            return max(1, int(self.every))
+        return max(1, int(max_steps) // 10) if isinstance(max_steps, int) and max_steps > 0 else 10
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == "train_begin":
+            self._started = time.perf_counter()
+        elif kind == "step":
+            self._last = event
+            step, max_steps = event.get("step"), event.get("max_steps")
+            if isinstance(step, int) and (step % self._interval(max_steps) == 0 or step == max_steps or step == 1):
+                self._print(self.step_line(event))
+        elif kind == "eval" and event.get("eval_loss") is not None:
+            self._print(f"eval step {event.get('step')} eval_loss {event['eval_loss']:.4f}")
+        elif kind == "probe":
+            self._print(f"probe @ {event.get('step')}: {_clip(event.get('prompt'))!r} -> {_clip(event.get('adapted'))!r}")
+        elif kind == "train_end":
+            self._print(self.end_line(event))
+            self.detach()
+
+    @staticmethod
+    def step_line(e: dict[str, Any]) -> str:
+        parts = [f"step {e.get('step')}/{e.get('max_steps') or '?'}"]
+        if e.get("loss") is not None:
+            parts.append(f"loss {e['loss']:.4f}")
+        if e.get("learning_rate") is not None:
+            parts.append(f"lr {e['learning_rate']:.1e}")
+        if e.get("tokens_per_s") is not None:
+            parts.append(f"{e['tokens_per_s']:.0f} tok/s")
+        parts.append(f"eta {fmt_duration(e.get('eta_s'))}")
+        return " ".join(parts)
+
+    def end_line(self, e: dict[str, Any]) -> str:
+        if e.get("error"):
+            state = f"failed: {e['error']}"
+        else:
+            state = "stopped" if (e.get("stopped") or e.get("interrupted")) else "done"
+        step = e.get("step", e.get("steps", self._last.get("step")))
+        parts = [f"{state} at step {step}/{self._last.get('max_steps') or '?'}"]
+        if self._last.get("loss") is not None:
+            parts.append(f"loss {self._last['loss']:.4f}")
+        if self._started is not None:
+            parts.append(f"in {fmt_duration(time.perf_counter() - self._started)}")
+        return " ".join(parts)
+
+
+def _clip(text: Any, n: int = 60) -> str:
+    s = "" if text is None else str(text).replace("\n", " ")
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def widget_frontend() -> bool:
+    """True inside a Jupyter (ZMQ) kernel, where the dashboard is displayed; False in scripts and terminals."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def watch(session: Any, config: Any = None, view: str = "auto", display: bool = True):
+    """Attach the right live view to ``session.events`` for the coming run; returns it.
+
+    ``view``: ``"auto"`` (see module docstring), ``"widget"``, ``"text"`` or ``"none"`` (a no-op context).
+    Both views detach themselves at ``train_end``; use the result as a context
+    manager around the training call so an exception also ends the view::
+
+        with watch(session, cfg):
+            result = session.train(**options)
+    """
+    if view not in ("auto", "widget", "text", "none"):
+        from ..errors import QloraError
+
+        raise QloraError(f"unknown progress view {view!r}.", where="progress", hint="use auto, widget, text or none")
+    if view == "none":
+        return contextlib.nullcontext()
+    if view == "widget" or (view == "auto" and widget_frontend()):
+        from .dashboard import TrainingDashboard
+
+        dash = TrainingDashboard.for_session(session, config)
+        if display:
+            from IPython.display import display as show
+
+            # a display id lets the dashboard refresh its text/plain (what nbclient records) at train_end
+            dash.display_handle = show(dash, display_id=True)
+        return dash
+    return TextProgress.for_session(session, config)

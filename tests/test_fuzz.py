@@ -1,0 +1,115 @@
+"""Fuzzing: whatever a user types into a magic line or a cell body, only QloraError comes out.
+
+Every magic's argument parser (all registered by ``%load_ext qlora_nb``) and the
+YAML body parser (then ``TrainConfig.from_options``) get arbitrary text; no
+engine runs, so this stays fast.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qlora_nb.config import GenerateConfig, LoadConfig, TrainConfig
+from qlora_nb.errors import QloraError
+from qlora_nb.magics import magic_classes
+from qlora_nb.magics.base import parse_args, parse_yaml_body
+
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _parsed_magics():
+    """(magic name, bound method with a parser) for every magic that parses flags."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    out = []
+    for cls in magic_classes():
+        obj = cls(shell)
+        for kind in ("line", "cell"):
+            for name, meth in obj.magics.get(kind, {}).items():
+                if hasattr(meth, "parser"):
+                    out.append((name, meth))
+    return out
+
+
+MAGICS = _parsed_magics()
+
+# Text that looks like magic flags: real flag names, quotes, = signs, numbers, unicode.
+_FLAGS = sorted({opt for _, m in MAGICS for a in m.parser._actions for opt in a.option_strings} | {"--", "-", "-h"})
+_TOKEN = st.one_of(
+    st.sampled_from(_FLAGS),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12),
+    st.sampled_from(['"', "'", "=", "$x", "-1", "0", "1e999", "nan", "inf", "\\", "\x00", "🙂", "--debug"]),
+    st.integers().map(str),
+    st.floats(allow_nan=True).map(str),
+)
+LINES = st.one_of(st.text(max_size=80), st.lists(_TOKEN, max_size=8).map(" ".join))
+
+
+def test_every_magic_has_a_parser():
+    names = {n for n, _ in MAGICS}
+    assert {"qlora_load", "qlora_unload", "qlora_ledger", "qlora_load_adapter"} <= names
+
+
+@pytest.mark.parametrize("name,meth", MAGICS, ids=[n for n, _ in MAGICS])
+@FUZZ
+@given(line=LINES)
+def test_parse_args_raises_only_qlora_error(name, meth, line):
+    try:
+        parse_args(meth, line, name)
+    except QloraError as exc:
+        text = str(exc)
+        assert text and "Traceback" not in text
+        assert f"%{name}" in text or "argument" in text or "quote" in text
+
+
+_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20))
+_KEYS = st.one_of(st.sampled_from(TrainConfig.field_names() + list(TrainConfig.aliases())), st.text(max_size=10))
+_YAML_VALUES = st.recursive(_SCALAR, lambda c: st.one_of(st.lists(c, max_size=3),
+                                                          st.dictionaries(st.text(max_size=5), c, max_size=3)),
+                            max_leaves=6)
+
+
+def _yaml_dump(mapping) -> str:
+    import yaml
+
+    return yaml.safe_dump(mapping, allow_unicode=True)
+
+
+YAML_BODIES = st.one_of(
+    st.text(max_size=200),
+    st.dictionaries(_KEYS, _YAML_VALUES, max_size=6).map(_yaml_dump),
+    st.lists(st.sampled_from(["data: x.jsonl", "max_steps: -5", "lr: abc", "  - a", ": :", "{", "]", "*a", "&a b",
+                              "!!python/object:os.system", "key: [1, 2", "epochs: .inf", "seed: 2024-01-01",
+                              "\t", "cutoff_len: 0x10", "? complex", "data: |", "  text"]), max_size=6)
+    .map("\n".join),
+)
+
+
+@FUZZ
+@given(body=YAML_BODIES)
+def test_yaml_body_and_train_options_raise_only_qlora_error(body):
+    try:
+        options = parse_yaml_body(body, "qlora_train")
+        assert isinstance(options, dict)
+        TrainConfig.from_options(options)
+    except QloraError as exc:
+        assert str(exc) and "Traceback" not in str(exc)
+
+
+@FUZZ
+@given(options=st.dictionaries(st.sampled_from(LoadConfig.field_names() + GenerateConfig.field_names()),
+                               _YAML_VALUES, max_size=5))
+def test_load_and_generate_options_raise_only_qlora_error(options):
+    for cls in (LoadConfig, GenerateConfig):
+        try:
+            cls.from_options({k: v for k, v in options.items() if k in cls.field_names()})
+        except QloraError as exc:
+            assert str(exc)
+
+
+def test_yaml_body_never_executes_tags():
+    with pytest.raises(QloraError, match="not valid YAML"):
+        parse_yaml_body("x: !!python/object/apply:os.system ['echo pwned']", "qlora_train")
