@@ -29,8 +29,12 @@ model: $(STAMP)
 demo: $(STAMP) model
 	$(BIN)/python -m qlora_nb.cli demo
 
-browser-deps:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+# Debian's headless Chromium for tests/test_browser.py (Playwright drives it and never downloads a browser),
+# and the venv's python3 kernelspec that nbclient and JupyterLab start for the notebooks.
+browser-deps: $(VENV)/.deps
+	@test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" >/dev/null
 
 lint: $(STAMP)
 	$(BIN)/ruff check qlora_nb tests benchmarks

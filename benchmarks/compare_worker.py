@@ -48,7 +48,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     after_w, after_rss, after_peak = _weights(session), rss_now_bytes(), peak_rss_bytes()
     columns = list(getattr(result, "columns", None) or ["base"])
     inputs = [session.tokenizer(r["formatted"], return_tensors="pt", add_special_tokens=False)["input_ids"]
-              for r in result]
+              .to(session.device) for r in result]
     pad = session.tokenizer.pad_token_id
 
     def plain_generate() -> None:

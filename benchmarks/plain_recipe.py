@@ -41,8 +41,15 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig,
-                              DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        BitsAndBytesConfig,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
     from transformers.utils import logging as tlog
 
     tlog.set_verbosity_error()
@@ -77,6 +84,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     ds = Dataset.from_dict({"text": texts}).map(
         lambda b: tokenizer(b["text"], padding="max_length", truncation=True, max_length=cutoff),
         batched=True, remove_columns=["text"])
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
     meter = TokenMeter(model)
 
     class Steps(TrainerCallback):
@@ -106,7 +114,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "contender": "plain", "bits": bits, "load_seconds": load_seconds, "train_call_seconds": train_wall,
         "first_step_after_train_call_s": meter.step_ends[0][0] - t_train if meter.step_ends else None,
         "first_step_from_launch_s": first_step_from_launch,
-        "rows": len(rows), "throughput": summary, "memory": peak_memory(device),
+        "rows": len(rows), "cutoff_len": cutoff, "longest_row_tokens": max(lengths),
+        "mean_row_tokens": sum(lengths) / len(lengths), "rows_truncated": sum(n > cutoff for n in lengths),
+        "throughput": summary, "memory": peak_memory(device),
     }
 
 

@@ -58,9 +58,22 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-NAMES = {"toolkit": "qlora_nb (`Session.train`)", "plain": "plain recipe (Trainer, pad to cutoff_len)",
+NAMES = {"toolkit": "qlora_nb (`Session.train`)", "plain": "plain recipe (Trainer, padded to cutoff_len)",
          "unsloth": "Unsloth", "dashboard": "qlora_nb + live dashboard", "bits8": "qlora_nb 8-bit",
          "bits16": "qlora_nb 16-bit"}
+
+
+def _name(group: str) -> str:
+    if group.startswith("plain@"):
+        return f"plain recipe, padded to {group.split('@')[1]}"
+    return NAMES.get(group, group)
+
+
+def _lengths(d: dict[str, Any] | None) -> str:
+    if not d or d.get("mean_row_tokens") is None:
+        return ""
+    return (f"Rows are {d['mean_row_tokens']:.0f} tokens on average, {d['longest_row_tokens']} at most "
+            f"({d['rows_truncated']} longer than cutoff_len {d['cutoff_len']}).")
 
 
 def render_one(res: dict[str, Any]) -> list[str]:
@@ -74,6 +87,7 @@ def render_one(res: dict[str, Any]) -> list[str]:
              f"Model `{s['model']}` (4-bit NF4 + double quantization unless stated, LoRA r=16 all-linear), "
              f"data: {s['data']} ({s['rows']} rows), batch {s['batch_size']}, {s['steps']} steps, "
              f"cutoff_len {s['cutoff_len']}, {s['reps']} alternating rounds; reference: {s.get('reference')}.",
+             _lengths(rows.get("data_lengths")),
              "Versions: " + ", ".join(f"{k} {v}" for k, v in res.get("versions", {}).items()) + ".", ""]
     if rows.get("failed_runs"):
         lines += ["**Failed runs:** " + "; ".join(f"{f['label']} (round {f['round']}): "
@@ -84,26 +98,36 @@ def render_one(res: dict[str, Any]) -> list[str]:
               "Non-padding tokens per second over training steps 2..N (step 1 excluded as warm-up), counted by "
               "the same decoder hook for every contender.", ""]
     body = []
-    for g in ("toolkit", "plain", "unsloth"):
-        if g in t:
-            body.append([NAMES[g], fmt(t[g]["tokens_per_s"]), fmt(t[g]["all_steps_tokens_per_s"]),
+    for g in [k for k in t if not k.startswith("ratio_")]:
+        if isinstance(t[g], dict):
+            body.append([_name(g), fmt(t[g]["tokens_per_s"]), fmt(t[g]["all_steps_tokens_per_s"]),
                          fmt(t[g]["step_seconds"], "s"), fmt(t[g]["padding_fraction"], "%")])
     lines += _table(["", "tokens/s (steady)", "tokens/s (all steps)", "s/step", "padding computed"], body)
-    lines += ["", f"**Ratio toolkit / plain (same round): {fmt(t.get('ratio_toolkit_vs_plain'), 'x')}**"]
+    lines += ["", f"**Ratio toolkit / plain (same round): {fmt(t.get('ratio_toolkit_vs_plain'), 'x')}**"
+                  f" (plain padded to cutoff_len {s['cutoff_len']})"]
+    for k in t:
+        if k.startswith("ratio_toolkit_vs_plain@"):
+            cut = k.split("@")[1]
+            lines += ["", f"Ratio toolkit / plain padded to cutoff_len {cut} (same round): {fmt(t[k], 'x')}"]
     if t.get("ratio_toolkit_vs_unsloth"):
         lines += [f"**Ratio toolkit / Unsloth (same round): {fmt(t['ratio_toolkit_vs_unsloth'], 'x')}**"]
     m = rows["memory"]
     lines += ["", f"### {ROW_TITLES['memory']}", "", f"Measured: {m['measure']}.", ""]
-    lines += _table(["", "peak"], [[NAMES[g], fmt(m[g], "B")] for g in NAMES if g in m])
+    lines += _table(["", "peak"], [[_name(g), fmt(v, "B")] for g, v in m.items()
+                                   if g in NAMES or g.startswith("plain@")])
     lines += ["", f"**Ratio toolkit / plain (same round): {fmt(m.get('ratio_toolkit_vs_plain'), 'x')}**"]
     led = m.get("toolkit_ledger")
     if led:
         lines += ["", f"Toolkit ledger by component vs the measured peak (the median run, round {led['round']}; "
                       f"`activations_and_other` = measured - named; on CPU it includes the Python/torch runtime, "
                       f"RSS after load was {_num(led.get('rss_after_load_bytes') or 0, 'B')}):", ""]
-        comp = [[k, _num(v, "B")] for k, v in led["components"].items()]
-        comp.append(["**measured peak**", f"**{_num(led['measured_bytes'], 'B')}** ({led['measured_source']})"])
-        lines += _table(["component", "bytes"], comp)
+        live = led.get("live_ledger") or {}
+        lc = live.get("components") or {}
+        comp = [[k, _num(lc[k], "B") if k in lc else "–", _num(v, "B")] for k, v in led["components"].items()]
+        comp.append(["**measured**", f"{_num(live['measured_bytes'], 'B')} ({live.get('measured_source')})"
+                     if live.get("measured_bytes") else "–",
+                     f"**{_num(led['measured_bytes'], 'B')}** ({led['measured_source']})"])
+        lines += _table(["component", "toolkit's last live ledger event", "after training, vs worker peak"], comp)
     st = rows["startup"]
     heavy = st.get("heavy_modules_after_load_ext") or []
     lines += ["", f"### {ROW_TITLES['startup']}", ""]

@@ -10,7 +10,7 @@ the same round, reported as median (min-max) over rounds. Absolute times are
 reported, never asserted.
 
     python benchmarks/run.py --mode full     # writes results/<machine>-<date>.json and RESULTS.md
-    python benchmarks/run.py --mode smoke    # a few steps, into results/smoke/ (checks the harness works)
+    python benchmarks/run.py --mode smoke    # a few steps, into test-artifacts/bench-smoke/ (checks it works)
     python benchmarks/run.py --render-only   # RESULTS.md again from the stored results
 """
 
@@ -32,15 +32,19 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+try:  # an installed qlora_nb (make bench) wins; a bare checkout uses its own sources
+    import qlora_nb  # noqa: F401
+except ImportError:
+    sys.path.insert(1, str(HERE.parent))
 
 from render import render_results, stats  # noqa: E402
 
 MODES = {
     # reps: training rounds; steps/batch: per training run; compare: prompts x new tokens x reps in-process
     "smoke": dict(reps=1, steps=3, batch_size=2, startup_reps=1, compare_prompts=1, max_new_tokens=4,
-                  compare_reps=1, first_ever=False, planner=False, bits=(4, 8, 16), timeout=300),
-    "full": dict(reps=3, steps=8, batch_size=8, startup_reps=3, compare_prompts=3, max_new_tokens=24,
-                 compare_reps=2, first_ever=True, planner=True, bits=(4, 8, 16), timeout=900),
+                  compare_reps=1, first_ever=False, planner=False, bits=(4, 8, 16), extra_cutoffs=(), timeout=300),
+    "full": dict(reps=3, steps=8, batch_size=4, startup_reps=3, compare_prompts=3, max_new_tokens=24,
+                 compare_reps=2, first_ever=True, planner=True, bits=(4, 8, 16), extra_cutoffs=(256,), timeout=900),
 }
 
 
@@ -100,7 +104,7 @@ class Runner:
         spec_path = run_dir / "spec.json"
         spec_path.write_text(json.dumps(full, indent=1))
         child_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-                     "HF_HUB_DISABLE_PROGRESS_BARS": "1", **(env or {})}
+                     "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": _child_pythonpath(), **(env or {})}
         log = open(run_dir / "log.txt", "wb")  # noqa: SIM115 - closed below
         started = time.perf_counter()
         proc = subprocess.Popen([sys.executable, str(HERE / script), str(spec_path)], stdout=log,
@@ -133,6 +137,15 @@ class Runner:
             what = "ok" if result.get("ok") else "FAILED: " + str(result.get("error", ""))[:300]
             print(f"  [{n:2d}] {label:<18} round {rnd}  {wall:6.1f} s  {what}", flush=True)
         return result
+
+
+def _child_pythonpath() -> str:
+    """Workers import the same qlora_nb as this process (they run from their own folder)."""
+    import qlora_nb
+
+    parts = [str(Path(qlora_nb.__file__).resolve().parents[1])]
+    parts += [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(parts))
 
 
 # ---------------------------------------------------------------- data
@@ -219,6 +232,9 @@ def run_suite(args) -> dict[str, Any]:
     for i in range(mode["reps"]):
         run("toolkit_worker.py", "toolkit", "toolkit", i, bits=4)
         run("plain_recipe.py", "plain", "plain", i, bits=4)
+        for cutoff in mode["extra_cutoffs"]:
+            if cutoff != args.cutoff_len:
+                run("plain_recipe.py", f"plain@{cutoff}", f"plain@{cutoff}", i, bits=4, cutoff_len=cutoff)
         if unsloth:
             run("unsloth_worker.py", "unsloth", "unsloth", i, bits=4)
         run("toolkit_worker.py", "toolkit+dashboard", "dashboard", i, bits=4, dashboard=True)
@@ -235,7 +251,7 @@ def run_suite(args) -> dict[str, Any]:
     if mode["planner"] and script.is_file():
         print("planner check")
         try:
-            proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+            proc = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=600)
             planner = {"returncode": proc.returncode, "stdout": proc.stdout[-8000:], "stderr": proc.stderr[-2000:]}
         except subprocess.TimeoutExpired:
             planner = {"returncode": None, "stdout": "", "stderr": "timed out after 600 s"}
@@ -297,17 +313,24 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     groups = sorted({r["group"] for r in runs})
     failed = [{"label": r["label"], "round": r["round"], "error": r.get("error")} for r in runs if not r.get("ok")]
     reference = "unsloth" if "unsloth" in groups else "plain"
-    train_groups = [g for g in ("toolkit", "plain", "unsloth", "dashboard", "bits8", "bits16") if g in groups]
+    extra = sorted((g for g in groups if g.startswith("plain@")), key=lambda g: int(g.split("@")[1]))
+    train_groups = [g for g in ("toolkit", "plain", *extra, "unsloth", "dashboard", "bits8", "bits16") if g in groups]
     rows: dict[str, Any] = {"failed_runs": failed, "reference": reference}
+    plain = [r for r in runs if r["group"] == "plain" and r.get("ok")]
+    if plain:
+        rows["data_lengths"] = {k: plain[0].get(k) for k in ("mean_row_tokens", "longest_row_tokens",
+                                                              "rows_truncated", "cutoff_len")}
     rows["throughput"] = {
         g: {"tokens_per_s": _group(runs, g, *rate), "all_steps_tokens_per_s": _group(runs, g, "throughput",
                                                                                         "tokens_per_s"),
             "step_seconds": _group(runs, g, *step), "padding_fraction": _group(runs, g, "throughput",
                                                                                 "padding_fraction"),
             "train_call_seconds": _group(runs, g, "train_call_seconds")}
-        for g in train_groups if g in ("toolkit", "plain", "unsloth")
+        for g in train_groups if g in ("toolkit", "plain", "unsloth", *extra)
     }
     rows["throughput"]["ratio_toolkit_vs_plain"] = stats(_paired(runs, "toolkit", "plain", *rate))
+    for g in extra:
+        rows["throughput"][f"ratio_toolkit_vs_{g}"] = stats(_paired(runs, "toolkit", g, *rate))
     if reference == "unsloth":
         rows["throughput"]["ratio_toolkit_vs_unsloth"] = stats(_paired(runs, "toolkit", "unsloth", *rate))
     mem_key = ("memory", "cuda_max_allocated_bytes") if any(_get(r, "memory", "cuda_max_allocated_bytes")
@@ -321,6 +344,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if ledgers:
         mid = sorted(ledgers, key=lambda r: r["ledger"]["measured_bytes"])[len(ledgers) // 2]
         rows["memory"]["toolkit_ledger"] = {**mid["ledger"], "round": mid["round"],
+                                            "live_ledger": mid.get("live_ledger"),
                                             "rss_after_load_bytes": mid.get("rss_after_load_bytes")}
     rows["startup"] = {
         "load_ext_seconds": _group(runs, "startup", "load_ext_seconds"),
@@ -395,13 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--batch-size", dest="batch_size", type=int, default=None)
-    ap.add_argument("--out", default=None, help="results folder (default: benchmarks/results, smoke: .../smoke)")
+    ap.add_argument("--out", default=None, help="results folder (default: benchmarks/results; smoke: test-artifacts/bench-smoke)")
     ap.add_argument("--results-md", dest="results_md", default=None,
                     help="markdown report (default: benchmarks/RESULTS.md in full mode, <out>/RESULTS.md in smoke)")
     ap.add_argument("--render-only", action="store_true", help="re-render the report from stored results")
     ap.add_argument("--keep", action="store_true", help="keep the workers' folders (logs, specs)")
     args = ap.parse_args(argv)
-    default_out = HERE / "results" if args.mode == "full" else HERE / "results" / "smoke"
+    # Smoke results are not for committing: they go where `make clean` and .gitignore already look.
+    default_out = HERE / "results" if args.mode == "full" else HERE.parent / "test-artifacts" / "bench-smoke"
     out_dir = Path(args.out) if args.out else default_out
     md_path = Path(args.results_md) if args.results_md else (HERE / "RESULTS.md" if args.mode == "full"
                                                               else out_dir / "RESULTS.md")

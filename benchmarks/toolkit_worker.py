@@ -31,9 +31,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
         dash = TrainingDashboard.for_session(session)
 
+    live: dict[str, Any] = {}
+
     def on_step(event: dict[str, Any]) -> None:
         if event.get("kind") == "step":
             meter.step_end()
+        elif event.get("kind") == "ledger":
+            live["ledger"] = event.get("ledger")
 
     unsubscribe = session.events.subscribe(on_step)
     options = {
@@ -79,6 +83,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                      "measured_source": "cuda max_memory_allocated" if device.startswith("cuda") else
                      "process peak RSS (ru_maxrss)", "optimizer_name": ledger.optimizer_name,
                      "optimizer_paged": ledger.optimizer_paged, "params": ledger.params}
+    if live.get("ledger"):  # the toolkit's own last live ledger (what the dashboard showed)
+        ev = live["ledger"]
+        out["live_ledger"] = {k: ev.get(k) for k in ("components", "measured_bytes", "measured_source")}
     return out
 
 

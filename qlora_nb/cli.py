@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import NamedTuple
 
 from .errors import QloraError
 
@@ -17,16 +18,65 @@ def fetch_model(args) -> None:
     print(f"model {args.model!r} ready in {path} ({time.perf_counter() - t:.1f} s)")
 
 
+class ExactMatch(NamedTuple):
+    hits: int
+    total: int
+    prompts: list[str]
+    outputs: list[str]
+    references: list[str]
+
+    def __str__(self) -> str:
+        return f"{self.hits}/{self.total} ({100 * self.hits / max(1, self.total):.0f}%)"
+
+
+def exact_match(session, n: int = 16, base: bool = False, max_new_tokens: int = 40) -> ExactMatch:
+    """Greedy outputs on the first ``n`` held-out demo rows, compared with the reference exactly."""
+    from .data.load import load_demo
+    from .data.validate import validate
+    from .engine.train import generate_batch
+
+    text = validate(load_demo(), None)
+    rows = (text.val_rows or [])[:n]
+    prompts = [text.template.prompt(r) for r in rows]
+    refs = [text.template.completion(r) for r in rows]
+    outputs = generate_batch(session, prompts, max_new_tokens, base=base)
+    hits = sum(o.strip() == r.strip() for o, r in zip(outputs, refs, strict=True))
+    return ExactMatch(hits, len(rows), prompts, outputs, refs)
+
+
 def demo(args) -> None:
-    """The main job end to end on the offline demo model."""
+    """The main job end to end on the offline demo model: load, ledger, train, held-out exact match."""
     import qlora_nb
 
     t = time.perf_counter()
     session = qlora_nb.load(args.model)
     print(f"loaded {args.model} 4-bit NF4 + double quantization with LoRA in {time.perf_counter() - t:.1f} s\n")
     print(session.ledger())
-    prompt = "What is the capital of France?"
-    print(f"\nprompt: {prompt}\nreply:  {session.generate(prompt, adapter='base', max_new_tokens=32)}")
+    print("\ndemo task: extract name, age, city and job from a sentence as strict JSON "
+          "(held-out rows use first names never seen in training)")
+    t = time.perf_counter()
+    before = exact_match(session, n=args.eval_rows, base=True)
+    print(f"held-out exact match before training: {before}  ({time.perf_counter() - t:.0f} s)\n")
+    try:
+        from .widgets.progress import TextProgress
+
+        view = TextProgress.for_session(session, every=10)
+    except ImportError:
+        view = None
+    result = session.train(data="demo", max_steps=args.steps, output_dir="runs/demo", overwrite=True, n_probes=0)
+    if view is not None:
+        view.detach()
+    print(f"\ntrained {result.metrics['steps']} steps in {result.metrics['wall_s']:.0f} s, "
+          f"{result.metrics['tokens_per_s']:.0f} non-padding tokens/s; adapter saved in {result.adapter_dir}")
+    t = time.perf_counter()
+    after = exact_match(session, n=args.eval_rows)
+    print(f"held-out exact match after training:  {after}  ({time.perf_counter() - t:.0f} s)\n")
+    i = next((k for k in range(after.total) if after.outputs[k].strip() == after.references[k].strip()), 0)
+    sentence = after.prompts[i].split("### Input:\n", 1)[-1].split("\n\n### Response:", 1)[0]
+    print(f"example (held out): {sentence}")
+    print(f"  reference: {after.references[i].strip()}")
+    print(f"  base:      {before.outputs[i].strip()!r}")
+    print(f"  adapted:   {after.outputs[i].strip()!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=fetch_model)
     p = sub.add_parser("demo", help="Load, quantize, attach LoRA, train on the demo data, compare.")
     p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--steps", type=int, default=60, help="Training steps (default 60).")
+    p.add_argument("--eval-rows", dest="eval_rows", type=int, default=16, help="Held-out rows scored (default 16).")
     p.set_defaults(fn=demo)
     args = parser.parse_args(argv)
     try:

@@ -66,7 +66,7 @@ def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
     """Turn YAML / command-line values into the field's type, or say why not."""
     base, optional = _strip_optional(tp)
     if value is None:
-        if optional:
+        if optional or base is Any:  # Any fields (data) say what they need in validate()
             return None
         raise QloraError(f"{name} needs a value, got nothing.", where=where)
     if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
@@ -250,6 +250,9 @@ class LoadConfig(OptionsBase):
     bits: int = option(4, "Base weight storage: 4 (QLoRA), 8 (LLM.int8) or 16 (plain LoRA).", choices=(4, 8, 16))
     quant: str = option("nf4", "4-bit data type: NormalFloat4 (QLoRA) or FP4 (E2M1).", choices=("nf4", "fp4"))
     double_quant: bool = option(True, "Quantize the per-block absmax constants to 8 bits in blocks of 256.")
+    quant_storage: str = option("uint8", "dtype the packed 4-bit weights are stored in; FSDP-QLoRA needs the float "
+                                         "dtype of the other weights (bfloat16) so it can shard them.",
+                                choices=("uint8",) + DTYPES)
     compute_dtype: str = option(
         "bfloat16", "dtype of the matmuls and of 16-bit weights.", choices=DTYPES + tuple(DTYPE_ALIASES)
     )

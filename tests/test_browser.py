@@ -52,7 +52,12 @@ AFTER_STOP = "print('after stop:', len(stopped_run.history), 'steps;', qlora)"
 _WIDGETS = """(testid) => Array.from(document.querySelectorAll(`[data-testid="${testid}"]`)).map((d) => {
   const q = (id) => d.querySelector(`[data-testid="${id}"]`);
   const lp = q("loss-points"), st = q("train-status");
+  // The plotted loss curve: the plotly FigureWidget shown with the dashboard panel in the same output.
+  const out = d.closest(".jp-OutputArea-output") || d.parentElement;
+  const gd = out ? out.querySelector(".js-plotly-plot") : null;
+  const curve = gd && gd.data && gd.data.length ? (gd.data[0].x || []).length : null;
   return {
+    curve,
     points: lp ? (lp.getAttribute("data-count") ?? lp.textContent) : null,
     status: st ? (st.getAttribute("data-status") ?? st.textContent).trim().toLowerCase() : null,
     total: q("params-total") ? q("params-total").textContent : null,
@@ -146,11 +151,13 @@ def test_breakdown_shows_parameter_counts(lab_run):
 
 
 def test_loss_curve_grows_while_training(lab_run):
-    running = [(t, parse_int(d[0]["points"])) for t, d in lab_run.samples
+    running = [(t, parse_int(d[0]["points"]), d[0]["curve"]) for t, d in lab_run.samples
                if d and d[0]["status"] == "running" and d[0]["points"] not in (None, "")]
-    counts = [c for _, c in running]
+    counts = [c for _, c, _ in running]
     assert len(set(counts)) >= 2 and max(counts) > min(counts), \
         f"loss-points never grew while the status was 'running'; samples: {running[:40]}"
+    curve = [c for _, _, c in running if c is not None]
+    assert curve and max(curve) > min(curve), f"the plotted loss curve never grew during the run: {running[:40]}"
     final = lab_run.widgets("qlora-dashboard")[0]
     assert final["status"] in ("done", "stopped"), final
     assert parse_int(final["points"]) >= max(counts)

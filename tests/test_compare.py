@@ -365,7 +365,7 @@ def test_base_column_is_the_base_model_token_for_token(demo_session_factory):
     assert not hasattr(plain, "peft_config")
     plain.eval()
     for rec in result:
-        ids = torch.tensor([session.tokenizer(rec["formatted"])["input_ids"]])
+        ids = torch.tensor([rec["prompt_ids"]])
         with torch.no_grad():
             out = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
                                  do_sample=False, pad_token_id=session.tokenizer.pad_token_id)

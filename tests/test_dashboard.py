@@ -424,7 +424,7 @@ def test_dashboard_in_jupyterlab_grows_and_stops_live(tmp_path):
         open_notebook(page, server, "dash.ipynb")
         run_command(page, "notebook:run-all-cells")
         seen, deadline = [], time.monotonic() + 120
-        while not (seen and seen[-1]["status"] == "running" and seen[-1]["points"] >= 15):
+        while len({d["points"] for d in seen if d["status"] == "running" and d["points"] >= 10}) < 2:
             assert time.monotonic() < deadline, f"the dashboard never showed progress: {seen[-5:]}"
             assert first_error(notebook_state(page)) is None, first_error(notebook_state(page))
             state = page.evaluate(_DASH_STATE)
@@ -432,7 +432,6 @@ def test_dashboard_in_jupyterlab_grows_and_stops_live(tmp_path):
                 seen.append(state[0])
             page.wait_for_timeout(250)
         growing = [d["points"] for d in seen if d["status"] == "running"]
-        assert len(set(growing)) >= 2, seen
         assert seen[-1]["traces"] == 3 and seen[-1]["probes"] == 1
         page.locator('[data-testid="stop-button"]').first.click()
         clicked = time.monotonic()

@@ -21,7 +21,7 @@ def fresh(tiny_model_dir):
 def test_events_history_and_saved_adapter(tiny_session, tmp_path):
     events = []
     result = tiny_session.train(data=ROWS, max_steps=4, eval_steps=2, output_dir=str(tmp_path / "run"),
-                                probes=["Q: 1 plus 1\nA: "], on_event=events.append, **FAST)
+                                on_event=events.append, **{**FAST, "n_probes": 1})
     kinds = [e["kind"] for e in events]
     assert kinds[0] == "train_begin" and kinds[-1] == "train_end"
     steps = [e for e in events if e["kind"] == "step"]
@@ -30,7 +30,8 @@ def test_events_history_and_saved_adapter(tiny_session, tmp_path):
     assert all(e["tokens_per_s"] > 0 and e["max_steps"] == 4 for e in steps)
     assert [e["step"] for e in events if e["kind"] == "eval"] == [2, 4]
     probes = [e for e in events if e["kind"] == "probe"]
-    assert [p["step"] for p in probes] == [2, 4] and probes[0]["prompt"] == "Q: 1 plus 1\nA: "
+    assert [p["step"] for p in probes] == [2, 4]
+    assert probes[0]["prompt"] == tiny_session.template.prompt(tiny_session.val_rows[0])
     assert isinstance(probes[0]["base"], str) and isinstance(probes[0]["adapted"], str)
     ledgers = [e for e in events if e["kind"] == "ledger"]
     assert ledgers and ledgers[-1]["ledger"]["components"]["optimizer_states"] > 0
@@ -61,8 +62,8 @@ def test_interrupt_at_step_k_then_resume_matches_uninterrupted(tiny_model_dir, t
 
     session = fresh(tiny_model_dir)
 
-    def interrupt_at_3(event):
-        if event["kind"] == "step" and event["step"] == 3:
+    def interrupt_at_3(event):  # "poll" is emitted at the end of each step, before the stop check
+        if event["kind"] == "poll" and event["step"] == 3:
             os.kill(os.getpid(), signal.SIGINT)  # what a kernel interrupt delivers
 
     unsubscribe = session.events.subscribe(interrupt_at_3)
@@ -139,9 +140,9 @@ def test_run_errors(tiny_session, tmp_path):
 
 
 def test_magic_trains_from_yaml_and_binds_the_result(tiny_session, tmp_path):
-    from IPython.testing.globalipapp import start_ipython
+    from IPython.testing import globalipapp
 
-    ip = start_ipython()
+    ip = globalipapp.start_ipython() or globalipapp.get_ipython()  # start_ipython returns None once started
     ip.run_line_magic("load_ext", "qlora_nb")
     try:
         ip.user_ns.update(qlora=tiny_session, rows=ROWS)

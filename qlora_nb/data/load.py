@@ -105,6 +105,9 @@ def load_file(path: Path) -> RawData:
     except UnicodeDecodeError as exc:
         raise QloraError(f"{path.name} is not UTF-8 text (byte {exc.start}).", where=WHERE,
                          hint="Save the file as UTF-8.") from None
+    except OSError as exc:  # permissions, a vanished network share...
+        raise QloraError(f"{path.name} could not be read ({exc.strerror or type(exc).__name__}).", where=WHERE,
+                         hint=f"Check that {path} is readable by this kernel's user.") from None
     if kind == "jsonl":
         return parse_jsonl(text, path.name)
     if kind == "json":

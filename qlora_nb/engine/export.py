@@ -149,9 +149,11 @@ def model_card(session: Session, name: str, meta: dict[str, Any]) -> str:
         f"targets={','.join(cfg.targets)}{', DoRA' if cfg.dora else ''}{', rsLoRA' if cfg.rslora else ''} |",
     ]
     if train:
-        data = train.get("data")
+        data, metrics = train.get("data"), meta.get("metrics") or {}
+        rows = (f" ({metrics['train_rows']} training rows, {metrics.get('val_rows', 0)} held out)"
+                if isinstance(metrics.get("train_rows"), int) else "")
         lines += [
-            f"| data | {data} |",
+            f"| data | {data}{rows} |",
             f"| template | {str(train.get('template') or meta.get('template') or 'chat / prompt-completion')!r} |",
             f"| schedule | lr {train.get('learning_rate')}, {train.get('lr_scheduler_type')}, "
             f"batch {train.get('batch_size')} x {train.get('gradient_accumulation_steps')}, "
@@ -169,6 +171,8 @@ def model_card(session: Session, name: str, meta: dict[str, Any]) -> str:
               "| component | bytes | |", "|---|---:|---:|"]
     for key, value in comps.items():
         lines.append(f"| {key} | {value:,} | {human_bytes(value)} |")
+    if session.peak_rss:
+        lines += ["", f"Peak process memory during the last training run: {human_bytes(session.peak_rss)}."]
     if params:
         lines += ["", f"Parameters: {params.get('total', 0):,} total, {params.get('trainable', 0):,} trainable, "
                       f"{params.get('quantized', 0):,} quantized."]

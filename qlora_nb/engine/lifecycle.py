@@ -250,7 +250,66 @@ def explain_oom(exc: BaseException, where: str, *, session=None, options: dict[s
     if checkpoint:
         msg += f" The last checkpoint is kept in {checkpoint}."
     _release_allocator()
-    where_s = where if where.startswith("%") or " " in where else f"%{where}"
-    err = QloraOOMError(msg, where=where_s, hint=cheapest_change(session, options))
+    err = QloraOOMError(msg, where=where, hint=cheapest_change(session, options))
     err.checkpoint = checkpoint
     return err
+
+
+def drop_traceback(exc: BaseException) -> BaseException:
+    """``exc`` without its traceback, after clearing the frames (and the tensors their locals hold)."""
+    import traceback
+
+    tb = exc.__traceback__
+    if tb is not None:
+        traceback.clear_frames(tb)
+    return exc.with_traceback(None)
+
+
+def oom_during_training(session, trainer, options: dict[str, Any], output_dir, exc: BaseException) -> QloraOOMError:
+    """Stop a run that ran out of memory: drop gradients and optimizer state, name the checkpoint kept."""
+    from pathlib import Path
+
+    model = getattr(session, "model", None)
+    if model is not None and hasattr(model, "zero_grad"):
+        model.zero_grad(set_to_none=True)
+    if trainer is not None:  # optimizer states are the first thing to give back
+        trainer.optimizer = None
+        trainer.lr_scheduler = None
+    session.optimizer = None
+    checkpoint = None
+    out = Path(output_dir)
+    if out.is_dir():
+        from transformers.trainer_utils import get_last_checkpoint
+
+        checkpoint = get_last_checkpoint(str(out))
+    step = getattr(getattr(trainer, "state", None), "global_step", None)
+    err = explain_oom(exc, "%%qlora_train", session=session, options=options, checkpoint=checkpoint)
+    if err is None:  # not reachable for callers that checked is_oom, kept for safety
+        err = QloraOOMError(f"training stopped ({type(exc).__name__}).", where="%%qlora_train")
+    if step is not None:
+        err.message = f"{err.message} Training stopped after step {step}; the session is usable."
+    if checkpoint is None:
+        err.message += " No checkpoint had been written yet (set save_steps to keep one during long runs)."
+    err.args = (err.render(),)
+    err.step = step
+    return err
+
+
+class oom_guard:
+    """``with oom_guard("qlora_nb.load"):`` turns an out-of-memory error in the block into a QloraOOMError.
+
+    The original error's frames are cleared first, so the half-built model
+    they hold is freed before the user reads the message.
+    """
+
+    def __init__(self, where: str, session=None, options: dict[str, Any] | None = None) -> None:
+        self.where, self.session, self.options = where, session, options
+
+    def __enter__(self) -> oom_guard:
+        return self
+
+    def __exit__(self, etype, value, tb) -> bool:
+        if value is None or not isinstance(value, Exception) or isinstance(value, QloraError) or not is_oom(value):
+            return False
+        err = explain_oom(drop_traceback(value), self.where, session=self.session, options=self.options)
+        raise err from None

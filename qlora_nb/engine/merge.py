@@ -382,7 +382,7 @@ def check_merged_weights(session: Session, name: str, folder: Path, result: Merg
         return
     tdt = torch_dtype(result.dtype)
     saved = _SavedTensors(folder)
-    changed, worst, checked = 0, 0.0, 0
+    changed, worst, checked, bad = 0, 0.0, 0, None
     for path, module in session.model.get_base_model().named_modules():
         if not hasattr(module, "lora_A") or name not in module.lora_A:
             continue
@@ -400,11 +400,8 @@ def check_merged_weights(session: Session, name: str, folder: Path, result: Merg
         got = got.float()
         err = (got - expected).abs()
         bound = WEIGHT_EPS[result.dtype] * (expected.abs() + delta.abs()) + WEIGHT_FLOOR[result.dtype]
-        excess = (err - bound).max().item()
-        if excess > 0:
-            raise QloraError(f"merged weight {key} differs from W + scale*B@A by up to {err.max().item():.3g}, more "
-                             f"than {result.dtype} rounding allows.", where="merge verification",
-                             hint="Nothing was saved. Check the adapter's scaling (alpha/r) and rerun with --debug.")
+        if bad is None and (err > bound).any():
+            bad = (key, err.max().item())
         worst = max(worst, err.max().item())
         changed += int(not torch.equal(got, w.to(tdt).float()))
         checked += 1
@@ -414,6 +411,10 @@ def check_merged_weights(session: Session, name: str, folder: Path, result: Merg
                 if result.dtype != "float32" else "")
         raise QloraError(f"the merged model equals the base model: none of the {checked} adapted matrices changed "
                          "(the merge did nothing).", where="merge verification", hint="Nothing was saved." + lost)
+    if bad is not None:
+        raise QloraError(f"merged weight {bad[0]} differs from W + scale*B@A by up to {bad[1]:.3g}, more than "
+                         f"{result.dtype} rounding allows.", where="merge verification",
+                         hint="Nothing was saved. Check the adapter's scaling (alpha/r) and rerun with --debug.")
 
 
 def check_merged_logits(session: Session, name: str, folder: Path, batch, ref_adapter, ref_base,

@@ -44,7 +44,7 @@ def bnb_config(cfg: LoadConfig):
         bnb_4bit_quant_type=cfg.quant,
         bnb_4bit_use_double_quant=cfg.double_quant,
         bnb_4bit_compute_dtype=torch_dtype(cfg.compute_dtype),
-        bnb_4bit_quant_storage="uint8",
+        bnb_4bit_quant_storage=cfg.quant_storage,
     )
 
 

@@ -159,7 +159,9 @@ def load(model: str | None = None, **options: Any) -> Session:
     started = time.perf_counter()
     device = pick_device(cfg)
     path = resolve_model(cfg.model)
-    with _quiet_libraries():
+    from .lifecycle import oom_guard
+
+    with _quiet_libraries(), oom_guard("qlora_nb.load"):  # out of memory: one QloraOOMError with advice
         tokenizer = load_tokenizer(path, cfg)
         base = load_base(path, cfg, device)
         if cfg.adapter:

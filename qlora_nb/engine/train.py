@@ -131,6 +131,7 @@ def generate_batch(session, prompts: list[str], max_new_tokens: int = 48, base: 
     was_training = model.training
     side = tok.padding_side
     tok.padding_side = "left"
+    flags = [(p, p.requires_grad) for n, p in model.named_parameters() if "lora_" in n]  # peft flips these
     guard_cpu_repack(model)
     try:
         model.eval()
@@ -143,6 +144,8 @@ def generate_batch(session, prompts: list[str], max_new_tokens: int = 48, base: 
         return [tok.decode(row, skip_special_tokens=True) for row in new]
     finally:
         tok.padding_side = side
+        for p, flag in flags:
+            p.requires_grad_(flag)
         if was_training:
             model.train()
 
@@ -203,7 +206,7 @@ def _make_callback(session, cfg: TrainConfig, prep: Prepared, flag: _InterruptFl
     events = session.events
     probe_prompts = list(cfg.probes) or [prep.template.prompt(r) for r in prep.val_rows[: cfg.n_probes]]
     probe_tokens = 48
-    if not cfg.probes and prep.val:
+    if not cfg.probes and prep.val and cfg.n_probes:
         longest = max(sum(t != -100 for t in ex["labels"]) for ex in prep.val[: cfg.n_probes])
         probe_tokens = min(96, longest + 4)
     ledger_every = max(1, state["max_steps"] // 20)
@@ -429,7 +432,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
         trainer.add_callback(early)
     use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = False
-    aborted = False
+    aborted, oom = False, None
     started = time.perf_counter()
     try:
         with _quiet_libraries(), flag, _RssSampler(session):
@@ -439,11 +442,21 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
             except KeyboardInterrupt:  # a second interrupt: stop now, keep the weights as they are
                 aborted, metrics = True, {}
                 model.zero_grad(set_to_none=True)
+            except Exception as exc:  # out of memory: stop cleanly, keep the checkpoints, explain (issue 9)
+                from .lifecycle import drop_traceback, is_oom
+
+                if not is_oom(exc):
+                    raise
+                oom = drop_traceback(exc)  # its frames hold the step's activations
     finally:
         model.config.use_cache = use_cache
         if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
             model.gradient_checkpointing_disable()
         guard_cpu_repack(model)
+    if oom is not None:
+        from .lifecycle import oom_during_training
+
+        raise oom_during_training(session, trainer, cfg.to_dict(), out, oom)
     session.optimizer = trainer.optimizer
     interrupted = aborted or state["interrupted"]
     st = trainer.state
@@ -475,10 +488,18 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     return result
 
 
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def save_run(session, cfg: TrainConfig, out: Path, metrics: dict[str, Any], prep: Prepared) -> Path:
     """The adapter (safetensors + adapter_config.json) and the run's config, swapped in atomically."""
     name = session.active_adapter
     target = out / "adapter"
+    if not _is_main_process():  # under DDP (exported train.py) every rank holds the same adapter; rank 0 writes
+        return target
     with atomic_dir(target, overwrite=True) as tmp:
         session.model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[name])
         nested = tmp / name

@@ -205,7 +205,7 @@ def _as_qlora_error(exc: BaseException, magic: str) -> QloraError:
     """An OOM explained with the planner's advice, or any other library error as one paragraph."""
     from ..engine.lifecycle import explain_oom
 
-    oom = explain_oom(exc, magic)
+    oom = explain_oom(exc, f"%{magic}")
     if oom is not None:
         return oom
     first = (str(exc).strip().splitlines() or [""])[0]

@@ -55,6 +55,7 @@ class ExportMagics(QloraMagicsBase):
     @argument("--num-processes", dest="num_processes", default=None,
               help="Processes (GPUs) per machine written into the accelerate config (default 2).")
     @argument("--fsdp", action="store_true", help="Make the FSDP-QLoRA config the default in the README.")
+    @argument("--data", default=None, help="Data file for the script (default: the last run's data file).")
     @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
     @line_magic
     @friendly("qlora_export")
@@ -63,6 +64,8 @@ class ExportMagics(QloraMagicsBase):
         args = parse_args(self.qlora_export, line, "qlora_export")
         session = self.session(args.session)
         options = {"fsdp": args.fsdp}
+        if args.data is not None:
+            options["data"] = self.resolve_value(args.data, "--data")
         if args.num_processes is not None:
             options["num_processes"] = args.num_processes
         out = session.export(args.directory, overwrite=args.overwrite, **options)

@@ -62,3 +62,7 @@ class TrainMagics(QloraMagicsBase):
         with _live_view(session, cfg, args.quiet):
             result = session.train(**options)
         self.bind(args.output, result)
+        if result.truncated_rows:  # not an error, but the user must know how much text was cut
+            rows = result.metrics.get("train_rows", 0) + result.metrics.get("val_rows", 0)
+            print(f"note: {result.truncated_rows} of {rows} rows were longer than cutoff_len={cfg.cutoff_len} "
+                  "tokens and were truncated (raise cutoff_len to keep them whole).")
