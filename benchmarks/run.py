@@ -331,6 +331,14 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     rows["throughput"]["ratio_toolkit_vs_plain"] = stats(_paired(runs, "toolkit", "plain", *rate))
     for g in extra:
         rows["throughput"][f"ratio_toolkit_vs_{g}"] = stats(_paired(runs, "toolkit", g, *rate))
+    # What padding alone would explain if time were proportional to the tokens computed (padding included).
+    useful = [(1 - a) for a in (_get(r, "throughput", "padding_fraction") for r in runs
+                                if r["group"] == "toolkit" and r.get("ok")) if a is not None]
+    plain_useful = [(1 - a) for a in (_get(r, "throughput", "padding_fraction") for r in runs
+                                      if r["group"] == "plain" and r.get("ok")) if a is not None]
+    if useful and plain_useful:
+        rows["throughput"]["ratio_padding_alone"] = (sum(useful) / len(useful)) / (sum(plain_useful) /
+                                                                                 len(plain_useful))
     if reference == "unsloth":
         rows["throughput"]["ratio_toolkit_vs_unsloth"] = stats(_paired(runs, "toolkit", "unsloth", *rate))
     mem_key = ("memory", "cuda_max_allocated_bytes") if any(_get(r, "memory", "cuda_max_allocated_bytes")

@@ -325,7 +325,8 @@ class TrainConfig(OptionsBase):
     gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
     seed: int = option(42, "Seed for shuffling, dropout and the split.", min=0)
     output_dir: str | None = option(None, "Where checkpoints and the final adapter go (default: runs/<name>).")
-    run_name: str | None = option(None, "Name of this run; also the adapter's name in the session.")
+    run_name: str | None = option(None, "Name of this run (default: run-<date>-<time>); output_dir defaults to "
+                                        "runs/<run_name>.")
     report_to: str = option("none", "Extra loggers: none, wandb or tensorboard (when installed).",
                             choices=("none", "wandb", "tensorboard"))
     resume: bool = option(False, "Continue from the last checkpoint in output_dir with the same schedule.",

@@ -188,7 +188,9 @@ def _snapshot(ip) -> dict:
     trainable = [p for p in s.model.parameters() if p.requires_grad]
     return {"ns": ns, "adapters": {k: dict(v) for k, v in s.adapters.items()}, "runs": len(s.runs),
             "config": s.config.to_dict(), "active": s.active_adapter, "training": s.model.training,
-            "weights": [float(p.detach().double().sum()) for p in trainable[:4]], "model": id(s.model)}
+            "weights": [float(p.detach().double().sum()) for p in trainable[:4]], "model": id(s.model),
+            "template": str(getattr(s, "template", None)), "val_rows": id(getattr(s, "val_rows", None)),
+            "optimizer": id(s.optimizer)}
 
 
 def run_cell(ip, cell: str) -> tuple[object, str]:
@@ -235,7 +237,7 @@ def test_every_magic_refuses_an_unknown_flag(env):
     assert expected <= {n for _, n in names}, expected - {n for _, n in names}
     before = _snapshot(ip)
     for kind, name in names:
-        cell = f"%{name} --no-such-flag" if kind == "line" else f"%%{name} --no-such-flag\n"
+        cell = f"%{name} --no-such-flag" if kind == "line" else f"%%{name} --no-such-flag\ndata: x.jsonl"
         result, out = run_cell(ip, cell)
         assert isinstance(result.error_in_exec, QloraError), (name, out)
         text = check_one_paragraph(out, [f"%{name}"])

@@ -87,6 +87,9 @@ def test_load_adapter_adds_a_named_adapter_and_switching_changes_outputs(trained
     assert not torch.equal(_logits(s.model, s.tokenizer), base)
     trainable = {n for n, p in s.model.named_parameters() if p.requires_grad}
     assert trainable and all(".my_adapter." in n for n in trainable)
+    again = s.save(tmp_path / "again", adapter="my_adapter")  # a non-default name still saves a flat folder
+    assert (again / "adapter_model.safetensors").is_file() and not (again / "my_adapter").exists()
+    assert json.loads((again / "qlora_nb.json").read_text())["adapter_name"] == "my_adapter"
     s.set_adapter("default")
     assert torch.equal(_logits(s.model, s.tokenizer), base)
     # a second load keeps a trained active adapter active, and names must be unique
@@ -169,6 +172,19 @@ def test_merge_fp32_reloads_in_plain_transformers_within_1e_2(trained, tmp_path)
         base = _logits(trained.model, trained.tokenizer)
     assert (_logits(merged, trained.tokenizer) - base).abs().max().item() > 0.05  # the adapter is in there
     assert type(trained.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
+
+
+def test_merge_of_a_16bit_session_is_exact_in_fp32(tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    s = qlora_nb.load(str(tiny_model_dir), bits=16, r=4, alpha=8, dropout=0.0, compute_dtype="float32",
+                      targets="q_proj,v_proj", rslora=True)
+    _perturb(s)
+    result = s.merge(tmp_path / "m", dtype="float32", verbose=False)
+    assert result.verified and result.modules_checked == 4
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"), dtype=torch.float32)
+    assert (_logits(merged, s.tokenizer) - _logits(s.model, s.tokenizer)).abs().max().item() < 1e-4
 
 
 def test_merge_that_did_nothing_fails_loudly_and_saves_nothing(trained, tmp_path, monkeypatch):

@@ -21,12 +21,9 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 
 def _parsed_magics():
     """(magic name, bound method with a parser) for every magic that parses flags."""
-    from IPython.core.interactiveshell import InteractiveShell
-
-    shell = InteractiveShell.instance()
     out = []
     for cls in magic_classes():
-        obj = cls(shell)
+        obj = cls(shell=None)  # parsing needs no shell; no global IPython singleton is created here
         for kind in ("line", "cell"):
             for name, meth in obj.magics.get(kind, {}).items():
                 if hasattr(meth, "parser"):

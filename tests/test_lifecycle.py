@@ -156,10 +156,11 @@ def test_explain_oom_asks_the_planner_for_the_cheapest_change(tiny_session, monk
     err = explain_oom(MemoryError(), "%%qlora_train", session=tiny_session, options={**run, "gpu": gpu})
     expected = planner.cheapest_fix(tiny_session, batch_size=64, cutoff_len=4096, gpu=gpu)
     assert expected and f"The planner's cheapest change: {expected}" in str(err)
+    generic_4bit = GENERIC_OOM_ADVICE.replace("; or load with bits=4.", ".")  # the session is 4-bit already
     monkeypatch.setattr(planner, lifecycle.PLANNER_FIX, lambda *a, **k: 1 / 0)
-    assert lifecycle.cheapest_change(tiny_session, run) == GENERIC_OOM_ADVICE  # a planner failure never hides OOM
+    assert lifecycle.cheapest_change(tiny_session, run) == generic_4bit  # a planner failure never hides OOM
     monkeypatch.setattr(planner, lifecycle.PLANNER_FIX, lambda *a, **k: None)  # "it fits": generic advice
-    assert lifecycle.cheapest_change(tiny_session, run) == GENERIC_OOM_ADVICE
+    assert lifecycle.cheapest_change(tiny_session, run) == generic_4bit
 
 
 def test_oom_inside_a_magic_is_one_paragraph_with_advice(shell, tiny_model_dir, monkeypatch):
@@ -276,6 +277,33 @@ def test_interrupt_while_training_saves_its_adapter_keeps_the_previous_one(tiny_
         tiny_session.train(data=_rows(), overwrite=True, learning_rate=1e-2, **opts)
     assert _files(adapter) == before
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_interrupt_during_a_checkpoint_save_resumes_from_the_previous_one(tiny_session, tmp_path, monkeypatch):
+    """Ctrl-C while Trainer writes checkpoint-4: resume ignores the torn folder and continues from checkpoint-2."""
+    import peft.peft_model as pm
+
+    from qlora_nb.engine.lifecycle import last_complete_checkpoint
+
+    real, calls = pm.safe_save_file, {"n": 0}
+
+    def second_save_torn(tensors, filename, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 2:  # checkpoint-2 is whole, checkpoint-4 is cut in the middle of its weights
+            return _torn_save(real)(tensors, filename, metadata=metadata)
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(pm, "safe_save_file", second_save_torn)
+    out = tmp_path / "run"
+    opts = dict(data=_rows(), batch_size=2, val_split=0, output_dir=str(out), cutoff_len=32, save_steps=2)
+    first = tiny_session.train(max_steps=6, **opts)
+    assert first.interrupted
+    assert (out / "checkpoint-4").is_dir() and not (out / "checkpoint-4" / "trainer_state.json").exists()
+    assert last_complete_checkpoint(out) == str(out / "checkpoint-2") == str(first.checkpoint)
+    monkeypatch.undo()
+    resumed = tiny_session.train(max_steps=6, resume=True, **opts)
+    steps = [h["step"] for h in resumed.history if "loss" in h]
+    assert steps[0] == 3 and steps[-1] == 6 and not resumed.interrupted
 
 
 def test_atomic_text_write_interrupted_keeps_the_old_file(tmp_path, monkeypatch):

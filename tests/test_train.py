@@ -35,6 +35,7 @@ def test_events_history_and_saved_adapter(tiny_session, tmp_path):
     assert isinstance(probes[0]["base"], str) and isinstance(probes[0]["adapted"], str)
     ledgers = [e for e in events if e["kind"] == "ledger"]
     assert ledgers and ledgers[-1]["ledger"]["components"]["optimizer_states"] > 0
+    assert ledgers[-1]["ledger"]["components"]["gradients"] > 0
     assert kinds.count("poll") == 4
     assert [h["step"] for h in result.history if "eval_loss" in h] == [2, 4]
     assert all({"loss", "learning_rate", "tokens_per_s"} <= set(h) for h in result.history)

@@ -27,6 +27,7 @@ PLANNER_FIX = "cheapest_fix"  # qlora_nb.memory.planner.cheapest_fix(session, **
 GENERIC_OOM_ADVICE = ("Cheapest changes, in order: gradient_checkpointing: true, a smaller batch_size "
                       "(with gradient_accumulation_steps to keep the effective batch), a smaller cutoff_len, "
                       "optimizer: paged_adamw_8bit; or load with bits=4. Run %qlora_plan to see what fits.")
+_ALREADY_4BIT = GENERIC_OOM_ADVICE.replace("; or load with bits=4.", ".")
 
 
 # ----------------------------------------------------------------- unloading
@@ -234,7 +235,8 @@ def cheapest_change(session=None, options: dict[str, Any] | None = None) -> str:
                 advice = None
             if advice:
                 return f"The planner's cheapest change: {str(advice).rstrip('.')}. Run %qlora_plan for the rest."
-    return GENERIC_OOM_ADVICE
+    config = getattr(session, "config", None)
+    return _ALREADY_4BIT if getattr(config, "bits", None) == 4 else GENERIC_OOM_ADVICE
 
 
 def explain_oom(exc: BaseException, where: str, *, session=None, options: dict[str, Any] | None = None,
@@ -267,8 +269,6 @@ def drop_traceback(exc: BaseException) -> BaseException:
 
 def oom_during_training(session, trainer, options: dict[str, Any], output_dir, exc: BaseException) -> QloraOOMError:
     """Stop a run that ran out of memory: drop gradients and optimizer state, name the checkpoint kept."""
-    from pathlib import Path
-
     model = getattr(session, "model", None)
     if model is not None and hasattr(model, "zero_grad"):
         model.zero_grad(set_to_none=True)
@@ -276,12 +276,7 @@ def oom_during_training(session, trainer, options: dict[str, Any], output_dir, e
         trainer.optimizer = None
         trainer.lr_scheduler = None
     session.optimizer = None
-    checkpoint = None
-    out = Path(output_dir)
-    if out.is_dir():
-        from transformers.trainer_utils import get_last_checkpoint
-
-        checkpoint = get_last_checkpoint(str(out))
+    checkpoint = last_complete_checkpoint(output_dir)
     step = getattr(getattr(trainer, "state", None), "global_step", None)
     err = explain_oom(exc, "%%qlora_train", session=session, options=options, checkpoint=checkpoint)
     if err is None:  # not reachable for callers that checked is_oom, kept for safety
@@ -313,3 +308,33 @@ class oom_guard:
             return False
         err = explain_oom(drop_traceback(value), self.where, session=self.session, options=self.options)
         raise err from None
+
+
+def last_complete_checkpoint(output_dir) -> str | None:
+    """The newest ``checkpoint-N`` that was saved completely, or None.
+
+    ``Trainer`` writes a checkpoint's files in place, weights first and
+    ``trainer_state.json`` last, so an interrupt during the save leaves a torn
+    folder; ``get_last_checkpoint`` would pick it. A checkpoint counts only
+    when its state parses and its weights are there.
+    """
+    import json
+    import re
+    from pathlib import Path
+
+    out = Path(output_dir)
+    if not out.is_dir():
+        return None
+    found = []
+    for p in out.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    for _, p in sorted(found, reverse=True):
+        try:
+            json.loads((p / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if any(p.glob("*.safetensors")):
+            return str(p)
+    return None

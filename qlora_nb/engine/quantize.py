@@ -66,7 +66,9 @@ def load_base(path: Path, cfg: LoadConfig, device: str):
         "dtype": torch_dtype(cfg.compute_dtype),
         "trust_remote_code": cfg.trust_remote_code,
         "use_safetensors": None if cfg.allow_pickle else True,
-        "device_map": {"": device},
+        # an explicit index: under DDP each rank has made its own GPU current, and accelerate refuses a
+        # 4-bit model whose device map says plain "cuda" on any rank but 0
+        "device_map": {"": _indexed(device)},
     }
     q = bnb_config(cfg)
     if q is not None:
@@ -84,6 +86,14 @@ def load_base(path: Path, cfg: LoadConfig, device: str):
         p.requires_grad_(False)
     guard_cpu_repack(model)
     return model
+
+
+def _indexed(device: str):
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.current_device()
+    return device
 
 
 def lora_config(cfg: LoadConfig):

@@ -233,14 +233,18 @@ def _make_callback(session, cfg: TrainConfig, prep: Prepared, flag: _InterruptFl
             tokens = state["trainer"].tokens - state["tokens_at_step"]
             state["step_time"] += dt
             state["last"] = {"tokens": tokens, "dt": dt}
-            if st.global_step % ledger_every == 0 or st.global_step == state["start_step"] + 1:
-                session.optimizer = kw.get("optimizer")
-                events.emit("ledger", step=st.global_step, ledger=session.ledger().to_event())
             events.emit("poll", step=st.global_step)
             if flag.hit or session.stop_requested:
                 state["interrupted"] = True
                 control.should_training_stop = True
                 control.should_save = True
+
+        def on_optimizer_step(self, args, st, control, **kw):
+            # After optimizer.step() and before zero_grad(): gradients and optimizer state both exist.
+            step = st.global_step + 1
+            if step % ledger_every == 0 or step == state["start_step"] + 1:
+                session.optimizer = kw.get("optimizer")
+                events.emit("ledger", step=step, ledger=session.ledger().to_event())
 
         def on_log(self, args, st, control, logs=None, **kw):
             logs = logs or {}
@@ -370,10 +374,15 @@ def train(session, data: Any = None, on_event=None, **options: Any) -> TrainResu
     prep = prepare(session, cfg)
     out, name = _output_dir(session, cfg)
     resume_from = _find_checkpoint(out) if cfg.resume else None
-    if not cfg.resume and out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise QloraError(f"output_dir {str(out)!r} already holds a run.", where="train option 'output_dir'",
-                         hint="Use resume: true to continue it, overwrite: true to replace it, or another "
-                              "output_dir/run_name.")
+    if not cfg.resume and out.exists() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise QloraError(f"output_dir {str(out)!r} already holds a run.", where="train option 'output_dir'",
+                             hint="Use resume: true to continue it, overwrite: true to replace it, or another "
+                                  "output_dir/run_name.")
+        import shutil
+
+        for old in out.glob("checkpoint-*"):  # a fresh run must never resume or report the old run's checkpoints
+            shutil.rmtree(old, ignore_errors=True)
     if cfg.early_stopping_patience and not prep.val:
         raise QloraError("early_stopping_patience needs held-out rows to evaluate.",
                          where="train option 'early_stopping_patience'", hint="Set val_split > 0.")
@@ -389,9 +398,9 @@ def train(session, data: Any = None, on_event=None, **options: Any) -> TrainResu
 
 
 def _find_checkpoint(out: Path) -> str:
-    from transformers.trainer_utils import get_last_checkpoint
+    from .lifecycle import last_complete_checkpoint
 
-    ckpt = get_last_checkpoint(str(out)) if out.is_dir() else None
+    ckpt = last_complete_checkpoint(out)  # skips a checkpoint torn by an interrupt during its save
     if ckpt is None:
         raise QloraError(f"no checkpoint to resume in {str(out)!r}.", where="train option 'resume'",
                          hint="Checkpoints are written when a run is interrupted or every save_steps; "
@@ -470,12 +479,10 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     if prep.val and not interrupted:
         metrics.setdefault("eval_loss", next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None))
     adapter_dir = save_run(session, cfg, out, metrics, prep)
-    checkpoint = None
-    from transformers.trainer_utils import get_last_checkpoint
+    from .lifecycle import last_complete_checkpoint
 
-    if out.is_dir():
-        last = get_last_checkpoint(str(out))
-        checkpoint = Path(last) if last else None
+    last = last_complete_checkpoint(out)
+    checkpoint = Path(last) if last else None
     result = TrainResult(history=history, adapter_dir=adapter_dir, metrics=metrics, interrupted=interrupted,
                          stopped_early=stopped_early, truncated_rows=prep.truncated, output_dir=out,
                          checkpoint=checkpoint, config=cfg.to_dict())

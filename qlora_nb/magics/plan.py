@@ -1,12 +1,96 @@
-"""Magics for plan (filled in by its issue)."""
+"""%qlora_plan (will it fit?) and %qlora_quant_report (how much does 4-bit cost?)."""
 
 from __future__ import annotations
 
-from IPython.core.magic import magics_class
+from IPython.core.magic import line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
 
-from .base import QloraMagicsBase
+from ..config import PlanConfig
+from .base import DEFAULT_SESSION, QloraMagicsBase, display, friendly, parse_args
+
+_PLAN_FLAGS = ("gpu", "method", "bits", "quant", "double_quant", "r", "targets", "seq_len", "batch_size",
+               "gradient_checkpointing", "optimizer", "compute_dtype", "device", "lora_dropout")
 
 
 @magics_class
 class PlanMagics(QloraMagicsBase):
-    pass
+    @magic_arguments()
+    @argument("model", nargs="?", default=None,
+              help="Table name (llama-2-7b, qwen2.5-7b…), config.json/model folder or hub id (config only). "
+                   "Omit to plan the loaded session, next to its measured ledger.")
+    @argument("--gpu", default=None, help="Memory to fit in: 24GB, 80GiB, 512MB or a number of GB.")
+    @argument("--method", default=None, help="full, lora or qlora (default qlora).")
+    @argument("--bits", default=None, help="Base storage override: 4, 8 or 16.")
+    @argument("--quant", default=None, help="nf4 (default) or fp4.")
+    @argument("--double-quant", dest="double_quant", default=None, action="store_const", const=True,
+              help="Quantize the quantization constants (default on).")
+    @argument("--no-double-quant", dest="double_quant", action="store_const", const=False,
+              help="fp32 absmax constants (0.5 bits/param instead of 0.127).")
+    @argument("--r", "-r", default=None, help="LoRA rank (default 16).")
+    @argument("--targets", default=None, help="all-linear (default) or comma-separated module names.")
+    @argument("--seq-len", dest="seq_len", default=None, help="Tokens per row (default 512).")
+    @argument("--batch-size", dest="batch_size", default=None, help="Rows per step (default 4).")
+    @argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_const", const=True,
+              default=None, help="Recompute activations in backward.")
+    @argument("--optimizer", default=None, help="adamw, adamw_8bit, paged_adamw_8bit or paged_adamw_32bit.")
+    @argument("--compute-dtype", dest="compute_dtype", default=None, help="bfloat16 (default), float16, float32.")
+    @argument("--device", default=None, help="cuda (default for a MODEL) or cpu.")
+    @argument("--lora-dropout", dest="lora_dropout", default=None, help="LoRA dropout (default 0.05).")
+    @argument("--session", default=DEFAULT_SESSION, help="Session to plan when no MODEL is given (default: qlora).")
+    @argument("--text", action="store_true", help="Print the plan as text instead of the widget.")
+    @argument("-o", dest="output", default=None, help="Bind the Plan to this variable.")
+    @line_magic
+    @friendly("qlora_plan")
+    def qlora_plan(self, line: str = ""):
+        """Predict training memory by component and say whether it fits (the Python twin is qlora_nb.plan)."""
+        args = parse_args(self.qlora_plan, line, "qlora_plan")
+        options = {k: getattr(args, k) for k in _PLAN_FLAGS if getattr(args, k) is not None}
+        if args.model is None:
+            from ..memory.planner import plan_session
+
+            result = plan_session(self.session(args.session), **options)
+        else:
+            from ..memory.planner import plan
+
+            PlanConfig.from_options(options)  # flag errors before anything is resolved
+            result = plan(args.model, **options)
+        if args.output:
+            self.bind(args.output, result)
+        if args.text:
+            print(result)
+            return
+        from ..widgets.planner import PlannerWidget
+
+        display(PlannerWidget(result))
+
+    @magic_arguments()
+    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
+    @argument("--sample", default="65536",
+              help="Values per weight to quantize (whole rows); 'all' for every value (slow on CPU).")
+    @argument("--max-tokens", dest="max_tokens", default="512", help="Held-out tokens for the perplexity.")
+    @argument("--no-perplexity", dest="perplexity", action="store_false",
+              help="Skip the 4-bit vs 16-bit perplexity (no 16-bit copy is loaded).")
+    @argument("-o", dest="output", default=None, help="Bind the QuantReport to this variable.")
+    @line_magic
+    @friendly("qlora_quant_report")
+    def qlora_quant_report(self, line: str = ""):
+        """NF4 vs FP4 vs Int4 reconstruction error per layer, and 4-bit vs 16-bit perplexity, as plots."""
+        from ..errors import QloraError
+
+        args = parse_args(self.qlora_quant_report, line, "qlora_quant_report")
+        session = self.session(args.session)
+        try:
+            sample = None if str(args.sample).lower() in ("all", "none") else int(args.sample)
+            max_tokens = int(args.max_tokens)
+        except ValueError:
+            raise QloraError("--sample and --max-tokens take whole numbers ('all' for --sample).",
+                             where="%qlora_quant_report") from None
+        if max_tokens < 2:
+            raise QloraError(f"--max-tokens {max_tokens} is too small.", where="%qlora_quant_report --max-tokens",
+                             hint="Use at least 2.")
+        report = session.quant_report(sample=sample, max_tokens=max_tokens, perplexity_check=args.perplexity)
+        if args.output:
+            self.bind(args.output, report)
+        print(report)
+        for fig in report.figures().values():
+            display(fig)

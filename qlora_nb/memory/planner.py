@@ -445,6 +445,8 @@ def session_options(session) -> dict[str, Any]:
 def plan_session(session, *, measure: bool = True, **options: Any) -> Plan:
     """The plan for a loaded session's model and settings (options override), with its measured ledger."""
     opts = session_options(session)
+    if "method" in options and "bits" not in options:
+        opts.pop("bits")
     opts.update(options)
     if opts.get("targets") and opts["targets"] != ["all-linear"]:
         names = {s.name for s in resolve_arch(opts["model"])[0].linears()}

@@ -138,7 +138,7 @@ def weight_errors(model_path: Path, names: list[str], sample: int | None) -> lis
         with safe_open(str(f), framework="pt") as fh:
             for k in fh.keys():
                 where[k] = f
-    rows = []
+    samples, rows = [], []
     for name in names:
         if name not in where:
             continue
@@ -146,21 +146,31 @@ def weight_errors(model_path: Path, names: list[str], sample: int | None) -> lis
             w = fh.get_tensor(name)
         numel = w.numel()
         if sample and numel > sample:
-            rows_kept = max(1, sample // w.shape[-1])
-            w = w[:rows_kept]
-        w32 = w.float()
-        norm = float((w32 ** 2).sum()) or 1.0
-        row: dict[str, Any] = {"name": name, "layer": _layer_index(name), "kind": name.split(".")[-2],
-                               "numel": numel, "measured_values": w.numel()}
-        for m in METHODS:
-            err = reconstruct(w, m) - w32
-            row[f"{m}_rel_mse"] = float((err ** 2).sum()) / norm
-            row[f"{m}_mae"] = float(err.abs().mean())
-            row[f"_{m}_sse"] = float((err ** 2).sum())
-            row[f"_{m}_sae"] = float(err.abs().sum())
+            w = w[: max(1, sample // w.shape[-1])]
+        samples.append(w.reshape(-1))
+        rows.append({"name": name, "layer": _layer_index(name), "kind": name.split(".")[-2], "numel": numel,
+                     "measured_values": w.numel()})
+    if not rows:
+        return rows
+    # One bitsandbytes call per method over all weights (each padded with zeros to whole 64-blocks, which
+    # leaves every block's absmax, and so its codes, exactly as quantizing the weight alone would).
+    padded = [torch.cat([t, t.new_zeros((-t.numel()) % BLOCK)]) for t in samples]
+    flat = torch.cat(padded)
+    flat32 = flat.float()
+    recon = {m: reconstruct(flat, m) for m in METHODS}
+    offset = 0
+    for row, t, p in zip(rows, samples, padded, strict=True):
+        orig = flat32[offset: offset + t.numel()]
+        norm = float((orig ** 2).sum()) or 1.0
         row["_norm"] = norm
-        rows.append(row)
-        del w, w32
+        for m in METHODS:
+            err = recon[m][offset: offset + t.numel()] - orig
+            sse = float((err ** 2).sum())
+            row[f"{m}_rel_mse"] = sse / norm
+            row[f"{m}_mae"] = float(err.abs().mean())
+            row[f"_{m}_sse"] = sse
+            row[f"_{m}_sae"] = float(err.abs().sum())
+        offset += p.numel()
     return rows
 
 
@@ -196,11 +206,13 @@ def _load_16bit(session):
     from transformers import AutoModelForCausalLM
 
     from ..engine.quantize import torch_dtype
+    from ..engine.session import _quiet_libraries
 
     cfg = session.config
-    return AutoModelForCausalLM.from_pretrained(str(session.model_path), dtype=torch_dtype(cfg.compute_dtype),
-                                                device_map={"": session.device}, use_safetensors=True,
-                                                trust_remote_code=cfg.trust_remote_code)
+    with _quiet_libraries():
+        return AutoModelForCausalLM.from_pretrained(str(session.model_path), dtype=torch_dtype(cfg.compute_dtype),
+                                                    device_map={"": session.device}, use_safetensors=True,
+                                                    trust_remote_code=cfg.trust_remote_code)
 
 
 def quant_report(session, *, sample: int | None = 65536, text: str | None = None, max_tokens: int = 512,

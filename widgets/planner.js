@@ -1,0 +1,206 @@
+// Memory planner widget. The arithmetic is a line-by-line port of qlora_nb/memory/planner.py + formulas.py
+// so sliders re-plan in the browser without a kernel round-trip (tests compare both on a grid via node).
+import { el, bytes } from "./format.js";
+
+const DT = { bfloat16: 2, float16: 2, float32: 4 };
+const PLAN_KEYS = ["quantized_weights", "quant_constants", "other_weights", "adapters", "gradients",
+  "optimizer_states", "activations", "logits", "overhead"];
+const PCOLORS = {
+  quantized_weights: "#2563eb", quant_constants: "#93c5fd", other_weights: "#64748b", adapters: "#16a34a",
+  gradients: "#f59e0b", optimizer_states: "#dc2626", activations: "#a78bfa", logits: "#e879f9", overhead: "#cbd5e1",
+};
+
+export function linears(a) {
+  const h = a.hidden, i = a.intermediate, n = a.layers, q = a.heads * a.head_dim, kv = a.kv_heads * a.head_dim;
+  const L = (name, d_in, d_out, bias = false) => ({ name, d_in, d_out, count: n, bias });
+  if (a.fused_qkv) return [L("qkv_proj", h, q + 2 * kv, a.qkv_bias), L("o_proj", q, h), L("gate_up_proj", h, 2 * i), L("down_proj", i, h)];
+  return [L("q_proj", h, q, a.qkv_bias), L("k_proj", h, kv, a.qkv_bias), L("v_proj", h, kv, a.qkv_bias), L("o_proj", q, h),
+    L("gate_proj", h, i), L("up_proj", h, i), L("down_proj", i, h)];
+}
+const ceil = Math.ceil;
+function const4(n, dq) {
+  const blocks = ceil(n / 64);
+  return dq ? blocks + 4 + ceil(blocks / 256) * 4 + 256 * 4 + 64 : blocks * 4 + 64;
+}
+const adamw = (n) => 8 * n + 4;
+const adamw8 = (n) => (n < 4096 ? 8 * n : 2 * n + 2 * ceil(n / 256) * 4);
+export function baseBits(o) { return o.bits ? o.bits : (o.method === "qlora" ? 4 : 16); }
+
+export function components(a, o, K) {
+  const bits = baseBits(o), cd = DT[o.compute_dtype || "bfloat16"], specs = linears(a);
+  const c = Object.fromEntries(PLAN_KEYS.map((k) => [k, 0]));
+  let quantized = 0;
+  for (const s of specs) {
+    const n = s.d_in * s.d_out;
+    if (bits === 4) { c.quantized_weights += Math.floor((n + 1) / 2) * s.count; c.quant_constants += const4(n, o.double_quant) * s.count; quantized += n * s.count; }
+    else if (bits === 8) { c.quantized_weights += n * s.count; c.quant_constants += s.d_out * 4 * s.count; quantized += n * s.count; }
+    else c.other_weights += n * cd * s.count;
+    if (s.bias) c.other_weights += s.d_out * cd * s.count;
+  }
+  const emb = a.vocab * a.hidden * (a.tied ? 1 : 2);
+  const norms = a.layers * (a.norms_per_layer * a.hidden + (a.qk_norm ? 2 * a.head_dim : 0)) + a.hidden;
+  c.other_weights += (emb + norms) * cd + a.rotary_embeddings * 2 * Math.floor(a.head_dim / 2) * 4;
+  const full = o.method === "full";
+  const all = (o.targets || ["all-linear"]).length === 1 && (o.targets || ["all-linear"])[0] === "all-linear";
+  const mats = full ? [] : specs.filter((s) => all || o.targets.includes(s.name));
+  const tensors = [];
+  if (full) {
+    for (const s of specs) { tensors.push([s.d_in * s.d_out, s.count]); if (s.bias) tensors.push([s.d_out, s.count]); }
+    tensors.push([a.vocab * a.hidden, a.tied ? 1 : 2], [a.hidden, a.layers * a.norms_per_layer + 1]);
+    if (a.qk_norm) tensors.push([a.head_dim, 2 * a.layers]);
+  } else {
+    for (const m of mats) { tensors.push([o.r * m.d_in, m.count], [m.d_out * o.r, m.count]); if (o.dora) tensors.push([m.d_out, m.count]); }
+  }
+  const trainable = tensors.reduce((t, [n, k]) => t + n * k, 0);
+  if (full) c.gradients = trainable * cd; else { c.adapters = trainable * 4; c.gradients = trainable * 4; }
+  const eight = o.optimizer === "adamw_8bit" || o.optimizer === "paged_adamw_8bit";
+  for (const [n, k] of tensors) c.optimizer_states += (eight ? adamw8(n) : adamw(n)) * k;
+  const h = a.hidden, qd = a.heads * a.head_dim, kvd = a.kv_heads * a.head_dim, cpu = o.device === "cpu";
+  let per = a.norms_per_layer * (4 * h + 4) + cd * (2 * qd + 2 * kvd) + 4 * a.heads + 3 * cd * a.intermediate;
+  if (!full) {
+    const perIn = 4 + (o.lora_dropout > 0 ? (cpu ? 4 : 1) : 0);
+    let lora = 0;
+    for (const m of mats) lora += (perIn * m.d_in + 4 * o.r) * m.count;
+    per += Math.floor(lora / a.layers);
+  } else per += cd * (h + qd + h + a.intermediate);
+  const tokens = o.batch_size * o.seq_len, scale = cpu ? K.cpu_act_scale : 1.0;
+  const act = o.gradient_checkpointing ? tokens * (a.layers * cd * h + 2 * per) : tokens * (a.layers + 1) * per;
+  c.activations = Math.floor(act * scale);
+  c.logits = Math.floor(tokens * a.vocab * (cd + 8) * scale);
+  c.overhead = cpu ? K.cpu_runtime_bytes : K.cuda_context_bytes;
+  return { components: c, trainable, quantized };
+}
+const total = (c) => PLAN_KEYS.reduce((t, k) => t + c[k], 0);
+
+export function changes(o) {
+  const out = [];
+  if (!o.gradient_checkpointing) out.push(["turn on gradient checkpointing", { gradient_checkpointing: true }]);
+  if (!o.optimizer.includes("8bit")) out.push(["use the paged_adamw_8bit optimizer", { optimizer: "paged_adamw_8bit" }]);
+  for (let b = Math.floor(o.batch_size / 2); b >= 1; b = Math.floor(b / 2))
+    out.push([`batch_size ${b} (gradient_accumulation_steps ${ceil(o.batch_size / b)} keeps the effective batch)`, { batch_size: b }]);
+  for (let s = Math.floor(o.seq_len / 2); s >= 64; s = Math.floor(s / 2)) out.push([`seq_len ${s}`, { seq_len: s }]);
+  if (o.method === "full") out.push(["lora instead of full fine-tuning", { method: "lora", bits: null }]);
+  if (o.method !== "qlora" && baseBits(o) !== 4) out.push(["qlora (4-bit NF4 base) instead of lora", { method: "qlora", bits: null, quant: "nf4" }]);
+  if (baseBits(o) === 4 && !o.double_quant) out.push(["turn on double quantization", { double_quant: true }]);
+  for (let r = Math.floor(o.r / 2); o.method !== "full" && r >= 1; r = Math.floor(r / 2)) out.push([`r ${r}`, { r }]);
+  return out;
+}
+
+export function plan(a, o, K, limit) {
+  const res = components(a, o, K), t = total(res.components);
+  const verdict = t <= K.tight * limit ? "fits" : t <= limit ? "tight" : "won't fit";
+  const [bigK, bigV] = PLAN_KEYS.map((k) => [k, res.components[k]]).reduce((m, x) => (x[1] > m[1] ? x : m));
+  const used = `${bytes(t)} of ${bytes(limit)}`, big = `biggest component: ${bigK.replace(/_/g, " ")} (${bytes(bigV)})`;
+  let reason = `${used}; ${big}.`;
+  if (verdict !== "fits") {
+    const fits = (opts) => total(components(a, opts, K).components) <= K.tight * limit;
+    const ch = changes(o);
+    let fix = null;
+    for (const [text, d] of ch) if (fits({ ...o, ...d })) { fix = text; break; }
+    if (fix === null) {
+      let acc = { ...o }; const applied = [];
+      for (const [text, d] of ch) { acc = { ...acc, ...d }; applied.push(text); if (fits(acc)) { fix = applied.join(" + "); break; } }
+    }
+    reason = fix === null
+      ? `${used}; ${big}; nothing in the search fits (checkpointing, 8-bit optimizer, batch, seq_len, qlora, r) — it needs more memory.`
+      : `${used}; ${big}; cheapest change that fits: ${fix}.`;
+  }
+  return { ...res, total: t, verdict, reason };
+}
+
+const GiB = 2 ** 30;
+const STYLE = `.qn-planner .qn-controls{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:4px 12px;margin:6px 0}
+.qn-planner .qn-ctl{display:flex;gap:6px;align-items:center}.qn-planner .qn-ctl>span{min-width:92px;color:#555}
+.qn-planner .qn-verdict{margin:6px 0;padding:4px 8px;border-radius:4px}.qn-planner .qn-fits{background:#dcfce7}
+.qn-planner .qn-tight{background:#fef9c3}.qn-planner .qn-wontfit{background:#fee2e2}
+.qn-planner .qn-cmp-row{display:flex;align-items:center;gap:8px;margin:3px 0}.qn-planner .qn-cmp-label{width:170px}
+.qn-planner .qn-cmp-track{position:relative;flex:1;height:16px}.qn-planner .qn-cmp-track .qn-bar{height:16px;margin:0}
+.qn-planner .qn-limit{position:absolute;top:-3px;bottom:-3px;width:2px;background:#111}.qn-planner .qn-cmp-total{width:80px;text-align:right}`;
+function control(label, input) { return el("label", { class: "qn-ctl" }, el("span", {}, label), input); }
+
+function render({ model, el: host }) {
+  const root = el("div", { class: "qn-card qn-planner", "data-testid": "qlora-planner" });
+  host.append(root);
+  root.append(el("style", {}, STYLE));
+  const archs = model.get("archs"), K = model.get("constants");
+  const state = { ...model.get("options") };
+  const custom = model.get("arch");
+  const archOf = (name) => archs[name] || custom;
+  const select = (key, values) => {
+    const s = el("select", { "data-testid": `plan-${key}` });
+    for (const v of values) s.append(el("option", { value: String(v), selected: String(state[key]) === String(v) }, String(v)));
+    s.onchange = () => { state[key] = s.value; update(); };
+    return s;
+  };
+  const range = (key, values, fmt = String) => {
+    const idx = Math.max(0, values.findIndex((v) => v >= state[key]));
+    const r = el("input", { type: "range", min: 0, max: values.length - 1, step: 1, value: idx, "data-testid": `plan-${key}` });
+    const out = el("b", {}, fmt(state[key]));
+    r.oninput = () => { state[key] = values[Number(r.value)]; out.textContent = fmt(state[key]); update(); };
+    return el("span", {}, r, " ", out);
+  };
+  const check = (key) => {
+    const c = el("input", { type: "checkbox", checked: !!state[key], "data-testid": `plan-${key}` });
+    c.onchange = () => { state[key] = c.checked; update(); };
+    return c;
+  };
+  const names = Object.keys(archs);
+  if (custom && !archs[state.model]) names.unshift(state.model);
+  const pow2 = (lo, hi) => { const v = []; for (let x = lo; x <= hi; x *= 2) v.push(x); return v; };
+  const gpus = [4, 6, 8, 12, 16, 24, 32, 40, 48, 64, 80, 94, 141, 192];
+  state.gpu_gib = state.gpu_gib || Math.round(model.get("limit_bytes") / GiB);
+  const controls = el("div", { class: "qn-controls" },
+    control("model", select("model", names)),
+    control("memory (GiB)", range("gpu_gib", gpus.includes(state.gpu_gib) ? gpus : [...gpus, state.gpu_gib].sort((x, y) => x - y))),
+    control("method", select("method", ["full", "lora", "qlora"])),
+    control("quant", select("quant", ["nf4", "fp4"])),
+    control("double quant", check("double_quant")),
+    control("r", range("r", pow2(1, 512))),
+    control("seq_len", range("seq_len", pow2(64, 32768))),
+    control("batch", range("batch_size", pow2(1, 128))),
+    control("checkpointing", check("gradient_checkpointing")),
+    control("optimizer", select("optimizer", ["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"])),
+  );
+  const verdict = el("div", { class: "qn-verdict", "data-testid": "plan-verdict" });
+  const table = el("div", { "data-testid": "plan-components" });
+  const compare = el("div", { class: "qn-compare", "data-testid": "plan-compare" });
+  root.append(el("div", { class: "qn-title" }, "Will it fit? — memory planner"), controls, verdict, table, compare);
+
+  function stackedBar(label, comps, limit, scaleMax) {
+    const t = total(comps);
+    const bar = el("div", { class: "qn-bar", style: `width:${Math.min(100, (100 * t) / scaleMax)}%` });
+    for (const k of PLAN_KEYS) bar.append(el("div", { style: `width:${(100 * comps[k]) / (t || 1)}%;background:${PCOLORS[k]}`, title: `${k}: ${bytes(comps[k])}` }));
+    const line = el("div", { class: "qn-limit", style: `left:${(100 * limit) / scaleMax}%`, title: `memory ${bytes(limit)}` });
+    return el("div", { class: "qn-cmp-row" }, el("span", { class: "qn-cmp-label" }, label),
+      el("div", { class: "qn-cmp-track" }, bar, line), el("span", { class: "qn-cmp-total" }, bytes(t)));
+  }
+
+  function update() {
+    const o = { ...state, r: Number(state.r), seq_len: Number(state.seq_len), batch_size: Number(state.batch_size) };
+    if (o.method === "full") o.bits = null;
+    if (o.method === "lora" && o.bits === 4) o.bits = null;
+    const a = archOf(o.model), limit = o.gpu_gib * GiB;
+    const p = plan(a, o, K, limit);
+    verdict.className = `qn-verdict qn-${p.verdict.replace(/[^a-z]/g, "")}`;
+    verdict.replaceChildren(el("b", {}, p.verdict), " — ", p.reason);
+    const measured = model.get("measured") || {};
+    const rows = [el("tr", {}, ...["component", "predicted", ...(Object.keys(measured).length ? ["measured"] : [])].map((x) => el("th", {}, x)))];
+    for (const k of PLAN_KEYS) rows.push(el("tr", {}, el("td", {}, k.replace(/_/g, " ")), el("td", {}, bytes(p.components[k])),
+      ...(Object.keys(measured).length ? [el("td", {}, k in measured ? bytes(measured[k]) : "")] : [])));
+    rows.push(el("tr", {}, el("td", {}, el("b", {}, "total")), el("td", {}, el("b", {}, bytes(p.total)))));
+    table.replaceChildren(el("table", { class: "qn-table" }, ...rows),
+      el("div", { class: "qn-muted" }, `${p.trainable.toLocaleString("en-US")} trainable parameters`));
+    const variants = [
+      ["full (16-bit)", { method: "full", bits: null }], ["LoRA r=16 (16-bit base)", { method: "lora", bits: null, r: 16 }],
+      ["QLoRA NF4 r=16", { method: "qlora", bits: null, quant: "nf4", double_quant: false, r: 16 }],
+      ["QLoRA NF4+DQ r=16", { method: "qlora", bits: null, quant: "nf4", double_quant: true, r: 16 }],
+    ].map(([label, d]) => [label, components(a, { ...o, ...d }, K).components]);
+    const scaleMax = Math.max(limit * 1.15, ...variants.map(([, c]) => total(c)));
+    compare.replaceChildren(el("div", { class: "qn-muted" }, "full / LoRA / QLoRA at these settings (line: memory)"),
+      ...variants.map(([label, c]) => stackedBar(label, c, limit, scaleMax)));
+    model.set("options", { ...state });
+    model.save_changes();
+  }
+  update();
+}
+export default { render };
