@@ -24,8 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-GRID = [(1, 128, False), (2, 128, False), (4, 128, False), (2, 256, False), (4, 256, False), (2, 512, False),
-        (4, 256, True), (2, 512, True)]
+GRID = [(1, 128, False), (2, 256, False), (4, 256, False), (2, 512, False), (4, 256, True), (2, 512, True)]
 QUICK = [(1, 128, False), (4, 256, False), (4, 256, True)]
 
 
@@ -111,7 +110,7 @@ def main() -> int:
     ap.add_argument("--child", nargs=3, type=int, metavar=("BATCH", "SEQ", "CKPT"))
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--steps", type=int, default=1)
-    ap.add_argument("--jobs", type=int, default=3, help="children run side by side (memory is per process)")
+    ap.add_argument("--jobs", type=int, default=6, help="children run side by side (memory is per process)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

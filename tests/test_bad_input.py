@@ -64,6 +64,11 @@ def _cases() -> list[Case]:
         c("plan-gpu", "%qlora_plan smollm2-135m --gpu 0GB", ["gpu"]),
         c("plan-unknown-model", "%qlora_plan lama-7b", ["'lama-7b'", "llama"]),
         c("merge-dtype", "%qlora_merge {tmp}/merged --dtype int3", ["dtype", "int3", "bf16"]),
+        c("merge-dtype-twin", "qlora.merge({tmp!r} + '/merged', dtype='int3')", ["dtype", "int3", "bf16"]),
+        c("merge-untrained-twin", "qlora.merge({tmp!r} + '/merged')", ["untrained", "Train it first"]),
+        c("quant-report-sample", "%qlora_quant_report --sample 3", ["sample", "64"]),
+        c("quant-report-sample-twin", "qlora.quant_report(sample=3)", ["sample", "64"]),
+        c("quant-report-sample-text", "%qlora_quant_report --sample lots", ["--sample", "whole numbers"]),
         c("session-missing", "%qlora_ledger --session nope", ["no session named 'nope'", "%qlora_load"]),
         c("session-wrong-type", "%qlora_unload --session not_a_session", ["'not_a_session' is a int",
                                                                           "not a qlora_nb Session"]),
@@ -122,6 +127,7 @@ def _cases() -> list[Case]:
         c("save-non-empty", "%qlora_save {tmp}/full", ["already exists", "--overwrite"]),
         c("save-non-empty-twin", "qlora.save({tmp!r} + '/full')", ["already exists", "overwrite"]),
         c("export-non-empty", "%qlora_export {tmp}/full --data {good}", ["already exists", "overwrite"]),
+        c("export-non-empty-twin", "qlora.export({tmp!r} + '/full', data={good!r})", ["already exists", "overwrite"]),
         # ------------------------------------------------ prompts
         c("prompt-too-long", f'%qlora_compare "{LONG}"', ["tokens", "256"]),
         c("prompt-too-long-twin", f'qlora.compare("{LONG}")', ["tokens", "256"]),
@@ -251,6 +257,16 @@ def test_debug_flag_shows_the_traceback(env):
     assert "Traceback" in out and "resolve_model" in out and "unknown model alias" in out
     _, out = run_cell(ip, "%qlora_load smollm3-135m")
     assert "Traceback" not in out
+
+
+def test_debug_env_shows_tracebacks_for_python_twins(env, monkeypatch):
+    ip, _ = env
+    monkeypatch.setenv("QLORA_NB_DEBUG", "1")
+    _, out = run_cell(ip, "qlora_nb.load('smolm2')")
+    assert "Traceback" in out and "resolve_model" in out
+    monkeypatch.delenv("QLORA_NB_DEBUG")
+    _, out = run_cell(ip, "qlora_nb.load('smolm2')")
+    assert "Traceback" not in out and out.strip().startswith("QloraError: MODEL: unknown model alias")
 
 
 def test_internal_errors_become_one_paragraph(env, monkeypatch):

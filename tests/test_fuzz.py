@@ -16,7 +16,8 @@ from qlora_nb.errors import QloraError
 from qlora_nb.magics import magic_classes
 from qlora_nb.magics.base import parse_args, parse_yaml_body
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# No example database: the suite must not write a .hypothesis/ folder into the checkout.
+FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _parsed_magics():

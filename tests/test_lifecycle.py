@@ -47,6 +47,10 @@ def test_unload_clears_out_history_traceback_and_namespace(shell, tiny_model_dir
     _quiet_run(shell, "qlora")  # Out[n] and _ now hold the session
     _quiet_run(shell, "qlora.model")  # ...and the model
     _quiet_run(shell, "def f(m):\n    raise ValueError('x')\nf(qlora.model)")  # the traceback's frame holds it
+    # ipywidgets keeps every widget in a registry until closed: a dashboard holding the session
+    res, out = _quiet_run(shell, "from qlora_nb.widgets.dashboard import TrainingDashboard\n"
+                                 "dash = TrainingDashboard(session=qlora)\ndel dash")
+    assert res.success, out
     res, out = _quiet_run(shell, "%qlora_unload")
     assert res.success, out
     assert "unloaded 'qlora'" in out and "released" in out and "RSS" in out

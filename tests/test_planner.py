@@ -122,7 +122,8 @@ def test_module_inventory_matches_transformers(family):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = AutoConfig.for_model(family, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=300)
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=300,
+                               pad_token_id=0, bos_token_id=1, eos_token_id=2)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
     arch = arch_from_config(cfg.to_dict())
@@ -136,7 +137,7 @@ def test_module_inventory_matches_transformers(family):
                      if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head"))
     planned = sorted((s.name, s.d_in, s.d_out) for s in arch.linears() for _ in range(s.count))
     assert linears == planned
-    assert sum(b.numel() for b in model.buffers()) == arch.rotary_buffer_numel()
+    assert sum(b.numel() for b in model.buffers()) == arch.rotary_buffer_numel() + arch.scalar_buffers
 
 
 # ------------------------------------------------------------------ errors

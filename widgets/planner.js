@@ -39,7 +39,7 @@ export function components(a, o, K) {
   }
   const emb = a.vocab * a.hidden * (a.tied ? 1 : 2);
   const norms = a.layers * (a.norms_per_layer * a.hidden + (a.qk_norm ? 2 * a.head_dim : 0)) + a.hidden;
-  c.other_weights += (emb + norms) * cd + a.rotary_embeddings * 2 * Math.floor(a.head_dim / 2) * 4;
+  c.other_weights += (emb + norms + (a.scalar_buffers || 0)) * cd + a.rotary_embeddings * 2 * Math.floor(a.head_dim / 2) * 4;
   const full = o.method === "full";
   const all = (o.targets || ["all-linear"]).length === 1 && (o.targets || ["all-linear"])[0] === "all-linear";
   const mats = full ? [] : specs.filter((s) => all || o.targets.includes(s.name));
@@ -66,7 +66,7 @@ export function components(a, o, K) {
   const tokens = o.batch_size * o.seq_len, scale = cpu ? K.cpu_act_scale : 1.0;
   const act = o.gradient_checkpointing ? tokens * (a.layers * cd * h + 2 * per) : tokens * (a.layers + 1) * per;
   c.activations = Math.floor(act * scale);
-  c.logits = Math.floor(tokens * a.vocab * (cd + 8) * scale);
+  c.logits = tokens * a.vocab * (cd + 4 * K.logit_fp32_copies);
   c.overhead = cpu ? K.cpu_runtime_bytes : K.cuda_context_bytes;
   return { components: c, trainable, quantized };
 }

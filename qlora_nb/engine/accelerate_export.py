@@ -125,7 +125,8 @@ Hugging Face FSDP-QLoRA guide (FULL_SHARD, `use_orig_params: false`, `cpu_ram_ef
 
 **Note on `--cpu`:** accelerate's `--cpu` flag starts a single process unless MPI is configured; use
 `accelerate_cpu.yaml` (or `--multi_gpu` on a machine without GPUs), which starts N processes with torchrun, and
-the script trains on the CPU with the gloo backend.
+the script trains on the CPU with the gloo backend. On a machine with GPUs, force the CPU with
+`CUDA_VISIBLE_DEVICES=` or `device: cpu` under `load:` in config.yaml.
 
 ## On a cluster
 

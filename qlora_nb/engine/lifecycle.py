@@ -185,6 +185,28 @@ def clear_shell_references(shell, ids: set[int]) -> list[str]:
     return cleared
 
 
+def detach_widgets(ids: set[int]) -> int:
+    """Drop widget attributes that point at the session or its model.
+
+    ipywidgets keeps every widget it ever displayed in a module-level registry
+    until the widget is closed, so a dashboard holding ``session`` would keep
+    the model alive forever after an unload.
+    """
+    registry = getattr(sys.modules.get("ipywidgets.widgets.widget"), "_instances", None)
+    if not isinstance(registry, dict):
+        return 0
+    n = 0
+    for widget in list(registry.values()):
+        attrs = getattr(widget, "__dict__", None)
+        if not isinstance(attrs, dict):
+            continue
+        for key, value in list(attrs.items()):
+            if id(value) in ids:
+                attrs[key] = None
+                n += 1
+    return n
+
+
 def unload_from_shell(shell, name: str, session) -> str:
     """``%qlora_unload``: unbind ``name``, clear the notebook's hidden references, free the model; a report."""
     from ..memory.ledger import human_bytes, rss_bytes
@@ -192,6 +214,8 @@ def unload_from_shell(shell, name: str, session) -> str:
     rss_before = rss_bytes()
     ids = _targets(session)
     cleared = clear_shell_references(shell, ids)
+    if detach_widgets(ids):
+        cleared.append("widgets")
     for ns in [shell.user_ns] + [d for d in (getattr(shell, "user_ns_hidden", None),) if isinstance(d, dict)]:
         for key in [k for k, v in ns.items() if v is session]:
             del ns[key]

@@ -446,5 +446,6 @@ def check_merged_logits(session: Session, name: str, folder: Path, batch, ref_ad
                          where="merge verification", hint="Nothing was saved. Rerun with --debug and report it.")
     if result.effect_kept < 0.5:
         result.warnings.append(
-            f"the {result.dtype} merge keeps only {result.effect_kept:.0%} of the adapter's effect on the probes: "
-            "rounding W + scale*B@A to 16 bits drops small updates. Merge with --dtype fp32 to keep all of it.")
+            f"the {result.dtype} merged model reproduces only {result.effect_kept:.0%} of the adapter's effect on the "
+            "probes: rounding W + scale*B@A (and the matmuls) to 16 bits loses small updates. Merge with --dtype fp32 "
+            "for an exact copy.")

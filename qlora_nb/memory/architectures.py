@@ -55,7 +55,8 @@ class Arch:
     fused_qkv: bool = False  # Phi-3: one qkv_proj and one gate_up_proj
     norms_per_layer: int = 2  # Gemma 2/3: four RMSNorms per layer
     qk_norm: bool = False  # Gemma 3 / Qwen3: RMSNorm over head_dim on q and k
-    rotary_embeddings: int = 1  # Gemma 3: a local and a global rotary embedding
+    rotary_embeddings: int = 1  # rotary modules, each with inv_freq + original_inv_freq
+    scalar_buffers: int = 0  # Gemma: the embedding normalizer sqrt(hidden), a compute-dtype scalar buffer
     aliases: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -118,8 +119,8 @@ def _a(name, hub, family, h, i, n, heads, kv, hd, vocab, tied, aliases=(), **kw)
     return Arch(name, hub, family, h, i, n, heads, kv, hd, vocab, tied, aliases=tuple(aliases), **kw)
 
 
-_GEMMA2 = dict(norms_per_layer=4)
-_GEMMA3 = dict(norms_per_layer=4, qk_norm=True, rotary_embeddings=2)
+_GEMMA2 = dict(norms_per_layer=4, scalar_buffers=1)
+_GEMMA3 = dict(norms_per_layer=4, qk_norm=True, scalar_buffers=1)
 _QWEN2 = dict(qkv_bias=True)
 _PHI3 = dict(fused_qkv=True)
 
@@ -221,7 +222,7 @@ def arch_from_config(cfg: dict[str, Any], name: str = "config") -> Arch:
             fused_qkv=family == "phi3",
             norms_per_layer=4 if family in ("gemma2", "gemma3_text") else 2,
             qk_norm=family in ("gemma3_text", "qwen3"),
-            rotary_embeddings=2 if family == "gemma3_text" else 1,
+            scalar_buffers=1 if family.startswith("gemma") else 0,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise QloraError(f"the config of {name!r} lacks or mangles {exc} (needs hidden_size, intermediate_size, "

@@ -180,8 +180,11 @@ def logical_numel(p) -> int:
 
 
 def is_quantized(p) -> bool:
+    """4-bit weights (any storage dtype: FSDP-QLoRA packs them into bf16) and int8 weights."""
     cls = type(p).__name__
-    return cls in ("Params4bit", "Int8Params") and p.dtype in _int_dtypes()
+    if cls == "Params4bit":
+        return getattr(p, "quant_state", None) is not None
+    return cls == "Int8Params" and p.dtype in _int_dtypes()
 
 
 def _int_dtypes():

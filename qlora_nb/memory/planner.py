@@ -18,15 +18,29 @@ logits). Backward needs one more layer's worth of gradients in flight, so a
 step peaks at ``(L + 1)`` layers; with gradient checkpointing only each layer's
 input (``cd·h``) is kept plus two layers (recompute + gradients).
 
-Logits: ``b·s·V·(cd + 4 + 4)``: the model's logits, their fp32 upcast for the
-loss and the fp32 log-probabilities cross-entropy keeps.
+Logits: ``b·s·V·(cd + 5·4)``: the model's logits in compute dtype and five
+fp32 tensors of the same shape alive at the loss backward (the upcast, the
+log-probabilities cross-entropy keeps, their gradient, the logits' gradient
+and a softmax temporary) — 22 B/token/vocab entry in bf16, vs 10 B kept after
+the forward alone.
+
+Fit (benchmarks/planner_check.py, this 2-core CPU, torch 2.13, demo model
+SmolLM2-135M NF4+DQ, LoRA r=16 all-linear, dropout 0.05, AdamW, one step per
+fresh process, peak = VmHWM after ``clear_refs``): peak RSS grew 3.05 MB per
+token without checkpointing (256→1024 tokens; b·s = 2·512 and 4·256 peaked
+within 0.1% of each other, so no s² term) and ~1.2 MB per token with it. The
+structural model predicts 1.78 MB (layers) + 0.49 MB (logits) and 0.15 + 0.49;
+solving both slopes gives a layer-activation scale of 1.11 (``CPU_ACT_SCALE``:
+backward temporaries and malloc slack) and ≈5 fp32 logit copies; the
+intercept, 886 MB, less the 190 MB of named tensors, is the runtime
+(``CPU_RUNTIME_BYTES`` = 664 MiB). Residuals of the fit: +7.6% (128 tokens,
+where the loader's freed heap absorbs part of the step), 0% (256), ±1.5%
+(512), 0% (1024), +12%/−6% (1024 with checkpointing).
 
 Overhead: on CPU the process RSS also holds the Python/torch/transformers
-runtime, the tokenizer and heap the loader freed but kept. Fitted on this
-machine (2 cores, torch 2.13 CPU, demo model, 9 batch/seq/checkpointing runs
-of benchmarks/planner_check.py): RSS after ``qlora_nb.load()`` minus the named
-tensors, see ``CPU_RUNTIME_BYTES`` and ``CPU_ACT_SCALE`` below. On CUDA the
-overhead is the CUDA context and allocator slack (an estimate; no GPU here).
+runtime, the tokenizer and heap the loader freed but kept (fit above). On
+CUDA it is the CUDA context and allocator slack, an estimate (no GPU was
+available to fit it), and activations are taken unscaled.
 """
 
 from __future__ import annotations
@@ -46,8 +60,9 @@ COMPONENTS = ("quantized_weights", "quant_constants", "other_weights", "adapters
               "optimizer_states", "activations", "logits", "overhead")
 
 # Fitted on this CPU by benchmarks/planner_check.py (see the module docstring and the results JSON).
-CPU_RUNTIME_BYTES = 1_000 * 2**20  # python + torch + transformers + peft + bnb + tokenizer + retained heap
-CPU_ACT_SCALE = 1.0  # measured RSS growth per predicted activation byte
+CPU_RUNTIME_BYTES = 664 * 2**20  # python + torch + transformers + peft + bnb + tokenizer + retained heap
+CPU_ACT_SCALE = 1.106  # RSS growth per saved-activation byte (backward temporaries, malloc slack)
+LOGIT_FP32_COPIES = 5  # upcast, log-probs, their gradient, the logits' gradient, a softmax temporary
 CUDA_CONTEXT_BYTES = 768 * 2**20  # CUDA context + cuBLAS workspace + allocator slack (estimate)
 TIGHT = 0.9  # above this share of the memory the verdict is "tight"
 
@@ -277,7 +292,8 @@ def compute_components(arch: Arch, cfg: PlanConfig) -> tuple[dict[str, int], dic
             comp["other_weights"] += n * cd * s.count
         if s.bias:
             comp["other_weights"] += s.d_out * cd * s.count
-    comp["other_weights"] += (arch.embedding_params() + arch.norm_params()) * cd + arch.rotary_buffer_numel() * F.FP32
+    comp["other_weights"] += (arch.embedding_params() + arch.norm_params() + arch.scalar_buffers) * cd \
+        + arch.rotary_buffer_numel() * F.FP32
 
     matrices = [] if cfg.method == "full" else lora_matrices(arch, cfg.targets, cfg.r)
     tensors = _trainable_tensors(arch, cfg, matrices)
@@ -306,7 +322,7 @@ def compute_components(arch: Arch, cfg: PlanConfig) -> tuple[dict[str, int], dic
         act = tokens * (arch.layers + 1) * per_layer
     scale = CPU_ACT_SCALE if cfg.device == "cpu" else 1.0
     comp["activations"] = int(act * scale)
-    comp["logits"] = int(tokens * arch.vocab * (cd + 8) * scale)
+    comp["logits"] = tokens * arch.vocab * (cd + 4 * LOGIT_FP32_COPIES)
     comp["overhead"] = CPU_RUNTIME_BYTES if cfg.device == "cpu" else CUDA_CONTEXT_BYTES
     params = {"total": base_params + (trainable if cfg.method != "full" else 0), "trainable": trainable,
               "quantized": quantized}

@@ -20,7 +20,8 @@ def planner_constants() -> dict[str, float]:
     from ..memory import planner as P
 
     return {"cpu_runtime_bytes": P.CPU_RUNTIME_BYTES, "cpu_act_scale": P.CPU_ACT_SCALE,
-            "cuda_context_bytes": P.CUDA_CONTEXT_BYTES, "tight": P.TIGHT}
+            "cuda_context_bytes": P.CUDA_CONTEXT_BYTES, "tight": P.TIGHT,
+            "logit_fp32_copies": P.LOGIT_FP32_COPIES}
 
 
 def arch_payload(arch) -> dict:
