@@ -89,6 +89,8 @@ def render_one(res: dict[str, Any]) -> list[str]:
              f"cutoff_len {s['cutoff_len']}, {s['reps']} alternating rounds; reference: {s.get('reference')}.",
              _lengths(rows.get("data_lengths")),
              "Versions: " + ", ".join(f"{k} {v}" for k, v in res.get("versions", {}).items()) + ".", ""]
+    if s.get("skipped"):
+        lines += [f"**Left out of this run (`--skip`):** {', '.join(s['skipped'])}.", ""]
     if rows.get("failed_runs"):
         lines += ["**Failed runs:** " + "; ".join(f"{f['label']} (round {f['round']}): "
                                                   f"{str(f['error']).splitlines()[0][:200]}"
@@ -171,7 +173,7 @@ def render_one(res: dict[str, Any]) -> list[str]:
             ["plain generate tokens/s", fmt(c["generate_tokens_per_s"])],
             ["**ratio compare / generate**", f"**{fmt(c['ratio_compare_vs_generate'], 'x')}**"]])
     else:
-        lines += ["Not measured (the compare run failed; see failed runs)."]
+        lines += ["Not measured in this run (skipped, or the compare run failed: see failed runs)."]
     lines += ["", f"### {ROW_TITLES['bits']}", "",
               "The same toolkit training run with the base stored at 16, 8 and 4 bits (LoRA on all linear layers).",
               ""]

@@ -47,6 +47,8 @@ MODES = {
                  compare_reps=2, first_ever=True, planner=True, bits=(4, 8, 16), extra_cutoffs=(256,), timeout=900),
 }
 
+SKIPPABLE = ("startup", "first_ever", "dashboard", "bits", "extra_cutoffs", "compare", "planner")
+
 
 def machine_name(device: str) -> str:
     """A file-name-safe description: device kind, cores and CPU/GPU model."""
@@ -201,6 +203,16 @@ def run_suite(args) -> dict[str, Any]:
     for key in ("reps", "steps", "batch_size"):
         if getattr(args, key) is not None:
             mode[key] = getattr(args, key)
+    skip = set(args.skip)
+    unknown = skip - set(SKIPPABLE)
+    if unknown:
+        raise SystemExit(f"--skip: unknown part(s) {', '.join(sorted(unknown))}; accepted: {', '.join(SKIPPABLE)}")
+    mode["first_ever"] &= "first_ever" not in skip
+    mode["planner"] &= "planner" not in skip
+    if "bits" in skip:
+        mode["bits"] = (4,)
+    if "extra_cutoffs" in skip:
+        mode["extra_cutoffs"] = ()
     from qlora_nb.models import ALIASES, cache_dir, resolve_model
 
     model_path = str(resolve_model(args.model))
@@ -216,7 +228,7 @@ def run_suite(args) -> dict[str, Any]:
     print(f"qlora_nb benchmarks ({args.mode}, {args.device}): {len(rows)} rows of {data_desc}; work dir {work}")
 
     print("start-up")
-    for i in range(mode["startup_reps"]):
+    for i in range(0 if "startup" in skip else mode["startup_reps"]):
         run("startup_worker.py", "startup", "startup", i, model=args.model)
     if mode["first_ever"] and args.model.lower() in ALIASES:
         gguf = cache_dir() / "downloads" / Path(ALIASES[args.model.lower()].gguf_member).name
@@ -237,14 +249,16 @@ def run_suite(args) -> dict[str, Any]:
                 run("plain_recipe.py", f"plain@{cutoff}", f"plain@{cutoff}", i, bits=4, cutoff_len=cutoff)
         if unsloth:
             run("unsloth_worker.py", "unsloth", "unsloth", i, bits=4)
-        run("toolkit_worker.py", "toolkit+dashboard", "dashboard", i, bits=4, dashboard=True)
+        if "dashboard" not in skip:
+            run("toolkit_worker.py", "toolkit+dashboard", "dashboard", i, bits=4, dashboard=True)
         for bits in mode["bits"]:
             if bits != 4:
                 run("toolkit_worker.py", f"toolkit-{bits}bit", f"bits{bits}", i, bits=bits)
 
     print("comparison cost")
-    run("compare_worker.py", "compare", "compare", 0, prompts=prompt_texts(rows, mode["compare_prompts"]),
-        max_new_tokens=mode["max_new_tokens"], reps=mode["compare_reps"])
+    if "compare" not in skip:
+        run("compare_worker.py", "compare", "compare", 0, prompts=prompt_texts(rows, mode["compare_prompts"]),
+            max_new_tokens=mode["max_new_tokens"], reps=mode["compare_reps"])
 
     planner = None
     script = HERE / "planner_check.py"
@@ -265,6 +279,7 @@ def run_suite(args) -> dict[str, Any]:
                      "data": data_desc, "rows": len(rows), "reps": mode["reps"],
                      "startup_reps": mode["startup_reps"], "compare_prompts": mode["compare_prompts"],
                      "max_new_tokens": mode["max_new_tokens"], "compare_reps": mode["compare_reps"],
+                     "skipped": sorted(skip),
                      "reference": "unsloth" if unsloth else "plain recipe"},
         "runs": run.runs, "planner_check": planner,
     }
@@ -431,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-md", dest="results_md", default=None,
                     help="markdown report (default: benchmarks/RESULTS.md in full mode, <out>/RESULTS.md in smoke)")
     ap.add_argument("--render-only", action="store_true", help="re-render the report from stored results")
+    ap.add_argument("--skip", type=lambda v: [x.strip() for x in v.split(",") if x.strip()], default=[],
+                    help="comma-separated parts to leave out (the report marks them unmeasured): startup, "
+                         "first_ever, dashboard, bits, extra_cutoffs, compare, planner")
     ap.add_argument("--keep", action="store_true", help="keep the workers' folders (logs, specs)")
     args = ap.parse_args(argv)
     # Smoke results are not for committing: they go where `make clean` and .gitignore already look.

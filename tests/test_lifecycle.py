@@ -51,6 +51,8 @@ def test_unload_clears_out_history_traceback_and_namespace(shell, tiny_model_dir
     res, out = _quiet_run(shell, "from qlora_nb.widgets.dashboard import TrainingDashboard\n"
                                  "dash = TrainingDashboard(session=qlora)\ndel dash")
     assert res.success, out
+    res, out = _quiet_run(shell, "qlora.train(data=[{'prompt': 'a', 'completion': 5}])")  # frames hold `session`
+    assert isinstance(res.error_in_exec, QloraError), out
     res, out = _quiet_run(shell, "%qlora_unload")
     assert res.success, out
     assert "unloaded 'qlora'" in out and "released" in out and "RSS" in out

@@ -183,7 +183,9 @@ def test_verdicts_and_reason():
     assert guanaco.verdict in ("fits", "tight")  # the paper's headline: 65B on one 48 GB GPU
     full = qlora_nb.plan("llama-65b", gpu="80GB", method="full")
     assert full.verdict == "won't fit" and full.total > 780e9  # paper: > 780 GB for 16-bit full fine-tuning
-    assert "nothing in the search fits" in full.reason
+    assert full.reason.endswith("switch to qlora (4-bit NF4 base).")
+    hopeless = qlora_nb.plan("llama-65b", gpu="8GB")
+    assert hopeless.verdict == "won't fit" and "nothing in the search fits" in hopeless.reason
     big = qlora_nb.plan("llama-2-7b", gpu="24GB", method="lora", batch_size=8, seq_len=2048)
     assert big.verdict == "won't fit" and "cheapest change that fits: " in big.reason
     assert "biggest component: activations" in big.reason
@@ -240,6 +242,7 @@ def test_js_port_matches_python(tmp_path):
         ("gemma-3-4b", {"double_quant": False, "gradient_checkpointing": True, "device": "cpu"}),
         ("smollm2-135m", {"targets": ["q_proj", "v_proj"], "dora": True, "lora_dropout": 0.0, "seq_len": 100}),
         ("llama-3-70b", {"gpu": "48GB", "batch_size": 16}), ("gemma-2-27b", {"gpu": "24GB", "method": "lora"}),
+        ("llama-65b", {"gpu": "80GB", "method": "full"}), ("llama-65b", {"gpu": "8GB"}),
     ]
     for name, opts in grid:
         p = qlora_nb.plan(name, **opts)

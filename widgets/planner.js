@@ -79,8 +79,8 @@ export function changes(o) {
   for (let b = Math.floor(o.batch_size / 2); b >= 1; b = Math.floor(b / 2))
     out.push([`batch_size ${b} (gradient_accumulation_steps ${ceil(o.batch_size / b)} keeps the effective batch)`, { batch_size: b }]);
   for (let s = Math.floor(o.seq_len / 2); s >= 64; s = Math.floor(s / 2)) out.push([`seq_len ${s}`, { seq_len: s }]);
-  if (o.method === "full") out.push(["lora instead of full fine-tuning", { method: "lora", bits: null }]);
-  if (o.method !== "qlora" && baseBits(o) !== 4) out.push(["qlora (4-bit NF4 base) instead of lora", { method: "qlora", bits: null, quant: "nf4" }]);
+  if (o.method === "full") out.push(["switch to lora (frozen 16-bit base)", { method: "lora", bits: null }]);
+  if (o.method !== "qlora" && baseBits(o) !== 4) out.push(["switch to qlora (4-bit NF4 base)", { method: "qlora", bits: null, quant: "nf4" }]);
   if (baseBits(o) === 4 && !o.double_quant) out.push(["turn on double quantization", { double_quant: true }]);
   for (let r = Math.floor(o.r / 2); o.method !== "full" && r >= 1; r = Math.floor(r / 2)) out.push([`r ${r}`, { r }]);
   return out;
@@ -98,8 +98,18 @@ export function plan(a, o, K, limit) {
     let fix = null;
     for (const [text, d] of ch) if (fits({ ...o, ...d })) { fix = text; break; }
     if (fix === null) {
-      let acc = { ...o }; const applied = [];
-      for (const [text, d] of ch) { acc = { ...acc, ...d }; applied.push(text); if (fits(acc)) { fix = applied.join(" + "); break; } }
+      let acc = { ...o }; let applied = new Map();
+      for (const [text, d] of ch) {
+        acc = { ...acc, ...d }; applied.set(Object.keys(d).sort().join(","), [text, d]);
+        if (fits(acc)) {
+          for (const key of [...applied.keys()].reverse()) {  // drop what is not needed, most expensive first
+            const trial = new Map([...applied].filter(([k]) => k !== key));
+            const merged = Object.assign({}, ...[...trial.values()].map(([, dd]) => dd));
+            if (fits({ ...o, ...merged })) applied = trial;
+          }
+          fix = [...applied.values()].map(([t]) => t).join(" + "); break;
+        }
+      }
     }
     reason = fix === null
       ? `${used}; ${big}; nothing in the search fits (checkpointing, 8-bit optimizer, batch, seq_len, qlora, r) — it needs more memory.`

@@ -180,8 +180,15 @@ def clear_shell_references(shell, ids: set[int]) -> list[str]:
         if dh is not None and _refers_to(getattr(dh, name, None), ids):
             setattr(dh, name, None)
     last = getattr(shell, "last_execution_result", None)
-    if last is not None and _refers_to(getattr(last, "result", None), ids):
-        shell.last_execution_result = None
+    if last is not None:
+        # A QloraError shown by the custom handler never reaches sys.last_*; the previous cell's result keeps it.
+        err, seen = getattr(last, "error_in_exec", None), set()
+        while isinstance(err, BaseException) and id(err) not in seen:
+            seen.add(id(err))
+            _clear_traceback(err.__traceback__)
+            err = err.__cause__ or err.__context__
+        if _refers_to(getattr(last, "result", None), ids):
+            shell.last_execution_result = None
     return cleared
 
 

@@ -370,9 +370,9 @@ def _changes(cfg: PlanConfig) -> list[tuple[str, dict[str, Any]]]:
         out.append((f"seq_len {s}", {"seq_len": s}))
         s //= 2
     if cfg.method == "full":
-        out.append(("lora instead of full fine-tuning", {"method": "lora", "bits": None}))
+        out.append(("switch to lora (frozen 16-bit base)", {"method": "lora", "bits": None}))
     if cfg.method != "qlora" and cfg.base_bits != 4:
-        out.append(("qlora (4-bit NF4 base) instead of lora", {"method": "qlora", "bits": None, "quant": "nf4"}))
+        out.append(("switch to qlora (4-bit NF4 base)", {"method": "qlora", "bits": None, "quant": "nf4"}))
     if cfg.base_bits == 4 and not cfg.double_quant:
         out.append(("turn on double quantization", {"double_quant": True}))
     r = cfg.r // 2
@@ -386,15 +386,24 @@ def cheapest_change(arch: Arch, cfg: PlanConfig, limit: int) -> str | None:
     """The first single change (cheapest first) that fits, else the first cumulative set that does."""
     changes = _changes(cfg)
     for text, delta in changes:
-        trial = cfg.replace(**delta)
-        if sum(compute_components(arch, trial)[0].values()) <= TIGHT * limit:
+        if sum(compute_components(arch, cfg.replace(**delta))[0].values()) <= TIGHT * limit:
             return text
-    acc, applied = cfg, []
+    def fits(c: PlanConfig) -> bool:
+        return sum(compute_components(arch, c)[0].values()) <= TIGHT * limit
+
+    acc, applied = cfg, {}
     for text, delta in changes:
         acc = acc.replace(**delta)
-        applied.append(text)
-        if sum(compute_components(arch, acc)[0].values()) <= TIGHT * limit:
-            return " + ".join(applied)
+        applied[",".join(sorted(delta))] = (text, delta)  # a later batch/seq_len/r value replaces the earlier one
+        if fits(acc):
+            for key in reversed(list(applied)):  # drop what is not needed, most expensive first
+                trial = {k: v for k, v in applied.items() if k != key}
+                merged: dict[str, Any] = {}
+                for _, d in trial.values():
+                    merged.update(d)
+                if fits(cfg.replace(**merged)):
+                    applied = trial
+            return " + ".join(t for t, _ in applied.values())
     return None
 
 
