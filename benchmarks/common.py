@@ -79,7 +79,9 @@ class TokenMeter:
         self.train_padded = 0
         self.gen_rows = 0
         self.first_forward: float | None = None
+        self.first_forward_cpu: float | None = None
         self.step_ends: list[tuple[float, int]] = []  # (time, train_tokens so far)
+        self.step_cpu: list[float] = []  # process CPU seconds at each step end (less sensitive to a busy machine)
         self._handle = decoder_of(model).register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs):
@@ -94,6 +96,7 @@ class TokenMeter:
         if module.training and torch.is_grad_enabled():
             if self.first_forward is None:
                 self.first_forward = time.perf_counter()
+                self.first_forward_cpu = time.process_time()
             padded = int(ids.shape[0] * ids.shape[1])
             real = int(mask.sum()) if isinstance(mask, torch.Tensor) and mask.dim() == 2 else padded
             self.train_tokens += real
@@ -104,6 +107,7 @@ class TokenMeter:
 
     def step_end(self) -> None:
         self.step_ends.append((time.perf_counter(), self.train_tokens))
+        self.step_cpu.append(time.process_time())
 
     def close(self) -> None:
         self._handle.remove()
@@ -126,6 +130,8 @@ class TokenMeter:
                 out["steady_seconds"] = steady
                 out["steady_step_seconds"] = steady / (len(self.step_ends) - 1)
                 out["steady_tokens_per_s"] = (tok_end - tok1) / steady if steady > 0 else None
+                cpu = self.step_cpu[-1] - self.step_cpu[0]
+                out["steady_tokens_per_cpu_s"] = (tok_end - tok1) / cpu if cpu > 0 else None
             else:
                 out["steady_step_seconds"] = window
                 out["steady_tokens_per_s"] = out["tokens_per_s"]

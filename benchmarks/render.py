@@ -107,6 +107,9 @@ def render_one(res: dict[str, Any]) -> list[str]:
     lines += _table(["", "tokens/s (steady)", "tokens/s (all steps)", "s/step", "padding computed"], body)
     lines += ["", f"**Ratio toolkit / plain (same round): {fmt(t.get('ratio_toolkit_vs_plain'), 'x')}**"
                   f" (plain padded to cutoff_len {s['cutoff_len']})"]
+    if t.get("ratio_toolkit_vs_plain_cpu_time"):
+        lines += ["", "Per CPU-second of each worker instead of per wall-clock second (less sensitive to other load "
+                      f"on a shared machine): {fmt(t['ratio_toolkit_vs_plain_cpu_time'], 'x')}."]
     if t.get("ratio_padding_alone"):
         lines += ["", f"For scale: if time were proportional to tokens computed (padding included), padding alone "
                       f"would give {t['ratio_padding_alone']:.2f}x."]

@@ -338,12 +338,15 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     rows["throughput"] = {
         g: {"tokens_per_s": _group(runs, g, *rate), "all_steps_tokens_per_s": _group(runs, g, "throughput",
                                                                                         "tokens_per_s"),
+            "tokens_per_cpu_s": _group(runs, g, "throughput", "steady_tokens_per_cpu_s"),
             "step_seconds": _group(runs, g, *step), "padding_fraction": _group(runs, g, "throughput",
                                                                                 "padding_fraction"),
             "train_call_seconds": _group(runs, g, "train_call_seconds")}
         for g in train_groups if g in ("toolkit", "plain", "unsloth", *extra)
     }
     rows["throughput"]["ratio_toolkit_vs_plain"] = stats(_paired(runs, "toolkit", "plain", *rate))
+    rows["throughput"]["ratio_toolkit_vs_plain_cpu_time"] = stats(
+        _paired(runs, "toolkit", "plain", "throughput", "steady_tokens_per_cpu_s"))
     for g in extra:
         rows["throughput"][f"ratio_toolkit_vs_{g}"] = stats(_paired(runs, "toolkit", g, *rate))
     # What padding alone would explain if time were proportional to the tokens computed (padding included).
@@ -412,7 +415,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                            ("quantized_weights", "quant_constants", "other_weights"))
                        for r in runs if r["group"] == g and r.get("ok")]
             rows["bits"][str(bits)] = {"peak_memory_bytes": _group(runs, g, *mem_key),
-                                       "step_seconds": _group(runs, g, *step), "tokens_per_s": _group(runs, g, *rate),
+                                       "tokens_per_cpu_s": _group(runs, g, "throughput", "steady_tokens_per_cpu_s"),
+            "step_seconds": _group(runs, g, *step), "tokens_per_s": _group(runs, g, *rate),
                                        "weight_bytes": stats(weights)}
     return rows
 

@@ -168,6 +168,6 @@ def test_demo_task_is_learned(demo_session_factory, tmp_path):
 
     session = demo_session_factory()
     before = exact_match(session, n=8, base=True)
-    session.train(data="demo", max_steps=60, output_dir=str(tmp_path / "demo"), n_probes=0)
+    session.train(data="demo", max_steps=60, learning_rate=5e-4, output_dir=str(tmp_path / "demo"), n_probes=0)
     after = exact_match(session, n=8)
     assert before.hits <= 1 and after.hits >= 4, (before, after)
