@@ -41,7 +41,7 @@ lint: $(STAMP)
 
 test: $(STAMP) model browser-deps
 	$(BIN)/ruff check qlora_nb tests benchmarks
-	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider --rootdir=.. -c ../pyproject.toml .
+	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 --rootdir=.. -c ../pyproject.toml .
 
 bench: $(STAMP) model
 	$(BIN)/python benchmarks/run.py --mode full

@@ -44,7 +44,7 @@ NOTEBOOK = "01_quickstart.ipynb"
 RUN_ALL_TIMEOUT = float(os.environ.get("QLORA_NB_BROWSER_TIMEOUT", "1200"))
 # The UI is what is under test here (the notebook as committed runs in test_notebooks.py): fewer steps keep
 # this test under 5 minutes on 2 cores while the curve still gains points during the run.
-BROWSER_STEPS = int(os.environ.get("QLORA_NB_BROWSER_STEPS", "12"))
+BROWSER_STEPS = int(os.environ.get("QLORA_NB_BROWSER_STEPS", "4"))
 
 # A run far longer than the test: only the Stop button can end it in time.
 LONG_RUN = """%%qlora_train -o stopped_run

@@ -9,6 +9,7 @@ committed notebooks clean (no outputs) and Colab-ready (badge, guarded install, 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -80,8 +81,13 @@ def test_notebook_executes(path, tmp_path):
     work = tmp_path / "notebooks"
     shutil.copytree(NB_DIR, work, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "*.ipynb"))
     nb = nbformat.read(path, as_version=4)
-    # Generous per-cell limit: a 2-core CI machine shared with other jobs can be several times slower than usual.
-    client = NotebookClient(nb, timeout=1800, startup_timeout=180, kernel_name="python3",
+    # CI runs the tutorials with few optimizer steps (the committed values are for readers): the test checks that
+    # every cell runs, not what a full run learns; QLORA_NB_NOTEBOOK_STEPS=0 keeps the notebooks' own values.
+    steps = int(os.environ.get("QLORA_NB_NOTEBOOK_STEPS", "3"))
+    if steps > 0:
+        for cell in nb.cells:
+            cell.source = re.sub(r"^STEPS = \d+", f"STEPS = {steps}", cell.source, flags=re.M)
+    client = NotebookClient(nb, timeout=900, startup_timeout=180, kernel_name="python3",
                             resources={"metadata": {"path": str(work)}})
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
