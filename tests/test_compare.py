@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from grad_helpers import grads_after_one_step, lora_params
 
 import qlora_nb
 from qlora_nb.engine.generate import CompareResult, diff_mask, diverge_index, token_pieces
@@ -31,10 +32,6 @@ def _perturb(session, adapter="default", std=0.5, seed=0):
         for n, p in session.model.named_parameters():
             if "lora_B" in n and f".{adapter}." in n:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
-
-
-def _lora_params(session):
-    return {n: p for n, p in session.model.named_parameters() if p.requires_grad}
 
 
 def _add_adapter(session, name, seed=1):
@@ -136,15 +133,6 @@ def test_no_second_copy_of_the_weights(tiny_session):
     assert {p.data_ptr() for p in tiny_session.model.parameters()} == ptrs
 
 
-def _grads_after_one_step(session, ids):
-    model = session.model
-    model.train()
-    model.zero_grad(set_to_none=True)
-    out = model(input_ids=ids, labels=ids)
-    out.loss.backward()
-    return {n: p.grad.detach().clone() if p.grad is not None else None for n, p in _lora_params(session).items()}
-
-
 def test_training_still_works_after_compare(tiny_model_dir):
     """Eval-mode generation (the CPU repack trap) must not cut gradients; modes and flags come back."""
     import torch
@@ -152,12 +140,12 @@ def test_training_still_works_after_compare(tiny_model_dir):
     ids = torch.tensor([[5, 17, 42, 99, 7, 64, 3, 12]])
     ref = qlora_nb.load(str(tiny_model_dir), seed=1, dropout=0.0)
     _perturb(ref, std=0.02)
-    state = {n: p.detach().clone() for n, p in _lora_params(ref).items()}
-    before = _grads_after_one_step(ref, ids)
+    state = {n: p.detach().clone() for n, p in lora_params(ref).items()}
+    before = grads_after_one_step(ref, ids)
 
     used = qlora_nb.load(str(tiny_model_dir), seed=1, dropout=0.0)
     with torch.no_grad():
-        for n, p in _lora_params(used).items():
+        for n, p in lora_params(used).items():
             p.copy_(state[n])
     used.model.train()
     flags = {n: p.requires_grad for n, p in used.model.named_parameters()}
@@ -166,7 +154,7 @@ def test_training_still_works_after_compare(tiny_model_dir):
     assert used.model.training and all(m.training for m in used.model.modules())
     assert used.active_adapter == "default"
     assert {n: p.requires_grad for n, p in used.model.named_parameters()} == flags
-    after = _grads_after_one_step(used, ids)
+    after = grads_after_one_step(used, ids)
     assert before and set(after) == set(before)
     for name, g in before.items():
         assert g is not None and after[name] is not None, name

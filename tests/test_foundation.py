@@ -7,13 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from grad_helpers import grads_after_one_step, lora_params
 
 import qlora_nb
 from qlora_nb.errors import QloraError
-
-
-def _lora_params(session):
-    return {n: p for n, p in session.model.named_parameters() if p.requires_grad}
 
 
 def test_load_ext_imports_no_heavy_modules():
@@ -100,15 +97,6 @@ def test_demo_model_bits_per_param_match_the_paper(demo_session_factory):
     assert 4.5 <= plain < 4.51
 
 
-def _grads_after_one_step(session, ids):
-    model = session.model
-    model.train()
-    model.zero_grad(set_to_none=True)
-    out = model(input_ids=ids, labels=ids)
-    out.loss.backward()
-    return {n: p.grad.detach().clone() if p.grad is not None else None for n, p in _lora_params(session).items()}
-
-
 def test_backprop_reaches_every_adapter_after_generation(tiny_model_dir):
     """The CPU repack trap: an eval-mode forward must not cut gradients for later training."""
     import torch
@@ -117,20 +105,20 @@ def test_backprop_reaches_every_adapter_after_generation(tiny_model_dir):
     fresh = qlora_nb.load(str(tiny_model_dir), seed=1, dropout=0.0)
     # B starts at zero, so give B a value to make every A's gradient non-zero too.
     with torch.no_grad():
-        for n, p in _lora_params(fresh).items():
+        for n, p in lora_params(fresh).items():
             if "lora_B" in n:
                 p.normal_(0, 0.02)
-    state = {n: p.detach().clone() for n, p in _lora_params(fresh).items()}
-    before = _grads_after_one_step(fresh, ids)
+    state = {n: p.detach().clone() for n, p in lora_params(fresh).items()}
+    before = grads_after_one_step(fresh, ids)
 
     used = qlora_nb.load(str(tiny_model_dir), seed=1, dropout=0.0)
     with torch.no_grad():
-        for n, p in _lora_params(used).items():
+        for n, p in lora_params(used).items():
             p.copy_(state[n])
     used.model.eval()
     with torch.no_grad():
         used.model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
-    after = _grads_after_one_step(used, ids)
+    after = grads_after_one_step(used, ids)
     for name, g in before.items():
         assert g is not None and after[name] is not None, name
         assert torch.allclose(g, after[name], rtol=1e-3, atol=1e-6), name
@@ -145,11 +133,11 @@ def test_4bit_gradients_match_16bit_reference(tiny_model_dir):
                 for b in (4, 16)]
     for s in sessions:
         with torch.no_grad():
-            for n, p in _lora_params(s).items():
+            for n, p in lora_params(s).items():
                 if "lora_B" in n:
                     torch.manual_seed(hash(n) % 1000)
                     p.normal_(0, 0.02)
-    g4, g16 = (_grads_after_one_step(s, ids) for s in sessions)
+    g4, g16 = (grads_after_one_step(s, ids) for s in sessions)
     for name in g16:
         a, b = g4[name].flatten(), g16[name].flatten()
         assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.9, name

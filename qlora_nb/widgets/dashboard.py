@@ -26,17 +26,13 @@ from typing import Any
 import traitlets
 
 from .base import QloraWidget, asset, esm
+from .progress import fmt_duration
 
 MAX_PROBE_ROWS = 24
 
 
 def _fmt_eta(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "–"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+    return fmt_duration(seconds, missing="–")
 
 
 class TrainingDashboard(QloraWidget):

@@ -22,9 +22,10 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 
-def fmt_duration(seconds: float | None) -> str:
+def fmt_duration(seconds: float | None, missing: str = "?") -> str:
+    """``m:ss`` or ``h:mm:ss``; ``missing`` when the duration is unknown (None, NaN, negative)."""
     if seconds is None or seconds != seconds or seconds < 0:
-        return "?"
+        return missing
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
