@@ -137,6 +137,13 @@ def _json_error(name: str, line: int, exc: json.JSONDecodeError) -> QloraError:
                       hint="Each line of a .jsonl file must be one JSON object.")
 
 
+def _object_row(obj: Any, loc: str, hint: str) -> dict:
+    """One example decoded from JSON: it must be an object; see :func:`_literal_bools` for its booleans."""
+    if not isinstance(obj, dict):
+        raise QloraError(f"{loc}: expected a JSON object, got {_json_kind(obj)}.", where=WHERE, hint=hint)
+    return _literal_bools(obj)
+
+
 def parse_jsonl(text: str, name: str) -> RawData:
     rows, where = [], []
     for i, line in enumerate(text.splitlines(), start=1):
@@ -147,10 +154,7 @@ def parse_jsonl(text: str, name: str) -> RawData:
         except json.JSONDecodeError as exc:
             raise _json_error(name, i, exc) from None
         loc = f"{name}, line {i}"
-        if not isinstance(obj, dict):
-            raise QloraError(f"{loc}: expected a JSON object, got {_json_kind(obj)}.", where=WHERE,
-                             hint='Write one object per line, e.g. {"instruction": "...", "output": "..."}.')
-        rows.append(_literal_bools(obj))
+        rows.append(_object_row(obj, loc, 'Write one object per line, e.g. {"instruction": "...", "output": "..."}.'))
         where.append(loc)
     return RawData(rows, where, name)
 
@@ -171,10 +175,7 @@ def parse_json(text: str, name: str) -> RawData:
                 raise _json_error(name, exc.lineno, exc) from None
             k += 1
             loc = f"{name}, line {line} (row {k})"
-            if not isinstance(obj, dict):
-                raise QloraError(f"{loc}: expected a JSON object, got {_json_kind(obj)}.", where=WHERE,
-                                 hint="The file must be a list of objects, one per example.")
-            rows.append(_literal_bools(obj))
+            rows.append(_object_row(obj, loc, "The file must be a list of objects, one per example."))
             where.append(loc)
             idx = _skip_ws(text, idx)
             if idx < len(text) and text[idx] == ",":

@@ -289,16 +289,28 @@ def _trainer_class():
     from transformers import Trainer
 
     from ..data.collate import real_tokens
+    from .loss import labelled_loss, supports_labelled_loss
 
     class CountingTrainer(Trainer):
-        """A Trainer that counts the non-padding tokens it trains on (for tokens/s)."""
+        """A Trainer that counts the non-padding tokens it trains on (for tokens/s), and projects only
+        labelled positions onto the vocabulary in training steps (:mod:`qlora_nb.engine.loss`)."""
 
         tokens = 0
+        labelled_loss_ok: bool | None = None
 
-        def compute_loss(self, model, inputs, *args, **kwargs):
-            if model.training:
-                self.tokens += real_tokens(inputs)
-            return super().compute_loss(model, inputs, *args, **kwargs)
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not model.training:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            self.tokens += real_tokens(inputs)
+            if self.labelled_loss_ok is None:  # one process, no label smoothing or custom loss, a plain-head LM
+                self.labelled_loss_ok = (self.args.world_size == 1 and self.label_smoother is None
+                                         and self.compute_loss_func is None and supports_labelled_loss(model))
+            if return_outputs or "labels" not in inputs or not self.labelled_loss_ok:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # normalised over the accumulated batch when the Trainer counted it, else a per-micro-batch mean
+            self.loss_is_scaled_for_ga = num_items_in_batch is not None
+            with self.accelerator.autocast():  # what accelerate wraps model.forward in under bf16/fp16
+                return labelled_loss(model, inputs, num_items_in_batch)
 
     return CountingTrainer
 
@@ -414,6 +426,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from ..data.collate import Collator, ListDataset
+    from .loss import training_attention
     from .quantize import guard_cpu_repack
     from .session import _quiet_libraries
 
@@ -441,6 +454,9 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
         trainer.add_callback(early)
     use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = False
+    attention = training_attention(model, session.device, cfg.cutoff_len)
+    if attention:
+        model.get_base_model().set_attn_implementation(attention)
     aborted, oom = False, None
     started = time.perf_counter()
     try:
@@ -459,6 +475,8 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
                 oom = drop_traceback(exc)  # its frames hold the step's activations
     finally:
         model.config.use_cache = use_cache
+        if attention:
+            model.get_base_model().set_attn_implementation("sdpa")
         if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
             model.gradient_checkpointing_disable()
         guard_cpu_repack(model)

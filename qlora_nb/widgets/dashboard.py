@@ -26,7 +26,7 @@ from typing import Any
 import traitlets
 
 from .base import QloraWidget, asset, esm
-from .progress import fmt_duration
+from .progress import fmt_duration, step_fields
 
 MAX_PROBE_ROWS = 24
 
@@ -278,13 +278,7 @@ class TrainingDashboard(QloraWidget):
         p = self._progress
         parts = [f"{self.title or 'training'}: {self._status}"]
         if p.get("step") is not None:
-            parts.append(f"step {p['step']}/{p.get('max_steps', '?')}")
-        if p.get("loss") is not None:
-            parts.append(f"loss {p['loss']:.4f}")
-        if p.get("eval_loss") is not None:
-            parts.append(f"eval_loss {p['eval_loss']:.4f}")
-        if p.get("tokens_per_s"):
-            parts.append(f"{p['tokens_per_s']:.0f} tok/s")
+            parts.extend(step_fields(p))
         if self._status in ("running", "stopping"):
             parts.append(f"eta {_fmt_eta(p.get('eta_s'))}")
         return " · ".join(parts)

@@ -32,6 +32,16 @@ def fmt_duration(seconds: float | None, missing: str = "?") -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def step_fields(e: dict[str, Any]) -> list[str]:
+    """The step, loss, eval loss, learning rate and tokens/s that ``e`` holds, formatted (shared by both views)."""
+    parts = [f"step {e.get('step')}/{e.get('max_steps') or '?'}"]
+    for key, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval_loss {:.4f}"), ("learning_rate", "lr {:.1e}"),
+                     ("tokens_per_s", "{:.0f} tok/s")):
+        if e.get(key) is not None:
+            parts.append(fmt.format(e[key]))
+    return parts
+
+
 class TextProgress:
     """An event subscriber that prints one progress line per ``every`` steps, per eval and at the end.
 
@@ -97,15 +107,7 @@ class TextProgress:
 
     @staticmethod
     def step_line(e: dict[str, Any]) -> str:
-        parts = [f"step {e.get('step')}/{e.get('max_steps') or '?'}"]
-        if e.get("loss") is not None:
-            parts.append(f"loss {e['loss']:.4f}")
-        if e.get("learning_rate") is not None:
-            parts.append(f"lr {e['learning_rate']:.1e}")
-        if e.get("tokens_per_s") is not None:
-            parts.append(f"{e['tokens_per_s']:.0f} tok/s")
-        parts.append(f"eta {fmt_duration(e.get('eta_s'))}")
-        return " ".join(parts)
+        return " ".join([*step_fields(e), f"eta {fmt_duration(e.get('eta_s'))}"])
 
     def end_line(self, e: dict[str, Any]) -> str:
         if e.get("error"):
