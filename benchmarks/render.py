@@ -116,7 +116,9 @@ def render_one(res: dict[str, Any]) -> list[str]:
     for k in t:
         if k.startswith("ratio_toolkit_vs_plain@"):
             cut = k.split("@")[1]
-            lines += ["", f"Ratio toolkit / plain padded to cutoff_len {cut} (same round): {fmt(t[k], 'x')}"]
+            note = " (`%%qlora_train`'s default cutoff_len)" if cut == str(_default_cutoff_len()) else ""
+            lines += ["", f"**Ratio toolkit / plain padded to cutoff_len {cut}{note} (same round): "
+                          f"{fmt(t[k], 'x')}**"]
     if t.get("ratio_toolkit_vs_unsloth"):
         lines += [f"**Ratio toolkit / Unsloth (same round): {fmt(t['ratio_toolkit_vs_unsloth'], 'x')}**"]
     m = rows["memory"]
@@ -189,6 +191,15 @@ def render_one(res: dict[str, Any]) -> list[str]:
                   (pc.get("stdout") or "").strip() or f"(no output; stderr: {(pc.get('stderr') or '').strip()[-500:]})",
                   "```"]
     return lines
+
+
+def _default_cutoff_len() -> int | None:
+    """The toolkit's default ``cutoff_len`` (None where the package cannot be imported)."""
+    try:
+        from qlora_nb.config import TrainConfig
+    except ImportError:
+        return None
+    return TrainConfig.__dataclass_fields__["cutoff_len"].default
 
 
 def render_results(results: list[dict[str, Any]]) -> str:
