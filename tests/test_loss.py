@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from grad_helpers import lora_params
+from grad_helpers import lora_params, loss_and_grads
 
 
 def _batch(session, seed: int = 0):
@@ -17,16 +17,6 @@ def _batch(session, seed: int = 0):
     labels[:, :5] = -100  # prompt tokens
     labels[2, 9:] = -100
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def _loss_and_grads(session, fn):
-    model = session.model
-    model.train()
-    model.zero_grad(set_to_none=True)
-    loss = fn()
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in lora_params(session).items() if p.grad is not None}
-    return loss.detach(), grads
 
 
 @pytest.mark.parametrize("bits", [16, 4])
@@ -43,10 +33,11 @@ def test_labelled_loss_matches_the_models_own_loss_and_gradients(tiny_model_dir,
                 p.normal_(0, 0.05)
     assert supports_labelled_loss(session.model)
     batch = _batch(session)
-    ref_loss, ref_grads = _loss_and_grads(session, lambda: session.model(**batch).loss)
-    loss, grads = _loss_and_grads(session, lambda: labelled_loss(session.model, batch))
+    ref_loss, ref_grads = loss_and_grads(session, lambda: session.model(**batch).loss)
+    loss, grads = loss_and_grads(session, lambda: labelled_loss(session.model, batch))
     assert torch.allclose(loss, ref_loss, rtol=1e-5, atol=1e-6), (loss, ref_loss)
-    assert grads.keys() == ref_grads.keys() and len(grads) == len(lora_params(session))
+    assert grads.keys() == ref_grads.keys() == lora_params(session).keys()
+    assert all(g is not None for g in grads.values()), "a LoRA parameter got no gradient"
     for n, g in grads.items():
         assert torch.allclose(g, ref_grads[n], rtol=1e-4, atol=1e-6), n
     labelled = int((batch["labels"][:, 1:] != -100).sum())

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-IGNORE = -100
+from ..data.collate import IGNORE
 
 # Causal LMs whose forward is exactly lm_head(decoder(...)): no logit scale, soft-cap or auxiliary (router) loss.
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "olmo", "olmo2",
@@ -32,9 +32,14 @@ PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"
 CPU_EAGER_ATTENTION_MAX_LEN = 256
 
 
+def _causal_lm(model: Any) -> Any:
+    """The transformers causal LM inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def supports_labelled_loss(model: Any) -> bool:
     """Whether :func:`labelled_loss` computes exactly what ``model(**inputs, labels=...)`` would."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _causal_lm(model)
     cfg = getattr(base, "config", None)
     if cfg is None or getattr(cfg, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
         return False
@@ -53,7 +58,7 @@ def labelled_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = 
     import torch
     import torch.nn.functional as F
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _causal_lm(model)
     decoder = getattr(base, base.base_model_prefix)
     labels = inputs["labels"]
     kwargs = {k: v for k, v in inputs.items() if k != "labels"}
@@ -71,7 +76,7 @@ def labelled_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = 
 
 def training_attention(model: Any, device: str, cutoff_len: int) -> str | None:
     """The attention implementation to train with, or None to keep the model's (see the constant above)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _causal_lm(model)
     current = getattr(getattr(base, "config", None), "_attn_implementation", None)
     if str(device).startswith("cuda") or current != "sdpa" or cutoff_len > CPU_EAGER_ATTENTION_MAX_LEN:
         return None
