@@ -25,7 +25,7 @@ CELL = r"""
 import json, time
 from types import SimpleNamespace
 from qlora_nb.events import EventBus
-from qlora_nb.widgets.dashboard import TrainingDashboard
+from qlora_nb.views.dashboard import TrainingDashboard
 
 def run(steps, step_s, throttled):
     bus = EventBus()

@@ -213,7 +213,7 @@ def run_suite(args) -> dict[str, Any]:
         mode["bits"] = (4,)
     if "extra_cutoffs" in skip:
         mode["extra_cutoffs"] = ()
-    from qlora_nb.models import ALIASES, cache_dir, resolve_model
+    from qlora_nb.engine.models import ALIASES, cache_dir, resolve_model
 
     model_path = str(resolve_model(args.model))
     work = Path(tempfile.mkdtemp(prefix="qlora-bench-"))

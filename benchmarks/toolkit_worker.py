@@ -27,7 +27,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     meter = TokenMeter(session.model)
     dash = None
     if spec.get("dashboard"):
-        from qlora_nb.widgets.dashboard import TrainingDashboard
+        from qlora_nb.views.dashboard import TrainingDashboard
 
         dash = TrainingDashboard.for_session(session)
 

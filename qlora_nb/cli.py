@@ -11,7 +11,7 @@ from .errors import QloraError
 
 
 def fetch_model(args) -> None:
-    from .models import resolve_model
+    from .engine.models import resolve_model
 
     t = time.perf_counter()
     path = resolve_model(args.model)
@@ -58,7 +58,7 @@ def demo(args) -> None:
     before = exact_match(session, n=args.eval_rows, base=True)
     print(f"held-out exact match before training: {before}  ({time.perf_counter() - t:.0f} s)\n")
     try:
-        from .widgets.progress import TextProgress
+        from .views.progress import TextProgress
 
         view = TextProgress.for_session(session, every=10)
     except ImportError:

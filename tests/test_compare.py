@@ -260,7 +260,7 @@ def test_errors_name_the_problem(tiny_session):
 
 # ----------------------------------------------------------------- widget
 def test_widget_streams_and_reflects_the_comparison(tiny_session):
-    from qlora_nb.widgets.compare import CompareWidget
+    from qlora_nb.views.compare import CompareWidget
 
     _perturb(tiny_session)
     w = CompareWidget.for_session(tiny_session, interval=0.0)

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from qlora_nb.events import EventBus
-from qlora_nb.widgets.dashboard import TrainingDashboard
-from qlora_nb.widgets.progress import TextProgress, fmt_duration, watch
+from qlora_nb.views.dashboard import TrainingDashboard
+from qlora_nb.views.progress import TextProgress, fmt_duration, watch
 
 
 class FakeSession:
@@ -240,8 +240,8 @@ KERNEL_CELL = r'''
 import time
 from types import SimpleNamespace
 from qlora_nb.events import EventBus
-from qlora_nb.widgets.dashboard import TrainingDashboard
-from qlora_nb.widgets.progress import watch
+from qlora_nb.views.dashboard import TrainingDashboard
+from qlora_nb.views.progress import watch
 
 class S:
     def __init__(self):
@@ -358,7 +358,7 @@ BROWSER_CELL = r'''
 import math, time
 from types import SimpleNamespace
 from qlora_nb.events import EventBus
-from qlora_nb.widgets.progress import watch
+from qlora_nb.views.progress import watch
 
 class S:
     def __init__(self):

@@ -48,7 +48,7 @@ def test_unload_clears_out_history_traceback_and_namespace(shell, tiny_model_dir
     _quiet_run(shell, "qlora.model")  # ...and the model
     _quiet_run(shell, "def f(m):\n    raise ValueError('x')\nf(qlora.model)")  # the traceback's frame holds it
     # ipywidgets keeps every widget in a registry until closed: a dashboard holding the session
-    res, out = _quiet_run(shell, "from qlora_nb.widgets.dashboard import TrainingDashboard\n"
+    res, out = _quiet_run(shell, "from qlora_nb.views.dashboard import TrainingDashboard\n"
                                  "dash = TrainingDashboard(session=qlora)\ndel dash")
     assert res.success, out
     res, out = _quiet_run(shell, "qlora.train(data=[{'prompt': 'a', 'completion': 5}])")  # frames hold `session`

@@ -26,7 +26,7 @@ def test_wheel_contains_every_widget_module(tmp_path):
 
 
 def test_widget_modules_resolve_without_relative_imports():
-    from qlora_nb.widgets.base import esm, static_dir
+    from qlora_nb.views.base import esm, static_dir
 
     for js in static_dir().glob("*.js"):
         text = esm(js.name)

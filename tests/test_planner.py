@@ -230,8 +230,8 @@ def test_session_plan_uses_session_settings(tiny_session):
 # ------------------------------------------------------------------ the JavaScript port
 @pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")
 def test_js_port_matches_python(tmp_path):
-    from qlora_nb.widgets.base import esm
-    from qlora_nb.widgets.planner import arch_payload, planner_constants
+    from qlora_nb.views.base import esm
+    from qlora_nb.views.planner import arch_payload, planner_constants
 
     src = esm("planner.js").replace("export default { render };", "")
     (tmp_path / "planner.mjs").write_text(src.replace("document.createElement", "globalThis.document.createElement"))
@@ -269,7 +269,7 @@ def test_js_port_matches_python(tmp_path):
 
 # ------------------------------------------------------------------ widget and magic
 def test_widget_state_and_text():
-    from qlora_nb.widgets.planner import PlannerWidget
+    from qlora_nb.views.planner import PlannerWidget
 
     p = qlora_nb.plan("llama-2-7b", gpu="24GB")
     w = PlannerWidget(p)

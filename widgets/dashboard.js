@@ -1,5 +1,5 @@
 // Training dashboard panel: status, Stop, progress/ETA, live numbers, probe generations, memory ledger.
-// The loss curve is a plotly FigureWidget displayed next to this panel (see qlora_nb/widgets/dashboard.py).
+// The loss curve is a plotly FigureWidget displayed next to this panel (see qlora_nb/views/dashboard.py).
 import { el, renderLedger } from "./format.js";
 
 function eta(s) {

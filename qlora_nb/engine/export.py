@@ -357,7 +357,7 @@ def open_adapter(base_model, directory: str | Path, name: str = "default", allow
     """``PeftModel.from_pretrained`` with the toolkit's checks: safetensors only, same base model, trainable."""
     from peft import PeftModel
 
-    from ..models import model_fingerprint
+    from .models import model_fingerprint
     from .quantize import guard_cpu_repack
 
     path = check_adapter_dir(directory, allow_pickle)

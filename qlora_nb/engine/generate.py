@@ -102,7 +102,7 @@ class CompareResult(list):
 
     def widget(self):
         """The side-by-side widget for this result (also shown by ``%qlora_compare``)."""
-        from ..widgets.compare import CompareWidget
+        from ..views.compare import CompareWidget
 
         return CompareWidget.from_result(self)
 

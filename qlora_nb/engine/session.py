@@ -149,7 +149,7 @@ def load(model: str | None = None, **options: Any) -> Session:
     ``double_quant``, ``compute_dtype``, ``r``, ``alpha``, ``dropout``,
     ``targets``, ``dora``, ``rslora``, ``adapter``…).
     """
-    from ..models import resolve_model
+    from .models import resolve_model
     from .quantize import attach_lora, load_base, pick_device
     from .tokenizer import load_tokenizer
 
@@ -174,7 +174,7 @@ def load(model: str | None = None, **options: Any) -> Session:
     session = Session(peft_model, tokenizer, cfg, path, device, time.perf_counter() - started)
     if cfg.adapter:
         session.adapters[cfg.adapter_name] = {"source": str(cfg.adapter)}
-    from ..models import model_fingerprint
+    from .models import model_fingerprint
 
     session.base_fingerprint = model_fingerprint(path)
     return session

@@ -97,7 +97,7 @@ class CompareMagics(QloraMagicsBase):
 
     def _widget(self, session):
         try:
-            from ..widgets.compare import CompareWidget
+            from ..views.compare import CompareWidget
         except ImportError:  # no anywidget: the text view still works
             return None
         return CompareWidget.for_session(session)

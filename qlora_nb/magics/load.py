@@ -50,7 +50,7 @@ class LoadMagics(QloraMagicsBase):
             self._show_breakdown(session)
 
     def _show_breakdown(self, session) -> None:
-        from ..widgets.breakdown import BreakdownWidget
+        from ..views.breakdown import BreakdownWidget
 
         display(BreakdownWidget.for_session(session))
 

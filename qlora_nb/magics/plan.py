@@ -59,7 +59,7 @@ class PlanMagics(QloraMagicsBase):
         if args.text:
             print(result)
             return
-        from ..widgets.planner import PlannerWidget
+        from ..views.planner import PlannerWidget
 
         display(PlannerWidget(result))
 

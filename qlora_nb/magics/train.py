@@ -17,12 +17,12 @@ def _live_view(session, cfg: TrainConfig, quiet: bool):
     if quiet:
         return contextlib.nullcontext()
     try:
-        from ..widgets.progress import watch
+        from ..views.progress import watch
     except ImportError:  # the dashboard is optional for training itself
         try:
             from IPython.display import display
 
-            from ..widgets.dashboard import TrainingDashboard
+            from ..views.dashboard import TrainingDashboard
         except ImportError:
             return contextlib.nullcontext()
         dash = TrainingDashboard.for_session(session, cfg)

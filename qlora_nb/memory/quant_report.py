@@ -59,7 +59,7 @@ class QuantReport:
         return pd.DataFrame(self.rows)
 
     def figures(self) -> dict[str, Any]:
-        from ..widgets.quant_report import report_figures
+        from ..views.quant_report import report_figures
 
         return report_figures(self)
 

@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import QloraError, did_you_mean
+from ..errors import QloraError, did_you_mean
 
 
 @dataclass(frozen=True)

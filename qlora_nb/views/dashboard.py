@@ -12,7 +12,7 @@ most ~2% of wall time however long the curve gets; ``eval``, ``probe`` and
 ``batch_update()`` (one comm message per redraw).
 
 Stop: the button's click is routed to a kernel subshell (see
-:mod:`qlora_nb.widgets.kernel_comm`) so it is handled while the main thread
+:mod:`qlora_nb.views.kernel_comm`) so it is handled while the main thread
 trains; the handler only calls ``session.request_stop()``, and the engine stops
 at the next step boundary.
 """
