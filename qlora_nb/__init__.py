@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import QloraError
-
-__version__ = "0.1.0"
 
 __all__ = ["QloraError", "Session", "load", "plan", "__version__"]
 

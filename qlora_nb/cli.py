@@ -33,7 +33,7 @@ def exact_match(session, n: int = 16, base: bool = False, max_new_tokens: int = 
     """Greedy outputs on the first ``n`` held-out demo rows, compared with the reference exactly."""
     from .data.load import load_demo
     from .data.validate import validate
-    from .engine.train import generate_batch
+    from .engine.probes import generate_batch
 
     text = validate(load_demo(), None)
     rows = (text.val_rows or [])[:n]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from .errors import QloraError, did_you_mean
+from .units import parse_memory
 
 T = TypeVar("T", bound="OptionsBase")
 
@@ -398,8 +399,6 @@ class PlanConfig(OptionsBase):
                              hint="Use 'all-linear' or module names such as q_proj,v_proj.")
         self.targets = [str(t) for t in self.targets]
         if self.gpu is not None:
-            from .memory.planner import parse_memory
-
             parse_memory(self.gpu)  # refuse "0GB", "-3", "lots" here, naming the option
         if self.method == "full" and self.bits not in (None, 16):
             raise QloraError(f"full fine-tuning trains 16-bit weights, not a {self.bits}-bit base.",

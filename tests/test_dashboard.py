@@ -10,7 +10,8 @@ import pytest
 
 from qlora_nb.events import EventBus
 from qlora_nb.views.dashboard import TrainingDashboard
-from qlora_nb.views.progress import TextProgress, fmt_duration, watch
+from qlora_nb.views.live import watch
+from qlora_nb.views.progress import TextProgress, fmt_duration
 
 
 class FakeSession:
@@ -241,7 +242,7 @@ import time
 from types import SimpleNamespace
 from qlora_nb.events import EventBus
 from qlora_nb.views.dashboard import TrainingDashboard
-from qlora_nb.views.progress import watch
+from qlora_nb.views.live import watch
 
 class S:
     def __init__(self):
@@ -358,7 +359,7 @@ BROWSER_CELL = r'''
 import math, time
 from types import SimpleNamespace
 from qlora_nb.events import EventBus
-from qlora_nb.views.progress import watch
+from qlora_nb.views.live import watch
 
 class S:
     def __init__(self):

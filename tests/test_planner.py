@@ -15,7 +15,8 @@ from qlora_nb.config import PlanConfig
 from qlora_nb.errors import QloraError
 from qlora_nb.memory import formulas as F
 from qlora_nb.memory.architectures import ARCHITECTURES, arch_from_config
-from qlora_nb.memory.planner import compute_components, parse_memory, plan_session
+from qlora_nb.memory.planner import compute_components, plan_session
+from qlora_nb.units import parse_memory
 
 EXACT = ("quantized_weights", "quant_constants", "other_weights", "adapters")
 

@@ -26,7 +26,9 @@ def test_report_on_tiny_model(tiny_session):
     json.dumps(r.as_dict())
     df = r.to_pandas()
     assert list(df["name"])[0] == "model.layers.0.self_attn.q_proj.weight" and len(df) == 14
-    figs = r.figures()
+    from qlora_nb.views.quant_report import report_figures
+
+    figs = report_figures(r)
     assert set(figs) == {"layers", "totals"} and len(figs["layers"].data) == 3
     assert "relative MSE" in str(r)
 

@@ -1,4 +1,4 @@
-"""Adapters out of a session: save, load back, merge (see :mod:`.merge`) and export for accelerate.
+"""Adapters in and out of a session: save as a PEFT folder, load back with checks.
 
 A saved adapter is a plain PEFT folder (``adapter_config.json`` +
 ``adapter_model.safetensors``) that ``peft.PeftModel.from_pretrained`` loads
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import QloraError, did_you_mean
+from ..errors import QloraError
 from ..fileio import atomic_dir
+from .adapters import flatten_adapter_folder, is_trained, no_adapter
 
 if TYPE_CHECKING:
     from .session import Session
@@ -30,13 +30,6 @@ FORMAT_VERSION = 1
 _FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 
 
-def merge(session: Session, directory: str | Path, **options: Any):
-    """See :func:`qlora_nb.engine.merge.merge` (kept in its own module)."""
-    from .merge import merge as _merge
-
-    return _merge(session, directory, **options)
-
-
 # ------------------------------------------------------------------- saving
 def save_adapter(session: Session, directory: str | Path, overwrite: bool = False,
                  adapter: str | None = None) -> Path:
@@ -47,16 +40,11 @@ def save_adapter(session: Session, directory: str | Path, overwrite: bool = Fals
     """
     name = adapter or session.active_adapter
     if name not in session.model.peft_config:
-        raise QloraError(f"no adapter named {name!r} in this session.", where="--adapter",
-                         hint=did_you_mean(name, session.model.peft_config))
+        raise no_adapter(name, session.model.peft_config, "--adapter")
     target = Path(directory).expanduser()
     with atomic_dir(target, overwrite=overwrite) as tmp:
         session.model.save_pretrained(str(tmp), selected_adapters=[name], safe_serialization=True)
-        if name != "default":  # peft puts non-default adapters in a sub-folder; keep the folder flat
-            sub = tmp / name
-            for f in sub.iterdir():
-                shutil.move(str(f), str(tmp / f.name))
-            sub.rmdir()
+        flatten_adapter_folder(tmp, name)
         if not (tmp / SAFE_WEIGHTS).is_file():
             raise QloraError(f"peft wrote no {SAFE_WEIGHTS} for adapter {name!r}.", where="save")
         meta = toolkit_metadata(session, name)
@@ -97,7 +85,7 @@ def _final_losses(run) -> dict[str, float | None]:
 
 def toolkit_metadata(session: Session, name: str) -> dict[str, Any]:
     """What qlora_nb.json holds: enough to reload, retrain (export) and check the base model."""
-    from .. import __version__
+    from .._version import __version__
 
     run = _last_run(session)
     ledger = session.ledger(measure=False)
@@ -121,7 +109,7 @@ def toolkit_metadata(session: Session, name: str) -> dict[str, Any]:
 
 def model_card(session: Session, name: str, meta: dict[str, Any]) -> str:
     """A README.md a person can read on the hub or in the folder: base, settings, data, losses, ledger."""
-    from ..memory.ledger import human_bytes
+    from ..units import human_bytes
 
     cfg = session.config
     fp = session.base_fingerprint or {}
@@ -333,23 +321,12 @@ def load_adapter(session: Session, directory: str | Path, name: str | None = Non
         session.model.delete_adapter(name)
         session.model.set_adapter(before)
         raise
-    fresh = session.adapters.get(before, {}).get("source") == "fresh" and not _is_trained(session.model, before)
+    fresh = session.adapters.get(before, {}).get("source") == "fresh" and not is_trained(session.model, before)
     active = name if fresh else before
     session.model.set_adapter(active)  # also makes only the active adapter trainable
     guard_cpu_repack(session.model)
     session.adapters[name] = {"source": str(path), "meta": meta}
     return name
-
-
-def _is_trained(model, name: str) -> bool:
-    """LoRA starts with B = 0; any non-zero B means the adapter changes the model."""
-    import torch
-
-    for m in model.modules():
-        lora_b = getattr(m, "lora_B", None)
-        if lora_b is not None and name in lora_b and torch.count_nonzero(lora_b[name].weight).item():
-            return True
-    return False
 
 
 def open_adapter(base_model, directory: str | Path, name: str = "default", allow_pickle: bool = False,
@@ -373,11 +350,3 @@ def open_adapter(base_model, directory: str | Path, name: str = "default", allow
             p.data = p.data.float()
     guard_cpu_repack(model)
     return model
-
-
-# ------------------------------------------------------------------ export
-def export_script(session: Session, directory: str | Path, overwrite: bool = False, **options: Any) -> Path:
-    """See :func:`qlora_nb.engine.accelerate_export.export_script`."""
-    from .accelerate_export import export_script as _export
-
-    return _export(session, directory, overwrite=overwrite, **options)

@@ -216,7 +216,8 @@ def detach_widgets(ids: set[int]) -> int:
 
 def unload_from_shell(shell, name: str, session) -> str:
     """``%qlora_unload``: unbind ``name``, clear the notebook's hidden references, free the model; a report."""
-    from ..memory.ledger import human_bytes, rss_bytes
+    from ..memory.ledger import rss_bytes
+    from ..units import human_bytes
 
     rss_before = rss_bytes()
     ids = _targets(session)

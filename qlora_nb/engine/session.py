@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import LoadConfig
-from ..errors import QloraError
 from ..events import EventBus
 
 if TYPE_CHECKING:
@@ -56,10 +55,9 @@ class Session:
 
     def set_adapter(self, name: str) -> None:
         if name not in self.adapters:
-            from ..errors import did_you_mean
+            from .adapters import no_adapter
 
-            raise QloraError(f"no adapter named {name!r} in this session.", where="adapter",
-                             hint=did_you_mean(name, self.adapters))
+            raise no_adapter(name, self.adapters)
         self.model.set_adapter(name)
 
     def request_stop(self) -> None:
@@ -115,12 +113,12 @@ class Session:
         return load_adapter(self, directory, name=name, allow_pickle=allow_pickle)
 
     def merge(self, directory: str | Path, *, dtype: str = "bfloat16", overwrite: bool = False, **options: Any):
-        from .export import merge
+        from .merge import merge
 
         return merge(self, directory, dtype=dtype, overwrite=overwrite, **options)
 
     def export(self, directory: str | Path, *, overwrite: bool = False, **options: Any) -> Path:
-        from .export import export_script
+        from .accelerate_export import export_script
 
         return export_script(self, directory, overwrite=overwrite, **options)
 
@@ -131,7 +129,7 @@ class Session:
         return plan_session(self, **options)
 
     def quant_report(self, **options: Any):
-        from ..memory.quant_report import quant_report
+        from .quant_report import quant_report
 
         return quant_report(self, **options)
 
@@ -151,6 +149,7 @@ def load(model: str | None = None, **options: Any) -> Session:
     """
     from .models import resolve_model
     from .quantize import attach_lora, load_base, pick_device
+    from .quiet import quiet_libraries
     from .tokenizer import load_tokenizer
 
     if model is not None:
@@ -161,7 +160,7 @@ def load(model: str | None = None, **options: Any) -> Session:
     path = resolve_model(cfg.model)
     from .lifecycle import oom_guard
 
-    with _quiet_libraries(), oom_guard("qlora_nb.load"):  # out of memory: one QloraOOMError with advice
+    with quiet_libraries(), oom_guard("qlora_nb.load"):  # out of memory: one QloraOOMError with advice
         tokenizer = load_tokenizer(path, cfg)
         base = load_base(path, cfg, device)
         if cfg.adapter:
@@ -178,41 +177,3 @@ def load(model: str | None = None, **options: Any) -> Session:
 
     session.base_fingerprint = model_fingerprint(path)
     return session
-
-
-class _quiet_libraries:
-    """Silence progress bars and chatty warnings from transformers/bitsandbytes while loading."""
-
-    def __enter__(self):
-        import logging
-        import warnings
-
-        self._warn = warnings.catch_warnings()
-        self._warn.__enter__()
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module="bitsandbytes")
-        self._levels = {}
-        for name in ("transformers", "bitsandbytes", "peft", "accelerate"):
-            lg = logging.getLogger(name)
-            self._levels[name] = lg.level
-            lg.setLevel(logging.ERROR)
-        try:
-            from transformers.utils import logging as tlog
-
-            self._bar = tlog.is_progress_bar_enabled()
-            tlog.disable_progress_bar()
-        except Exception:
-            self._bar = None
-        return self
-
-    def __exit__(self, *exc):
-        import logging
-
-        for name, lvl in self._levels.items():
-            logging.getLogger(name).setLevel(lvl)
-        if self._bar:
-            from transformers.utils import logging as tlog
-
-            tlog.enable_progress_bar()
-        self._warn.__exit__(*exc)
-        return False

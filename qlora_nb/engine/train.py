@@ -15,11 +15,8 @@ schedule. A second interrupt raises ``KeyboardInterrupt`` at once.
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +24,8 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..errors import QloraError
-from ..fileio import atomic_dir, write_text_atomic
+from .run_output import find_checkpoint, output_dir, save_run
+from .train_events import InterruptFlag, PeakRssSampler, make_callback
 
 OPTIM_NAMES = {  # TrainingArguments names; bitsandbytes falls back to unpaged state on CPU by itself
     "adamw": "adamw_torch",
@@ -114,177 +112,6 @@ def prepare(session, cfg: TrainConfig) -> Prepared:
                     tr.truncated + va.truncated)
 
 
-# ------------------------------------------------------------------------ helpers
-def generate_batch(session, prompts: list[str], max_new_tokens: int = 48, base: bool = False) -> list[str]:
-    """Greedy completions for ``prompts`` (batched, left-padded), with or without the adapters.
-
-    Used for probes and the demo's exact match; the compare helper owns the
-    streaming, seeded generation of ``%qlora_compare``.
-    """
-    import contextlib
-
-    import torch
-
-    from .quantize import guard_cpu_repack
-
-    model, tok = session.model, session.tokenizer
-    was_training = model.training
-    side = tok.padding_side
-    tok.padding_side = "left"
-    flags = [(p, p.requires_grad) for n, p in model.named_parameters() if "lora_" in n]  # peft flips these
-    guard_cpu_repack(model)
-    try:
-        model.eval()
-        enc = tok(list(prompts), return_tensors="pt", padding=True).to(session.device)
-        ctx = model.disable_adapter() if base else contextlib.nullcontext()
-        with ctx, torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        new = out[:, enc["input_ids"].shape[1]:]
-        return [tok.decode(row, skip_special_tokens=True) for row in new]
-    finally:
-        tok.padding_side = side
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        if was_training:
-            model.train()
-
-
-class _RssSampler:
-    """Samples process RSS every 50 ms in a thread: the CPU peak happens mid-backward, between hooks."""
-
-    def __init__(self, session) -> None:
-        from ..memory.ledger import rss_bytes
-
-        self._rss = rss_bytes
-        self.session = session
-        self.peak = rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="qlora-rss")
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, self._rss())
-            self.session.peak_rss = self.peak
-
-    def __enter__(self):
-        self.session.peak_rss = self.peak
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=1)
-        self.session.peak_rss = max(self.peak, self._rss())
-
-
-class _InterruptFlag:
-    """A SIGINT handler for the duration of a run: the first interrupt asks for a stop, a second one aborts."""
-
-    def __init__(self) -> None:
-        self.hit = False
-        self._old: Any = None
-
-    def _handle(self, signum, frame) -> None:
-        if self.hit:
-            raise KeyboardInterrupt
-        self.hit = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
-def _make_callback(session, cfg: TrainConfig, prep: Prepared, flag: _InterruptFlag, history: list, state: dict):
-    from transformers import TrainerCallback
-
-    events = session.events
-    probe_prompts = list(cfg.probes) or [prep.template.prompt(r) for r in prep.val_rows[: cfg.n_probes]]
-    probe_tokens = 48
-    if not cfg.probes and prep.val and cfg.n_probes:
-        longest = max(sum(t != -100 for t in ex["labels"]) for ex in prep.val[: cfg.n_probes])
-        probe_tokens = min(96, longest + 4)
-    ledger_every = max(1, state["max_steps"] // 20)
-
-    class EventsCallback(TrainerCallback):
-        """Trainer hooks → ``session.events`` (step, eval, probe, ledger, poll, train_begin/end)."""
-
-        base_outputs: list[str] | None = None
-
-        def on_train_begin(self, args, st, control, **kw):
-            state["t_begin"] = time.perf_counter()
-            state["start_step"] = st.global_step
-            events.emit("train_begin", max_steps=st.max_steps, epochs=args.num_train_epochs,
-                        train_rows=len(prep.train), val_rows=len(prep.val), truncated_rows=prep.truncated,
-                        output_dir=args.output_dir, resumed_from=state.get("resume_from"),
-                        config=cfg.to_dict())
-
-        def on_step_begin(self, args, st, control, **kw):
-            state["t_step"] = time.perf_counter()
-            state["tokens_at_step"] = state["trainer"].tokens
-
-        def on_step_end(self, args, st, control, **kw):
-            dt = time.perf_counter() - state["t_step"]
-            tokens = state["trainer"].tokens - state["tokens_at_step"]
-            state["step_time"] += dt
-            state["last"] = {"tokens": tokens, "dt": dt}
-            events.emit("poll", step=st.global_step)
-            if flag.hit or session.stop_requested:
-                state["interrupted"] = True
-                control.should_training_stop = True
-                control.should_save = True
-
-        def on_optimizer_step(self, args, st, control, **kw):
-            # After optimizer.step() and before zero_grad(): gradients and optimizer state both exist.
-            step = st.global_step + 1
-            if step % ledger_every == 0 or step == state["start_step"] + 1:
-                session.optimizer = kw.get("optimizer")
-                events.emit("ledger", step=step, ledger=session.ledger().to_event())
-
-        def on_log(self, args, st, control, logs=None, **kw):
-            logs = logs or {}
-            if "loss" not in logs or "last" not in state:
-                return
-            last = state["last"]
-            done = st.global_step - state["start_step"]
-            elapsed = time.perf_counter() - state["t_begin"]
-            eta = elapsed / max(1, done) * max(0, st.max_steps - st.global_step)
-            entry = {"step": st.global_step, "loss": float(logs["loss"]),
-                     "learning_rate": float(logs.get("learning_rate", 0.0)),
-                     "tokens_per_s": last["tokens"] / last["dt"] if last["dt"] > 0 else 0.0,
-                     "epoch": float(st.epoch or 0.0), "max_steps": st.max_steps, "eta_s": eta}
-            if "grad_norm" in logs:
-                entry["grad_norm"] = float(logs["grad_norm"])
-            history.append(entry)
-            events.emit("step", **entry)
-
-        def on_evaluate(self, args, st, control, metrics=None, **kw):
-            if not metrics or "eval_loss" not in metrics:
-                return
-            loss = float(metrics["eval_loss"])
-            if history and history[-1]["step"] == st.global_step:
-                history[-1]["eval_loss"] = loss
-            else:
-                history.append({"step": st.global_step, "eval_loss": loss})
-            events.emit("eval", step=st.global_step, eval_loss=loss)
-            if probe_prompts and not state.get("no_probes"):
-                if self.base_outputs is None:
-                    self.base_outputs = generate_batch(session, probe_prompts, probe_tokens, base=True)
-                adapted = generate_batch(session, probe_prompts, probe_tokens)
-                for p, b, a in zip(probe_prompts, self.base_outputs, adapted, strict=True):
-                    events.emit("probe", step=st.global_step, prompt=p, base=b, adapted=a)
-
-        def on_train_end(self, args, st, control, **kw):
-            session.optimizer = kw.get("optimizer", session.optimizer)
-
-    return EventsCallback()
-
-
 def _trainer_class():
     from transformers import Trainer
 
@@ -313,21 +140,6 @@ def _trainer_class():
                 return labelled_loss(model, inputs, num_items_in_batch)
 
     return CountingTrainer
-
-
-def _output_dir(session, cfg: TrainConfig) -> tuple[Path, str]:
-    if cfg.output_dir:
-        out = Path(cfg.output_dir).expanduser()
-        return out, cfg.run_name or out.name
-    if cfg.resume and not cfg.run_name:
-        previous = [r for r in session.runs if getattr(r, "output_dir", None)]
-        if previous:
-            out = Path(previous[-1].output_dir)
-            return out, out.name
-        raise QloraError("resume: true but no output_dir is given and this session has no earlier run.",
-                         where="train option 'resume'", hint="Add `output_dir: runs/<name>` of the run to resume.")
-    name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
-    return Path("runs") / name, name
 
 
 def _planned_steps(cfg: TrainConfig, n_train: int) -> int:
@@ -384,8 +196,8 @@ def train(session, data: Any = None, on_event=None, **options: Any) -> TrainResu
         options["data"] = data
     cfg = TrainConfig.from_options(options)
     prep = prepare(session, cfg)
-    out, name = _output_dir(session, cfg)
-    resume_from = _find_checkpoint(out) if cfg.resume else None
+    out, name = output_dir(session, cfg)
+    resume_from = find_checkpoint(out) if cfg.resume else None
     if not cfg.resume and out.exists() and any(out.iterdir()):
         if not cfg.overwrite:
             raise QloraError(f"output_dir {str(out)!r} already holds a run.", where="train option 'output_dir'",
@@ -409,17 +221,6 @@ def train(session, data: Any = None, on_event=None, **options: Any) -> TrainResu
             unsubscribe()
 
 
-def _find_checkpoint(out: Path) -> str:
-    from .lifecycle import last_complete_checkpoint
-
-    ckpt = last_complete_checkpoint(out)  # skips a checkpoint torn by an interrupt during its save
-    if ckpt is None:
-        raise QloraError(f"no checkpoint to resume in {str(out)!r}.", where="train option 'resume'",
-                         hint="Checkpoints are written when a run is interrupted or every save_steps; "
-                              "train without resume to start over.")
-    return ckpt
-
-
 def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume_from: str | None,
          planned: int, eval_steps: int) -> TrainResult:
     from transformers import EarlyStoppingCallback
@@ -428,7 +229,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     from ..data.collate import Collator, ListDataset
     from .loss import training_attention
     from .quantize import guard_cpu_repack
-    from .session import _quiet_libraries
+    from .quiet import quiet_libraries
 
     model, tok = session.model, session.tokenizer
     guard_cpu_repack(model)
@@ -436,8 +237,8 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     session.template, session.val_rows, session.chat_format = prep.template, prep.val_rows, prep.chat
     history: list[dict[str, Any]] = []
     state: dict[str, Any] = {"step_time": 0.0, "interrupted": False, "max_steps": planned, "resume_from": resume_from}
-    flag = _InterruptFlag()
-    with _quiet_libraries():
+    flag = InterruptFlag()
+    with quiet_libraries():
         args = _training_args(session, cfg, out, name, bool(prep.val), eval_steps)
         trainer = _trainer_class()(
             model=model, args=args, train_dataset=ListDataset(prep.train),
@@ -447,7 +248,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     state["trainer"] = trainer
-    trainer.add_callback(_make_callback(session, cfg, prep, flag, history, state))
+    trainer.add_callback(make_callback(session, cfg, prep, flag, history, state))
     early = None
     if cfg.early_stopping_patience:
         early = EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)
@@ -460,7 +261,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     aborted, oom = False, None
     started = time.perf_counter()
     try:
-        with _quiet_libraries(), flag, _RssSampler(session):
+        with quiet_libraries(), flag, PeakRssSampler(session):
             try:
                 output = trainer.train(resume_from_checkpoint=resume_from)
                 metrics = dict(output.metrics)
@@ -513,28 +314,3 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     return result
 
 
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def save_run(session, cfg: TrainConfig, out: Path, metrics: dict[str, Any], prep: Prepared) -> Path:
-    """The adapter (safetensors + adapter_config.json) and the run's config, swapped in atomically."""
-    name = session.active_adapter
-    target = out / "adapter"
-    if not _is_main_process():  # under DDP (exported train.py) every rank holds the same adapter; rank 0 writes
-        return target
-    with atomic_dir(target, overwrite=True) as tmp:
-        session.model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[name])
-        nested = tmp / name
-        if name != "default" and nested.is_dir():  # peft nests non-default adapters; keep one flat layout
-            for f in nested.iterdir():
-                f.replace(tmp / f.name)
-            nested.rmdir()
-        run = {"train": cfg.to_dict(), "load": session.config.to_dict(), "adapter_name": name,
-               "template": prep.template.text, "chat_format": prep.chat, "base_model": str(session.model_path),
-               "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))}}
-        (tmp / "train_config.json").write_text(json.dumps(run, indent=2, default=str), encoding="utf-8")
-    write_text_atomic(out / "train_config.json", json.dumps(run, indent=2, default=str))
-    return target

@@ -92,5 +92,7 @@ class PlanMagics(QloraMagicsBase):
         if args.output:
             self.bind(args.output, report)
         print(report)
-        for fig in report.figures().values():
+        from ..views.quant_report import report_figures
+
+        for fig in report_figures(report).values():
             display(fig)

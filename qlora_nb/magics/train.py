@@ -11,23 +11,13 @@ from .base import DEFAULT_SESSION, QloraMagicsBase, friendly, parse_args, parse_
 
 
 def _live_view(session, cfg: TrainConfig, quiet: bool):
-    """The dashboard helper's chooser (widget in a kernel, text line elsewhere), or nothing when quiet."""
+    """The dashboard in a kernel, a text line elsewhere (see :func:`qlora_nb.views.live.watch`), or nothing."""
     import contextlib
 
     if quiet:
         return contextlib.nullcontext()
-    try:
-        from ..views.progress import watch
-    except ImportError:  # the dashboard is optional for training itself
-        try:
-            from IPython.display import display
+    from ..views.live import watch
 
-            from ..views.dashboard import TrainingDashboard
-        except ImportError:
-            return contextlib.nullcontext()
-        dash = TrainingDashboard.for_session(session, cfg)
-        display(dash)
-        return dash
     return watch(session, cfg)
 
 

@@ -70,3 +70,10 @@ def adamw8bit_state_bytes(numel: int, min_8bit_size: int = 4096, block: int = 25
     if numel < min_8bit_size:
         return 8 * numel
     return 2 * numel + 2 * math.ceil(numel / block) * FP32
+
+
+def bits_per_quantized_param(components: dict[str, int], quantized_params: int) -> float | None:
+    """Storage bits per quantized parameter (packed codes plus their constants); None with nothing quantized."""
+    if not quantized_params:
+        return None
+    return 8 * (components["quantized_weights"] + components["quant_constants"]) / quantized_params

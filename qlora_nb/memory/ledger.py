@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..units import human_bytes
+
 COMPONENTS = (
     "quantized_weights",
     "quant_constants",
@@ -23,15 +25,6 @@ COMPONENTS = (
     "optimizer_states",
     "activations_and_other",
 )
-
-
-def human_bytes(n: float) -> str:
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 @dataclass
@@ -79,10 +72,9 @@ class Ledger:
 
     @property
     def bits_per_quantized_param(self) -> float | None:
-        q = self.params.get("quantized", 0)
-        if not q:
-            return None
-        return 8 * (self.components["quantized_weights"] + self.components["quant_constants"]) / q
+        from .formulas import bits_per_quantized_param
+
+        return bits_per_quantized_param(self.components, self.params.get("quantized", 0))
 
     @property
     def trainable_fraction(self) -> float:

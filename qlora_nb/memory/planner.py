@@ -53,6 +53,7 @@ from typing import Any
 
 from ..config import PlanConfig
 from ..errors import QloraError, did_you_mean
+from ..units import human_bytes, parse_memory
 from . import formulas as F
 from .architectures import ARCHITECTURES, Arch, arch_from_config, lookup, read_config, unknown_model_error
 
@@ -65,34 +66,6 @@ CPU_ACT_SCALE = 1.106  # RSS growth per saved-activation byte (backward temporar
 LOGIT_FP32_COPIES = 5  # upcast, log-probs, their gradient, the logits' gradient, a softmax temporary
 CUDA_CONTEXT_BYTES = 768 * 2**20  # CUDA context + cuBLAS workspace + allocator slack (estimate)
 TIGHT = 0.9  # above this share of the memory the verdict is "tight"
-
-_UNITS = {"": 2**30, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
-          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
-
-
-def parse_memory(value: Any, where: str = "plan option 'gpu'") -> int:
-    """'24GB', '80GiB', '512 MB', 24 -> bytes. GB counts like GiB: GPU makers' '24GB' is 24 GiB."""
-    import re
-
-    if isinstance(value, bool):
-        raise QloraError(f"{value!r} is not a memory size.", where=where, hint="Write e.g. 24GB or 80GiB.")
-    if isinstance(value, (int, float)):
-        num, unit = float(value), ""
-    else:
-        m = re.fullmatch(r"\s*([-+]?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
-        if not m or m.group(2).lower() not in _UNITS:
-            raise QloraError(f"{value!r} is not a memory size.", where=where, hint="Write e.g. 24GB, 80GiB or 512MB.")
-        num, unit = float(m.group(1)), m.group(2).lower()
-    if not math.isfinite(num) or num <= 0:
-        raise QloraError(f"{value!r} must be more than zero.", where=where, hint="Write e.g. 24GB.")
-    return int(num * _UNITS[unit])
-
-
-def human(n: float) -> str:
-    from .ledger import human_bytes
-
-    return human_bytes(n)
-
 
 # ------------------------------------------------------------------ resolving MODEL
 def resolve_arch(model: str) -> tuple[Arch, str]:
@@ -164,10 +137,7 @@ class Plan:
 
     @property
     def bits_per_quantized_param(self) -> float | None:
-        q = self.params["quantized"]
-        if not q:
-            return None
-        return 8 * (self.components["quantized_weights"] + self.components["quant_constants"]) / q
+        return F.bits_per_quantized_param(self.components, self.params["quantized"])
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.components)
@@ -199,10 +169,10 @@ class Plan:
         for k in COMPONENTS:
             extra = ""
             if k in measured:
-                extra = f"   measured {human(measured[k]):>10}" + ("  (exact)" if measured[k] == self.components[k]
+                extra = f"   measured {human_bytes(measured[k]):>10}" + ("  (exact)" if measured[k] == self.components[k]
                                                                     else "")
-            lines.append(f"  {k:<{width}} {human(self.components[k]):>10}{extra}")
-        lines.append(f"  {'total':<{width}} {human(self.total):>10}   vs {human(self.limit_bytes)} "
+            lines.append(f"  {k:<{width}} {human_bytes(self.components[k]):>10}{extra}")
+        lines.append(f"  {'total':<{width}} {human_bytes(self.total):>10}   vs {human_bytes(self.limit_bytes)} "
                      f"({self.limit_source})")
         lines.append(f"verdict: {self.verdict} — {self.reason}")
         return "\n".join(lines)
@@ -409,8 +379,8 @@ def cheapest_change(arch: Arch, cfg: PlanConfig, limit: int) -> str | None:
 
 def _reason(plan: Plan) -> str:
     name, size = max(plan.components.items(), key=lambda kv: kv[1])
-    big = f"biggest component: {name.replace('_', ' ')} ({human(size)})"
-    used = f"{human(plan.total)} of {human(plan.limit_bytes)}"
+    big = f"biggest component: {name.replace('_', ' ')} ({human_bytes(size)})"
+    used = f"{human_bytes(plan.total)} of {human_bytes(plan.limit_bytes)}"
     if plan.verdict == "fits":
         return f"{used}; {big}."
     fix = cheapest_change(plan.arch, plan.config, plan.limit_bytes)

@@ -6,9 +6,9 @@ blocks of 64: NF4 and FP4 through ``bitsandbytes.functional.quantize_4bit``
 (the kernels the loader used) and a plain symmetric Int4 absmax reference
 (``round(7·w/absmax)``). Each is dequantized and compared with the original
 (relative MSE ``‖w−ŵ‖²/‖w‖²`` and mean absolute error), per layer and in total.
-Then the held-out perplexity of the session's quantized base (adapters off) is
-measured against a temporary 16-bit copy on a text sample shipped with the
-package; the copy is freed afterwards.
+The 4-bit vs 16-bit perplexity (which loads a temporary 16-bit copy) is engine
+work, in :mod:`qlora_nb.engine.quant_report`; the plots are in
+:mod:`qlora_nb.views.quant_report`.
 
 bitsandbytes' CPU quantizer is slow (seconds per million values on a busy
 2-core machine), so by default each weight contributes its first ``sample``
@@ -18,9 +18,6 @@ keeps the demo model's report under a minute. ``sample=None`` uses every value.
 
 from __future__ import annotations
 
-import gc
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,11 +54,6 @@ class QuantReport:
         import pandas as pd
 
         return pd.DataFrame(self.rows)
-
-    def figures(self) -> dict[str, Any]:
-        from ..views.quant_report import report_figures
-
-        return report_figures(self)
 
     def __str__(self) -> str:
         lines = [f"quantization fidelity of {self.model} ({len(self.rows)} weights"
@@ -104,7 +96,7 @@ def reconstruct(w, method: str):
     return bnbf.dequantize_4bit(q, state, quant_type=method).float().view_as(w)
 
 
-def _quantized_weight_names(model) -> list[str]:
+def quantized_weight_names(model) -> list[str]:
     """Checkpoint names ('model.layers.0.self_attn.q_proj.weight') of the weights the session quantized."""
     from .ledger import is_quantized
 
@@ -174,93 +166,8 @@ def weight_errors(model_path: Path, names: list[str], sample: int | None) -> lis
     return rows
 
 
-def _totals(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def method_totals(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     norm = sum(r["_norm"] for r in rows) or 1.0
     count = sum(r["measured_values"] for r in rows) or 1
     return {m: {"rel_mse": sum(r[f"_{m}_sse"] for r in rows) / norm, "mae": sum(r[f"_{m}_sae"] for r in rows) / count}
             for m in METHODS}
-
-
-def perplexity(model, tokenizer, text: str, max_tokens: int, window: int = 256) -> tuple[float, int]:
-    """exp(mean next-token NLL) over non-overlapping windows of the text (at most ``max_tokens`` tokens)."""
-    import torch
-
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0][:max_tokens]
-    if ids.numel() < 2:
-        raise QloraError("the perplexity text has fewer than two tokens.", where="quant_report text")
-    device = next(p.device for p in model.parameters() if p.device.type != "meta")
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, ids.numel() - 1, window):
-            chunk = ids[start:start + window + 1].unsqueeze(0).to(device)
-            if chunk.shape[1] < 2:
-                break
-            logits = model(input_ids=chunk[:, :-1]).logits.float()
-            loss = torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum")
-            nll += float(loss)
-            count += chunk.shape[1] - 1
-    return math.exp(nll / count), count
-
-
-def _load_16bit(session):
-    from transformers import AutoModelForCausalLM
-
-    from ..engine.quantize import torch_dtype
-    from ..engine.session import _quiet_libraries
-
-    cfg = session.config
-    with _quiet_libraries():
-        return AutoModelForCausalLM.from_pretrained(str(session.model_path), dtype=torch_dtype(cfg.compute_dtype),
-                                                    device_map={"": session.device}, use_safetensors=True,
-                                                    trust_remote_code=cfg.trust_remote_code)
-
-
-def quant_report(session, *, sample: int | None = 65536, text: str | None = None, max_tokens: int = 512,
-                 perplexity_check: bool = True) -> QuantReport:
-    """Reconstruction error of NF4/FP4/Int4 per layer and in total, and 4-bit vs 16-bit perplexity."""
-    from ..engine.quantize import guard_cpu_repack
-
-    if sample is not None and sample < BLOCK:
-        raise QloraError(f"sample={sample} is smaller than one block of {BLOCK}.", where="quant_report sample",
-                         hint="Use sample=None (every value) or at least 64.")
-    started = time.perf_counter()
-    names = _quantized_weight_names(session.model)
-    notes = []
-    if not names:  # a 16-bit session: report on its linear weights as they would be quantized
-        names = [n.replace("base_model.model.", "", 1).replace(".base_layer", "")
-                 for n, m in session.model.named_modules() if n.endswith("base_layer") and hasattr(m, "weight")]
-        names = [n + ".weight" for n in names]
-        notes.append("the session's base is 16-bit: errors show what 4-bit storage would cost")
-    rows = weight_errors(session.model_path, names, sample)
-    if not rows:
-        raise QloraError("none of the session's quantized weights were found in its safetensors.",
-                         where="quant_report", hint=f"Checked {session.model_path}.")
-    totals = _totals(rows)
-    ppl: dict[str, float] = {}
-    n_tokens = 0
-    if perplexity_check:
-        body = text if text is not None else sample_text()
-        label = f"{session.config.bits}-bit" + (f" {session.config.quant}" if session.config.bits == 4 else "")
-        model = session.model
-        was_training = model.training
-        model.eval()
-        guard_cpu_repack(model)
-        try:
-            with model.disable_adapter():
-                ppl[label], n_tokens = perplexity(model, session.tokenizer, body, max_tokens)
-        finally:
-            guard_cpu_repack(model)
-            model.train(was_training)
-        if session.config.bits != 16:
-            ref = _load_16bit(session)
-            ref.eval()
-            try:
-                ppl["16-bit"], _ = perplexity(ref, session.tokenizer, body, max_tokens)
-            finally:
-                del ref
-                gc.collect()
-    for r in rows:
-        for k in [k for k in r if k.startswith("_")]:
-            del r[k]
-    return QuantReport(session.config.model, rows, totals, ppl, n_tokens, sample, time.perf_counter() - started,
-                       notes)

@@ -77,7 +77,7 @@ class TrainingDashboard(QloraWidget):
         self.cost = {"events": 0, "event_s": 0.0, "flush_s": 0.0}
         self.figure = _loss_figure() if figure else None
         self._container = None
-        self.display_handle = None  # set by progress.watch(); refreshed at train_end
+        self.display_handle = None  # set by live.watch(); refreshed at train_end
         self.on_msg(self._on_front_msg)
 
     # ---------------------------------------------------------------- set-up

@@ -1,21 +1,13 @@
-"""Plain-text training progress, and the choice between it and the live dashboard.
+"""Plain-text training progress: the printer for terminals, scripts and nbclient/papermill runs.
 
-Where no widget front-end can render (a terminal, a script, nbclient/papermill
-runs) a line like ``step 12/60 loss 1.2340 lr 2.0e-04 310 tok/s eta 0:42`` is
-printed every few steps, on every eval and at the end.
-
-How the view is chosen (:func:`watch`): inside a Jupyter (ZMQ) kernel the
-dashboard is displayed; its text/plain fallback is what nbclient and
-non-widget front-ends record, and the display is updated at ``train_end`` so
-they keep a one-line summary of the finished run. Anywhere
-else (``get_ipython()`` is None or a terminal IPython) :class:`TextProgress`
-prints instead. A kernel cannot tell whether a browser is attached, so this
-is the best available signal; ``view="text"``/``"widget"`` overrides it.
+Where no widget front-end can render, a line like
+``step 12/60 loss 1.2340 lr 2.0e-04 310 tok/s eta 0:42`` is printed every few
+steps, on every eval and at the end. :func:`qlora_nb.views.live.watch` decides
+between this printer and the dashboard.
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -126,42 +118,3 @@ class TextProgress:
 def _clip(text: Any, n: int = 60) -> str:
     s = "" if text is None else str(text).replace("\n", " ")
     return s if len(s) <= n else s[: n - 1] + "…"
-
-
-def widget_frontend() -> bool:
-    """True inside a Jupyter (ZMQ) kernel, where the dashboard is displayed; False in scripts and terminals."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover
-        return False
-    shell = get_ipython()
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
-
-
-def watch(session: Any, config: Any = None, view: str = "auto", display: bool = True):
-    """Attach the right live view to ``session.events`` for the coming run; returns it.
-
-    ``view``: ``"auto"`` (see module docstring), ``"widget"``, ``"text"`` or ``"none"`` (a no-op context).
-    Both views detach themselves at ``train_end``; use the result as a context
-    manager around the training call so an exception also ends the view::
-
-        with watch(session, cfg):
-            result = session.train(**options)
-    """
-    if view not in ("auto", "widget", "text", "none"):
-        from ..errors import QloraError
-
-        raise QloraError(f"unknown progress view {view!r}.", where="progress", hint="use auto, widget, text or none")
-    if view == "none":
-        return contextlib.nullcontext()
-    if view == "widget" or (view == "auto" and widget_frontend()):
-        from .dashboard import TrainingDashboard
-
-        dash = TrainingDashboard.for_session(session, config)
-        if display:
-            from IPython.display import display as show
-
-            # a display id lets the dashboard refresh its text/plain (what nbclient records) at train_end
-            dash.display_handle = show(dash, display_id=True)
-        return dash
-    return TextProgress.for_session(session, config)

@@ -1,4 +1,4 @@
-"""Plotly figures for a :class:`qlora_nb.memory.quant_report.QuantReport`.
+"""Plotly figures for a :class:`qlora_nb.memory.quant_report.QuantReport` (drawn here, not by the report, so the engine never imports a view).
 
 Plain ``go.Figure`` objects (not FigureWidgets): the report is computed once and
 does not update, so it needs no kernel connection and renders in nbconvert too.

@@ -1,0 +1,153 @@
+"""What runs beside the Trainer's math: hooks turned into events, interrupts, and the peak-memory sampler.
+
+The callback turns the Trainer's hooks into plain events on ``session.events``
+(step, eval, probe, ledger, poll, train_begin/end); the dashboard, the text
+printer and tests subscribe to them. The engine never imports a view.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any
+
+from ..config import TrainConfig
+from .probes import generate_batch
+
+
+class PeakRssSampler:
+    """Samples process RSS every 50 ms in a thread: the CPU peak happens mid-backward, between hooks."""
+
+    def __init__(self, session) -> None:
+        from ..memory.ledger import rss_bytes
+
+        self._rss = rss_bytes
+        self.session = session
+        self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="qlora-rss")
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._rss())
+            self.session.peak_rss = self.peak
+
+    def __enter__(self):
+        self.session.peak_rss = self.peak
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+        self.session.peak_rss = max(self.peak, self._rss())
+
+
+class InterruptFlag:
+    """A SIGINT handler for the duration of a run: the first interrupt asks for a stop, a second one aborts."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._old: Any = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, history: list, state: dict):
+    from transformers import TrainerCallback
+
+    events = session.events
+    probe_prompts = list(cfg.probes) or [prep.template.prompt(r) for r in prep.val_rows[: cfg.n_probes]]
+    probe_tokens = 48
+    if not cfg.probes and prep.val and cfg.n_probes:
+        longest = max(sum(t != -100 for t in ex["labels"]) for ex in prep.val[: cfg.n_probes])
+        probe_tokens = min(96, longest + 4)
+    ledger_every = max(1, state["max_steps"] // 20)
+
+    class EventsCallback(TrainerCallback):
+        """Trainer hooks → ``session.events`` (step, eval, probe, ledger, poll, train_begin/end)."""
+
+        base_outputs: list[str] | None = None
+
+        def on_train_begin(self, args, st, control, **kw):
+            state["t_begin"] = time.perf_counter()
+            state["start_step"] = st.global_step
+            events.emit("train_begin", max_steps=st.max_steps, epochs=args.num_train_epochs,
+                        train_rows=len(prep.train), val_rows=len(prep.val), truncated_rows=prep.truncated,
+                        output_dir=args.output_dir, resumed_from=state.get("resume_from"),
+                        config=cfg.to_dict())
+
+        def on_step_begin(self, args, st, control, **kw):
+            state["t_step"] = time.perf_counter()
+            state["tokens_at_step"] = state["trainer"].tokens
+
+        def on_step_end(self, args, st, control, **kw):
+            dt = time.perf_counter() - state["t_step"]
+            tokens = state["trainer"].tokens - state["tokens_at_step"]
+            state["step_time"] += dt
+            state["last"] = {"tokens": tokens, "dt": dt}
+            events.emit("poll", step=st.global_step)
+            if flag.hit or session.stop_requested:
+                state["interrupted"] = True
+                control.should_training_stop = True
+                control.should_save = True
+
+        def on_optimizer_step(self, args, st, control, **kw):
+            # After optimizer.step() and before zero_grad(): gradients and optimizer state both exist.
+            step = st.global_step + 1
+            if step % ledger_every == 0 or step == state["start_step"] + 1:
+                session.optimizer = kw.get("optimizer")
+                events.emit("ledger", step=step, ledger=session.ledger().to_event())
+
+        def on_log(self, args, st, control, logs=None, **kw):
+            logs = logs or {}
+            if "loss" not in logs or "last" not in state:
+                return
+            last = state["last"]
+            done = st.global_step - state["start_step"]
+            elapsed = time.perf_counter() - state["t_begin"]
+            eta = elapsed / max(1, done) * max(0, st.max_steps - st.global_step)
+            entry = {"step": st.global_step, "loss": float(logs["loss"]),
+                     "learning_rate": float(logs.get("learning_rate", 0.0)),
+                     "tokens_per_s": last["tokens"] / last["dt"] if last["dt"] > 0 else 0.0,
+                     "epoch": float(st.epoch or 0.0), "max_steps": st.max_steps, "eta_s": eta}
+            if "grad_norm" in logs:
+                entry["grad_norm"] = float(logs["grad_norm"])
+            history.append(entry)
+            events.emit("step", **entry)
+
+        def on_evaluate(self, args, st, control, metrics=None, **kw):
+            if not metrics or "eval_loss" not in metrics:
+                return
+            loss = float(metrics["eval_loss"])
+            if history and history[-1]["step"] == st.global_step:
+                history[-1]["eval_loss"] = loss
+            else:
+                history.append({"step": st.global_step, "eval_loss": loss})
+            events.emit("eval", step=st.global_step, eval_loss=loss)
+            if probe_prompts:
+                if self.base_outputs is None:
+                    self.base_outputs = generate_batch(session, probe_prompts, probe_tokens, base=True)
+                adapted = generate_batch(session, probe_prompts, probe_tokens)
+                for p, b, a in zip(probe_prompts, self.base_outputs, adapted, strict=True):
+                    events.emit("probe", step=st.global_step, prompt=p, base=b, adapted=a)
+
+        def on_train_end(self, args, st, control, **kw):
+            session.optimizer = kw.get("optimizer", session.optimizer)
+
+    return EventsCallback()
+
+

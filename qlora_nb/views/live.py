@@ -1,0 +1,55 @@
+"""The choice between the live dashboard and the plain-text printer for a training run.
+
+Inside a Jupyter (ZMQ) kernel the dashboard is displayed; its text/plain
+fallback is what nbclient and non-widget front-ends record, and the display is
+updated at ``train_end`` so they keep a one-line summary of the finished run.
+Anywhere else (``get_ipython()`` is None or a terminal IPython)
+:class:`~qlora_nb.views.progress.TextProgress` prints instead. A kernel cannot
+tell whether a browser is attached, so this is the best available signal;
+``view="text"``/``"widget"`` overrides it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from ..errors import QloraError
+from .progress import TextProgress
+
+
+def widget_frontend() -> bool:
+    """True inside a Jupyter (ZMQ) kernel, where the dashboard is displayed; False in scripts and terminals."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def watch(session: Any, config: Any = None, view: str = "auto", display: bool = True):
+    """Attach the right live view to ``session.events`` for the coming run; returns it.
+
+    ``view``: ``"auto"`` (see module docstring), ``"widget"``, ``"text"`` or ``"none"`` (a no-op context).
+    Both views detach themselves at ``train_end``; use the result as a context
+    manager around the training call so an exception also ends the view::
+
+        with watch(session, cfg):
+            result = session.train(**options)
+    """
+    if view not in ("auto", "widget", "text", "none"):
+        raise QloraError(f"unknown progress view {view!r}.", where="progress", hint="use auto, widget, text or none")
+    if view == "none":
+        return contextlib.nullcontext()
+    if view == "widget" or (view == "auto" and widget_frontend()):
+        from .dashboard import TrainingDashboard
+
+        dash = TrainingDashboard.for_session(session, config)
+        if display:
+            from IPython.display import display as show
+
+            # a display id lets the dashboard refresh its text/plain (what nbclient records) at train_end
+            dash.display_handle = show(dash, display_id=True)
+        return dash
+    return TextProgress.for_session(session, config)
