@@ -1,241 +1,21 @@
-"""Option dataclasses shared by the magics, the Python twins and saved runs.
+"""The option declarations: what ``%qlora_load``, ``%%qlora_train``, ``%qlora_compare`` and ``%qlora_plan`` accept.
 
-Each field carries its help text, accepted values and aliases in ``metadata``
-(the peft ``LoraConfig`` style), so one declaration drives validation, the
-magics' ``--help``, YAML round-trips and the error messages. Names follow
-``TrainingArguments`` / ``LoraConfig`` where they overlap; the short names the
-issues use (``alpha``, ``targets``, ``epochs``…) are the canonical ones and the
-library names are accepted as aliases.
+One declaration per option: each field (via :func:`~qlora_nb.options.option`)
+carries its help text, accepted values, range and aliases, and that drives
+validation, the magics' flags and ``%magic?`` help, YAML round-trips and the
+error messages. Names follow ``TrainingArguments`` / ``LoraConfig`` where they
+overlap; the short names the issues use (``alpha``, ``targets``, ``epochs``…)
+are the canonical ones and the library names are accepted as aliases.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
-import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from .errors import QloraError, did_you_mean
+from .errors import QloraError
+from .options import OptionsBase, option
 from .units import parse_memory
-
-T = TypeVar("T", bound="OptionsBase")
-
-_TRUE = {"true", "yes", "on", "1", "y"}
-_FALSE = {"false", "no", "off", "0", "n", "none"}
-
-
-def option(
-    default: Any = dataclasses.MISSING,
-    help: str = "",
-    *,
-    choices: tuple[Any, ...] | None = None,
-    min: float | None = None,
-    max: float | None = None,
-    min_exclusive: bool = False,
-    aliases: tuple[str, ...] = (),
-    factory: Any = dataclasses.MISSING,
-) -> Any:
-    """A dataclass field with the metadata that validation and help read."""
-    meta = {
-        "help": help,
-        "choices": choices,
-        "min": min,
-        "max": max,
-        "min_exclusive": min_exclusive,
-        "aliases": aliases,
-    }
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _strip_optional(tp: Any) -> tuple[Any, bool]:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(tp))
-        if len(args) == 1:
-            return args[0], optional
-        return typing.Union[tuple(args)], optional  # noqa: UP007
-    return tp, False
-
-
-def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
-    """Turn YAML / command-line values into the field's type, or say why not."""
-    base, optional = _strip_optional(tp)
-    if value is None:
-        if optional or base is Any:  # Any fields (data) say what they need in validate()
-            return None
-        raise QloraError(f"{name} needs a value, got nothing.", where=where)
-    if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
-        return None
-    bad = QloraError(
-        f"{value!r} is not a valid value for {name} (expected {getattr(base, '__name__', str(base))}).",
-        where=where,
-    )
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise bad
-    if base is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip().replace("_", ""))
-            except ValueError:
-                raise bad from None
-        raise bad
-    if base is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            out = float(value)
-        elif isinstance(value, str):
-            try:
-                out = float(value.strip())
-            except ValueError:
-                raise bad from None
-        else:
-            raise bad
-        if not math.isfinite(out):
-            raise bad
-        return out
-    if base is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad
-    origin = typing.get_origin(base)
-    if origin in (list, tuple):
-        if isinstance(value, str):
-            items = [v.strip() for v in value.split(",") if v.strip()]
-        elif isinstance(value, (list, tuple)):
-            items = list(value)
-        else:
-            raise bad
-        return items
-    # Any / unions of complex types (e.g. data: path, list of dicts, DataFrame): keep as given.
-    return value
-
-
-@dataclass
-class OptionsBase:
-    """Validation, aliases and YAML round-trip shared by every options dataclass."""
-
-    _kind: ClassVar[str] = "option"
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def aliases(cls) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for f in dataclasses.fields(cls):
-            for a in f.metadata.get("aliases", ()):
-                out[a] = f.name
-        return out
-
-    @classmethod
-    def help_text(cls) -> str:
-        """One line per option: name, default and help (used by magics' docstrings)."""
-        lines = []
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else "…"
-            choices = f.metadata.get("choices")
-            extra = f" One of: {', '.join(map(str, choices))}." if choices else ""
-            lines.append(f"  {f.name} (default {default!r}): {f.metadata.get('help', '')}{extra}")
-        return "\n".join(lines)
-
-    @classmethod
-    def from_options(cls: type[T], options: Mapping[str, Any] | None = None, **kwargs: Any) -> T:
-        """Build from user options: resolve aliases, refuse unknown keys, coerce and validate."""
-        merged: dict[str, Any] = {}
-        for src in (options or {}, kwargs):
-            if not isinstance(src, Mapping):
-                raise QloraError(
-                    f"options must be a mapping of name: value, got {type(src).__name__}.",
-                    hint="Write one `name: value` per line.",
-                )
-            for key, value in src.items():
-                merged[cls._canonical(str(key))] = value
-        return cls(**merged)
-
-    @classmethod
-    def _canonical(cls, key: str) -> str:
-        k = key.strip().replace("-", "_")
-        names = cls.field_names()
-        if k in names:
-            return k
-        aliases = cls.aliases()
-        if k in aliases:
-            return aliases[k]
-        raise QloraError(
-            f"unknown {cls._kind} {key!r}.",
-            hint=did_you_mean(k, names + list(aliases)),
-        )
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            where = f"{self._kind} {f.name!r}"
-            value = _coerce(f.name, getattr(self, f.name), hints[f.name], where)
-            meta = f.metadata
-            choices = meta.get("choices")
-            if choices is not None and value is not None:
-                if isinstance(value, str):
-                    norm = value.strip().lower()
-                    match = next((c for c in choices if str(c).lower() == norm), None)
-                    if match is None:
-                        raise QloraError(f"{value!r} is not accepted.", where=where, hint=did_you_mean(value, choices))
-                    value = match
-                elif value not in choices:
-                    raise QloraError(
-                        f"{value!r} is not accepted.", where=where, hint=f"Accepted: {', '.join(map(str, choices))}."
-                    )
-            lo, hi = meta.get("min"), meta.get("max")
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
-                    op = ">" if meta.get("min_exclusive") else ">="
-                    raise QloraError(f"{value!r} is out of range.", where=where, hint=f"It must be {op} {lo}.")
-                if hi is not None and value > hi:
-                    raise QloraError(f"{value!r} is out of range.", where=where, hint=f"It must be <= {hi}.")
-            object.__setattr__(self, f.name, value)
-        self.validate()
-
-    def validate(self) -> None:
-        """Cross-field checks; subclasses override."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/YAML-safe values (data objects are summarised, not embedded)."""
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, (str, int, float, bool)) or v is None:
-                out[f.name] = v
-            elif isinstance(v, (list, tuple)) and all(isinstance(x, (str, int, float, bool)) for x in v):
-                out[f.name] = list(v)
-            else:
-                out[f.name] = f"<{type(v).__name__}>"
-        return out
-
-    def replace(self: T, **changes: Any) -> T:
-        current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for k, v in changes.items():
-            current[self._canonical(k)] = v
-        return type(self)(**current)
-
 
 DTYPES = ("bfloat16", "float16", "float32")
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
@@ -257,7 +37,8 @@ class LoadConfig(OptionsBase):
     compute_dtype: str = option(
         "bfloat16", "dtype of the matmuls and of 16-bit weights.", choices=DTYPES + tuple(DTYPE_ALIASES)
     )
-    r: int = option(16, "LoRA rank r: each adapted matrix gets r*(d_in+d_out) trainable parameters.", min=1)
+    r: int = option(16, "LoRA rank r: each adapted matrix gets r*(d_in+d_out) trainable parameters.", min=1,
+                    flags=("-r",))
     alpha: float = option(32.0, "LoRA alpha: the update is scaled by alpha/r (alpha/sqrt(r) with rslora).",
                           min=0, min_exclusive=True, aliases=("lora_alpha",))
     dropout: float = option(0.05, "Dropout on the LoRA input (QLoRA: 0.05-0.1).", min=0.0, max=0.99,
@@ -340,9 +121,6 @@ class TrainConfig(OptionsBase):
         if self.data is None:
             raise QloraError("no data given.", where="train option 'data'",
                              hint="Add `data: path.jsonl` (or csv/parquet/'demo'/$variable) to the cell body.")
-        if self.packing and self.completion_only:
-            # Packing mixes rows in a block; the completion mask is kept per row, so both work together.
-            pass
 
 
 @dataclass
@@ -356,7 +134,8 @@ class GenerateConfig(OptionsBase):
     temperature: float = option(0.7, "Sampling temperature (only with sample).", min=0, min_exclusive=True)
     top_p: float = option(0.95, "Nucleus sampling mass (only with sample).", min=0, max=1, min_exclusive=True)
     seed: int = option(0, "Seed used before each generation so base and adapted draw the same noise.", min=0)
-    adapters: list[str] = option(factory=list, help="Adapter names to compare with the base (default: all).")
+    adapters: list[str] = option(factory=list, help="Adapter names to compare with the base, comma-separated on the command line "
+                                                     "(default: all).")
     chat: bool | None = option(None, "Apply the chat template (default: yes when the tokenizer has one and "
                                      "no training template is set).")
 
@@ -377,7 +156,7 @@ class PlanConfig(OptionsBase):
                               choices=(4, 8, 16))
     quant: str = option("nf4", "4-bit data type.", choices=("nf4", "fp4"))
     double_quant: bool = option(True, "Quantize the absmax constants (8 bits, blocks of 256).")
-    r: int = option(16, "LoRA rank.", min=1)
+    r: int = option(16, "LoRA rank.", min=1, flags=("-r",))
     targets: list[str] = option(factory=lambda: ["all-linear"], help="LoRA targets: all-linear or module names.",
                                 aliases=("target_modules",))
     lora_dropout: float = option(0.05, "LoRA dropout (> 0 keeps a dropped fp32 copy of each adapted input).",

@@ -18,30 +18,17 @@ from ..errors import QloraError
 DEFAULT_SESSION = "qlora"
 
 
-class _ArgError(Exception):
-    pass
-
-
 def parse_args(func, line: str, magic: str):
-    """``parse_argstring`` that turns argparse's exit into a QloraError naming the flag."""
-    import argparse
+    """``parse_argstring`` with IPython's ``UsageError`` (what ``MagicArgumentParser.error`` raises) as a QloraError."""
+    from IPython.core.error import UsageError
 
-    parser = func.parser
-
-    def _error(message: str) -> None:
-        raise _ArgError(message)
-
-    parser.error = _error  # argparse otherwise prints usage and raises SystemExit
-    parser.exit_on_error = False
     try:
         return parse_argstring(func, line)
-    except (_ArgError, argparse.ArgumentError) as exc:
+    except UsageError as exc:
         raise QloraError(f"{exc}.", where=f"%{magic}", hint=f"See %{magic}? for the accepted flags.") from None
     except ValueError as exc:  # shlex: unbalanced quotes
         raise QloraError(f"could not split the arguments ({exc}).", where=f"%{magic}",
                          hint="Close every quote.") from None
-    except SystemExit:
-        raise QloraError("bad arguments.", where=f"%{magic}", hint=f"See %{magic}? for the accepted flags.") from None
 
 
 def parse_yaml_body(body: str, magic: str) -> dict[str, Any]:
@@ -82,7 +69,7 @@ def _make_text_loader():
     YAML 1.1 would turn ``2024-01-01`` into a date, ``007`` into 7, ``1.50``
     into 1.5 and ``no`` into False; a template, probe or run name must reach the
     toolkit exactly as written. Options are typed later, field by field, by
-    :meth:`qlora_nb.config.OptionsBase.from_options`, which parses numbers and
+    :meth:`qlora_nb.options.OptionsBase.from_options`, which parses numbers and
     booleans from text. Only ``null``/``~``/empty stay None.
     """
     import yaml

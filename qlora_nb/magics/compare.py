@@ -10,29 +10,21 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from ..config import GenerateConfig
 from ..errors import QloraError
 from .base import DEFAULT_SESSION, QloraMagicsBase, friendly, parse_args
+from .flags import option_flags, options_from_args
 
 
 @magics_class
 class CompareMagics(QloraMagicsBase):
     @magic_arguments()
     @argument("prompt", nargs="*", help='The prompt in quotes, or $variable holding a str or a list of str.')
-    @argument("--max-new-tokens", dest="max_new_tokens", default=None, help="Tokens generated per output (48).")
-    @argument("--seed", default=None, help="Seed set before every generation (0).")
-    @argument("--sample", dest="sample", action="store_const", const=True, default=None,
-              help="Sample (same seed for every column).")
-    @argument("--greedy", dest="sample", action="store_const", const=False, help="Greedy decoding (default).")
-    @argument("--temperature", default=None, help="Sampling temperature (0.7).")
-    @argument("--top-p", dest="top_p", default=None, help="Nucleus sampling mass (0.95).")
-    @argument("--adapters", default=None, help="Comma-separated adapter names to compare with the base (default: all).")
-    @argument("--chat", dest="chat", action="store_const", const=True, default=None,
-              help="Force the chat template on free-text prompts.")
-    @argument("--no-chat", dest="chat", action="store_const", const=False, help="Use the prompt without the chat template.")
+    @argument("--greedy", dest="sample", action="store_const", const=False, help="Same as --no-sample.")
     @argument("--data", default=None, choices=["val"], help="Prompts from data rows: 'val' is the validation split "
                                                              "of the last training run.")
     @argument("--n", default="8", help="How many rows with --data (8).")
     @argument("--logprobs", action="store_true", help="Shade each token by how much the adapter changed its log-prob.")
     @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
     @argument("-o", dest="output", default="compare_result", help="Bind the CompareResult to this name.")
+    @option_flags(GenerateConfig, "generation options (also keyword arguments of Session.compare)")
     @line_magic
     @no_var_expand  # $variable is resolved here (a list stays a list), not pasted in as text by IPython
     @friendly("qlora_compare")
@@ -41,9 +33,7 @@ class CompareMagics(QloraMagicsBase):
         args = parse_args(self.qlora_compare, line, "qlora_compare")
         for key, value in vars(args).items():  # IPython's argument splitter keeps quotes
             setattr(args, key, [_unquote(v) for v in value] if isinstance(value, list) else _unquote(value))
-        options: dict[str, Any] = {k: getattr(args, k) for k in
-                                   ("max_new_tokens", "seed", "sample", "temperature", "top_p", "adapters", "chat")
-                                   if getattr(args, k) is not None}
+        options: dict[str, Any] = options_from_args(args, GenerateConfig)
         GenerateConfig.from_options(options)  # bad flags fail before any heavy import
         session = self.session(args.session)
         prompts = self._prompts(args, session)

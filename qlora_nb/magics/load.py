@@ -7,6 +7,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..config import LoadConfig
 from .base import DEFAULT_SESSION, QloraMagicsBase, display, friendly, parse_args
+from .flags import option_flags, options_from_args
 
 
 @magics_class
@@ -14,27 +15,8 @@ class LoadMagics(QloraMagicsBase):
     @magic_arguments()
     @argument("model", nargs="?", default=None, help="Alias (smollm2-135m), local HF folder, .gguf file or hub id.")
     @argument("--name", default=DEFAULT_SESSION, help="Variable the Session is bound to (default: qlora).")
-    @argument("--bits", default=None, help="4 (QLoRA), 8 or 16 (plain LoRA).")
-    @argument("--quant", default=None, help="nf4 (default) or fp4.")
-    @argument("--double-quant", dest="double_quant", default=None, action="store_const", const=True,
-              help="Quantize the quantization constants (default on).")
-    @argument("--no-double-quant", dest="double_quant", action="store_const", const=False,
-              help="Keep fp32 absmax constants (4.5 bits/param).")
-    @argument("--compute-dtype", dest="compute_dtype", default=None, help="bfloat16 (default), float16 or float32.")
-    @argument("--r", "-r", default=None, help="LoRA rank (default 16).")
-    @argument("--alpha", default=None, help="LoRA alpha (default 32).")
-    @argument("--dropout", default=None, help="LoRA dropout (default 0.05).")
-    @argument("--targets", default=None, help="all-linear (default) or comma-separated module names.")
-    @argument("--dora", action="store_const", const=True, default=None, help="Use DoRA.")
-    @argument("--rslora", action="store_const", const=True, default=None, help="Scale by alpha/sqrt(r).")
-    @argument("--adapter", default=None, help="Load this saved adapter folder instead of fresh adapters.")
-    @argument("--device", default=None, help="auto (default), cpu or cuda.")
-    @argument("--trust-remote-code", dest="trust_remote_code", action="store_const", const=True, default=None,
-              help="Run model code shipped with the model (off by default).")
-    @argument("--allow-pickle", dest="allow_pickle", action="store_const", const=True, default=None,
-              help="Allow .bin pickle weights (safetensors only by default).")
-    @argument("--seed", default=None, help="Seed for the LoRA initialisation.")
     @argument("--quiet", action="store_true", help="Bind the session without displaying the breakdown.")
+    @option_flags(LoadConfig, "load options (also keyword arguments of qlora_nb.load)", exclude=("model",))
     @line_magic
     @friendly("qlora_load")
     def qlora_load(self, line: str = ""):
@@ -42,7 +24,7 @@ class LoadMagics(QloraMagicsBase):
         from ..engine.session import load
 
         args = parse_args(self.qlora_load, line, "qlora_load")
-        options = {k: v for k, v in vars(args).items() if v is not None and k not in ("name", "quiet")}
+        options = options_from_args(args, LoadConfig)
         LoadConfig.from_options(options)  # validate flags before any heavy import
         session = load(**options)
         self.bind(args.name, session)

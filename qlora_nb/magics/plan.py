@@ -7,9 +7,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..config import PlanConfig
 from .base import DEFAULT_SESSION, QloraMagicsBase, display, friendly, parse_args
-
-_PLAN_FLAGS = ("gpu", "method", "bits", "quant", "double_quant", "r", "targets", "seq_len", "batch_size",
-               "gradient_checkpointing", "optimizer", "compute_dtype", "device", "lora_dropout")
+from .flags import option_flags, options_from_args
 
 
 @magics_class
@@ -18,33 +16,16 @@ class PlanMagics(QloraMagicsBase):
     @argument("model", nargs="?", default=None,
               help="Table name (llama-2-7b, qwen2.5-7b…), config.json/model folder or hub id (config only). "
                    "Omit to plan the loaded session, next to its measured ledger.")
-    @argument("--gpu", default=None, help="Memory to fit in: 24GB, 80GiB, 512MB or a number of GB.")
-    @argument("--method", default=None, help="full, lora or qlora (default qlora).")
-    @argument("--bits", default=None, help="Base storage override: 4, 8 or 16.")
-    @argument("--quant", default=None, help="nf4 (default) or fp4.")
-    @argument("--double-quant", dest="double_quant", default=None, action="store_const", const=True,
-              help="Quantize the quantization constants (default on).")
-    @argument("--no-double-quant", dest="double_quant", action="store_const", const=False,
-              help="fp32 absmax constants (0.5 bits/param instead of 0.127).")
-    @argument("--r", "-r", default=None, help="LoRA rank (default 16).")
-    @argument("--targets", default=None, help="all-linear (default) or comma-separated module names.")
-    @argument("--seq-len", dest="seq_len", default=None, help="Tokens per row (default 512).")
-    @argument("--batch-size", dest="batch_size", default=None, help="Rows per step (default 4).")
-    @argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_const", const=True,
-              default=None, help="Recompute activations in backward.")
-    @argument("--optimizer", default=None, help="adamw, adamw_8bit, paged_adamw_8bit or paged_adamw_32bit.")
-    @argument("--compute-dtype", dest="compute_dtype", default=None, help="bfloat16 (default), float16, float32.")
-    @argument("--device", default=None, help="cuda (default for a MODEL) or cpu.")
-    @argument("--lora-dropout", dest="lora_dropout", default=None, help="LoRA dropout (default 0.05).")
     @argument("--session", default=DEFAULT_SESSION, help="Session to plan when no MODEL is given (default: qlora).")
     @argument("--text", action="store_true", help="Print the plan as text instead of the widget.")
     @argument("-o", dest="output", default=None, help="Bind the Plan to this variable.")
+    @option_flags(PlanConfig, "plan options (also keyword arguments of qlora_nb.plan)", exclude=("model",))
     @line_magic
     @friendly("qlora_plan")
     def qlora_plan(self, line: str = ""):
         """Predict training memory by component and say whether it fits (the Python twin is qlora_nb.plan)."""
         args = parse_args(self.qlora_plan, line, "qlora_plan")
-        options = {k: getattr(args, k) for k in _PLAN_FLAGS if getattr(args, k) is not None}
+        options = options_from_args(args, PlanConfig, exclude=("model",))
         if args.model is None:
             from ..memory.planner import plan_session
 

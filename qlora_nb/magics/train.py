@@ -8,6 +8,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from ..config import TrainConfig
 from ..errors import QloraError
 from .base import DEFAULT_SESSION, QloraMagicsBase, friendly, parse_args, parse_yaml_body
+from .flags import options_doc
 
 
 def _live_view(session, cfg: TrainConfig, quiet: bool):
@@ -29,15 +30,13 @@ class TrainMagics(QloraMagicsBase):
               help="Bind the TrainResult to this variable (default: train_result).")
     @argument("--resume", action="store_true", help="Continue from the last checkpoint in output_dir.")
     @argument("--quiet", action="store_true", help="No dashboard or progress lines.")
+    @options_doc(TrainConfig, "Options (one `name: value` per line of the body; aliases after the name):")
     @cell_magic
     @friendly("qlora_train")
     def qlora_train(self, line: str = "", cell: str = ""):
         """Train the session's active LoRA adapter; the cell body is YAML, e.g. ``data: train.jsonl``.
 
-        Common options: data, template, cutoff_len, val_split, epochs/max_steps,
-        batch_size, learning_rate, early_stopping_patience, eval_steps,
-        group_by_length/packing, completion_only, optimizer, seed, output_dir,
-        resume. ``$name`` values come from the notebook (e.g. ``data: $df``).
+        ``$name`` values come from the notebook (e.g. ``data: $df``).
         Python twin: ``session.train(data=..., **options)``.
         """
         args = parse_args(self.qlora_train, line, "qlora_train")

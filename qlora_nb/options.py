@@ -1,0 +1,234 @@
+"""The option machinery: dataclass fields that carry their own help, choices, range and aliases.
+
+Each field's ``metadata`` (the peft ``LoraConfig`` style) drives validation,
+YAML round-trips, the error messages and the magics' generated flags and
+``%magic?`` help (:mod:`qlora_nb.magics.flags`). The declarations themselves
+are in :mod:`qlora_nb.config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from .errors import QloraError, did_you_mean
+
+T = TypeVar("T", bound="OptionsBase")
+
+_TRUE = {"true", "yes", "on", "1", "y"}
+_FALSE = {"false", "no", "off", "0", "n", "none"}
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    choices: tuple[Any, ...] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    min_exclusive: bool = False,
+    aliases: tuple[str, ...] = (),
+    flags: tuple[str, ...] = (),
+    factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A dataclass field with the metadata that validation, the magics' flags and their help read.
+
+    ``aliases`` are other accepted names (YAML keys, keyword arguments and
+    ``--flags``); ``flags`` are extra command-line spellings only (e.g. ``-r``).
+    """
+    meta = {
+        "help": help,
+        "choices": choices,
+        "min": min,
+        "max": max,
+        "min_exclusive": min_exclusive,
+        "aliases": aliases,
+        "flags": flags,
+    }
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        if len(args) == 1:
+            return args[0], optional
+        return typing.Union[tuple(args)], optional  # noqa: UP007
+    return tp, False
+
+
+def field_type(cls: type, name: str) -> Any:
+    """The declared type of field ``name`` without ``| None`` (``int | None`` -> ``int``)."""
+    return _strip_optional(typing.get_type_hints(cls)[name])[0]
+
+
+def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
+    """Turn YAML / command-line values into the field's type, or say why not."""
+    base, optional = _strip_optional(tp)
+    if value is None:
+        if optional or base is Any:  # Any fields (data) say what they need in validate()
+            return None
+        raise QloraError(f"{name} needs a value, got nothing.", where=where)
+    if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        return None
+    bad = QloraError(
+        f"{value!r} is not a valid value for {name} (expected {getattr(base, '__name__', str(base))}).",
+        where=where,
+    )
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad
+    if base is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip().replace("_", ""))
+            except ValueError:
+                raise bad from None
+        raise bad
+    if base is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            out = float(value)
+        elif isinstance(value, str):
+            try:
+                out = float(value.strip())
+            except ValueError:
+                raise bad from None
+        else:
+            raise bad
+        if not math.isfinite(out):
+            raise bad
+        return out
+    if base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    origin = typing.get_origin(base)
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            items = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise bad
+        return items
+    # Any / unions of complex types (e.g. data: path, list of dicts, DataFrame): keep as given.
+    return value
+
+
+@dataclass
+class OptionsBase:
+    """Validation, aliases and YAML round-trip shared by every options dataclass."""
+
+    _kind: ClassVar[str] = "option"
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def aliases(cls) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for f in dataclasses.fields(cls):
+            for a in f.metadata.get("aliases", ()):
+                out[a] = f.name
+        return out
+
+    @classmethod
+    def from_options(cls: type[T], options: Mapping[str, Any] | None = None, **kwargs: Any) -> T:
+        """Build from user options: resolve aliases, refuse unknown keys, coerce and validate."""
+        merged: dict[str, Any] = {}
+        for src in (options or {}, kwargs):
+            if not isinstance(src, Mapping):
+                raise QloraError(
+                    f"options must be a mapping of name: value, got {type(src).__name__}.",
+                    hint="Write one `name: value` per line.",
+                )
+            for key, value in src.items():
+                merged[cls._canonical(str(key))] = value
+        return cls(**merged)
+
+    @classmethod
+    def _canonical(cls, key: str) -> str:
+        k = key.strip().replace("-", "_")
+        names = cls.field_names()
+        if k in names:
+            return k
+        aliases = cls.aliases()
+        if k in aliases:
+            return aliases[k]
+        raise QloraError(
+            f"unknown {cls._kind} {key!r}.",
+            hint=did_you_mean(k, names + list(aliases)),
+        )
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            where = f"{self._kind} {f.name!r}"
+            value = _coerce(f.name, getattr(self, f.name), hints[f.name], where)
+            meta = f.metadata
+            choices = meta.get("choices")
+            if choices is not None and value is not None:
+                if isinstance(value, str):
+                    norm = value.strip().lower()
+                    match = next((c for c in choices if str(c).lower() == norm), None)
+                    if match is None:
+                        raise QloraError(f"{value!r} is not accepted.", where=where, hint=did_you_mean(value, choices))
+                    value = match
+                elif value not in choices:
+                    raise QloraError(
+                        f"{value!r} is not accepted.", where=where, hint=f"Accepted: {', '.join(map(str, choices))}."
+                    )
+            lo, hi = meta.get("min"), meta.get("max")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
+                    op = ">" if meta.get("min_exclusive") else ">="
+                    raise QloraError(f"{value!r} is out of range.", where=where, hint=f"It must be {op} {lo}.")
+                if hi is not None and value > hi:
+                    raise QloraError(f"{value!r} is out of range.", where=where, hint=f"It must be <= {hi}.")
+            object.__setattr__(self, f.name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; subclasses override."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-safe values (data objects are summarised, not embedded)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (str, int, float, bool)) or v is None:
+                out[f.name] = v
+            elif isinstance(v, (list, tuple)) and all(isinstance(x, (str, int, float, bool)) for x in v):
+                out[f.name] = list(v)
+            else:
+                out[f.name] = f"<{type(v).__name__}>"
+        return out
+
+    def replace(self: T, **changes: Any) -> T:
+        current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for k, v in changes.items():
+            current[self._canonical(k)] = v
+        return type(self)(**current)
