@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from qlora_nb.data.collate import IGNORE, Collator, tokenize_rows
+from qlora_nb.data.collate import IGNORE, make_collator, tokenize_rows
 from qlora_nb.data.load import load_data
 from qlora_nb.data.template import Template, chat_prompt, default_template, free_text_prompt
 from qlora_nb.data.validate import validate
@@ -287,11 +287,11 @@ def test_dynamic_padding_and_packing(tok):
     import torch
 
     batch = [{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}, {"input_ids": [8, 9], "labels": [IGNORE, 9]}]
-    padded = Collator(pad_id=0)(batch)
+    padded = make_collator(tok)(batch)
     assert padded["input_ids"].shape == (2, 3)  # the batch's longest row, not cutoff_len
     assert padded["labels"][1].tolist() == [IGNORE, 9, IGNORE]
     assert padded["attention_mask"].sum().item() == 5
-    packed = Collator(pad_id=0, packing=True)(batch)
+    packed = make_collator(tok, packing=True)(batch)
     assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
     assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
     assert packed["labels"].tolist() == [[IGNORE, 6, 7, IGNORE, 9]]

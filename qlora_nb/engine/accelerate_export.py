@@ -22,26 +22,20 @@ from ..fileio import atomic_dir
 if TYPE_CHECKING:
     from .session import Session
 
-def _accelerate_yaml(distributed_type: str, num_processes: int, extra: dict[str, Any] | None = None) -> dict:
-    cfg = {
-        "compute_environment": "LOCAL_MACHINE",
-        "distributed_type": distributed_type,
-        "num_machines": 1,
-        "machine_rank": 0,
-        "num_processes": num_processes,
-        "gpu_ids": "all",
-        "main_training_function": "main",
-        "mixed_precision": "no",  # the Trainer sets bf16/fp16 from the load config's compute_dtype
-        "rdzv_backend": "static",
-        "same_network": True,
-        "use_cpu": False,
-        "downcast_bf16": "no",
-        "tpu_use_cluster": False,
-        "tpu_use_sudo": False,
-        "tpu_env": [],
-    }
-    cfg.update(extra or {})
-    return cfg
+# The standalone train.py written out (read as text, not imported: it is a script, not part of the engine).
+SCRIPT_TEMPLATE = Path(__file__).with_name("script_template.py")
+
+def _accelerate_config(distributed_type: str, num_processes: int, extra: dict[str, Any] | None = None):
+    """accelerate's own config object (what ``accelerate config`` writes), for ``to_yaml_file``."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    return ClusterConfig(
+        compute_environment="LOCAL_MACHINE", distributed_type=distributed_type, num_machines=1, machine_rank=0,
+        num_processes=num_processes, gpu_ids="all", main_training_function="main",
+        mixed_precision="no",  # the Trainer sets bf16/fp16 from the load config's compute_dtype
+        rdzv_backend="static", same_network=True, use_cpu=False, debug=False, downcast_bf16="no",
+        tpu_use_cluster=False, tpu_use_sudo=False, tpu_env=[], **(extra or {}),
+    )
 
 
 def fsdp_settings(layer_class: str) -> dict[str, Any]:
@@ -158,8 +152,6 @@ def export_script(session: Session, directory: str | Path, overwrite: bool = Fal
     """
     import yaml
 
-    from . import script_template
-
     try:
         num_processes = int(options.pop("num_processes", 2))
     except (TypeError, ValueError):
@@ -188,13 +180,14 @@ def export_script(session: Session, directory: str | Path, overwrite: bool = Fal
         train["output_dir"] = None  # default: output/ beside config.yaml
         (tmp / "config.yaml").write_text(yaml.safe_dump({"load": load, "train": train}, sort_keys=False),
                                          encoding="utf-8")
-        (tmp / "train.py").write_text(Path(script_template.__file__).read_text(encoding="utf-8"), encoding="utf-8")
+        (tmp / "train.py").write_text(SCRIPT_TEMPLATE.read_text(encoding="utf-8"), encoding="utf-8")
         configs = {
-            "accelerate_config.yaml": _accelerate_yaml("MULTI_GPU", num_processes),
-            "accelerate_fsdp.yaml": _accelerate_yaml("FSDP", num_processes, fsdp_settings(_decoder_layer_class(session))),
-            "accelerate_cpu.yaml": _accelerate_yaml("MULTI_GPU", 2),
+            "accelerate_config.yaml": _accelerate_config("MULTI_GPU", num_processes),
+            "accelerate_fsdp.yaml": _accelerate_config("FSDP", num_processes,
+                                                       fsdp_settings(_decoder_layer_class(session))),
+            "accelerate_cpu.yaml": _accelerate_config("MULTI_GPU", 2),
         }
         for name, cfg in configs.items():
-            (tmp / name).write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+            cfg.to_yaml_file(tmp / name)
         (tmp / "README.md").write_text(_readme(session, num_processes, fsdp, data_note), encoding="utf-8")
     return target

@@ -216,17 +216,20 @@ def detach_widgets(ids: set[int]) -> int:
 
 def unload_from_shell(shell, name: str, session) -> str:
     """``%qlora_unload``: unbind ``name``, clear the notebook's hidden references, free the model; a report."""
+    import contextlib
+
     from ..memory.ledger import rss_bytes
     from ..units import human_bytes
 
     rss_before = rss_bytes()
     ids = _targets(session)
-    cleared = clear_shell_references(shell, ids)
+    cleared = clear_shell_references(shell, ids)  # what *holds* the session: results, widgets, tracebacks
     if detach_widgets(ids):
         cleared.append("widgets")
-    for ns in [shell.user_ns] + [d for d in (getattr(shell, "user_ns_hidden", None),) if isinstance(d, dict)]:
-        for key in [k for k, v in ns.items() if v is session]:
-            del ns[key]
+    # IPython's del_var drops every name (user_ns, hidden names, Out) that *is* the session. It reads
+    # last_execution_result last, which clear_shell_references may have dropped: nothing is left to do then.
+    with contextlib.suppress(AttributeError):
+        shell.del_var(name)
     freed = unload_session(session)
     del session
     _release_allocator()

@@ -4,9 +4,10 @@ With ``completion_only`` (the default) most positions of an instruction row are
 prompt tokens whose label is -100. A causal LM's own forward still projects
 every position onto the whole vocabulary (49k columns for SmolLM2) and takes a
 float32 log-softmax of it, and backward does the same again, only for those
-rows to be ignored. :func:`labelled_loss` runs the decoder, keeps the hidden
-states of the labelled positions, and applies the output layer and cross
-entropy to those alone. The loss is the model's own (shifted labels, the sum
+rows to be ignored. :func:`labelled_loss` passes the labelled positions as a
+boolean ``logits_to_keep`` mask (transformers slices the hidden states before
+``lm_head``; ``slice_logits_to_keep`` accepts a mask since 5.x) and applies
+cross entropy to those logits alone. The loss is the model's own (shifted labels, the sum
 over labelled tokens divided by their count, or by ``num_items_in_batch``
 across an accumulated batch), so the gradients are the same; only the wasted
 work and the float32 logits of prompt tokens are gone.
@@ -45,8 +46,9 @@ def supports_labelled_loss(model: Any) -> bool:
         return False
     if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
         return False
-    decoder = getattr(base, getattr(base, "base_model_prefix", "model"), None)
-    return decoder is not None and base.get_output_embeddings() is not None
+    from transformers import modeling_utils
+
+    return hasattr(modeling_utils, "slice_logits_to_keep")  # the helper that takes a boolean position mask
 
 
 def labelled_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None):
@@ -58,15 +60,12 @@ def labelled_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = 
     import torch
     import torch.nn.functional as F
 
-    base = _causal_lm(model)
-    decoder = getattr(base, base.base_model_prefix)
     labels = inputs["labels"]
     kwargs = {k: v for k, v in inputs.items() if k != "labels"}
-    hidden = decoder(**kwargs, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != IGNORE
-    picked = hidden[:, :-1][keep]
-    logits = base.get_output_embeddings()(picked).float()
+    positions = F.pad(keep, (0, 1), value=False)  # position i predicts label i+1; the last predicts nothing
+    logits = model(**kwargs, use_cache=False, logits_to_keep=positions).logits.float()  # (labelled tokens, vocab)
     loss = F.cross_entropy(logits, targets[keep], reduction="sum")
     denom = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
     if isinstance(denom, torch.Tensor):

@@ -103,20 +103,13 @@ def normalize_dtype(dtype: str) -> str:
 
 
 def available_memory(device: str) -> int:
-    """Free bytes where the copy would live: CUDA free memory, or MemAvailable from /proc/meminfo."""
+    """Free bytes where the copy would live: CUDA free memory, or available RAM (psutil)."""
     if device.startswith("cuda"):
         import torch
 
         free, _total = torch.cuda.mem_get_info(torch.device(device))
         return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import psutil  # not on Linux: fall back to psutil (a jupyter dependency)
+    import psutil  # MemAvailable from /proc/meminfo on Linux
 
     return int(psutil.virtual_memory().available)
 

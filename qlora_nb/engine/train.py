@@ -226,7 +226,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     from transformers import EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from ..data.collate import Collator, ListDataset
+    from ..data.collate import ListDataset, make_collator
     from .loss import training_attention
     from .quantize import guard_cpu_repack
     from .quiet import quiet_libraries
@@ -243,7 +243,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
         trainer = _trainer_class()(
             model=model, args=args, train_dataset=ListDataset(prep.train),
             eval_dataset=ListDataset(prep.val) if prep.val else None,
-            data_collator=Collator(tok.pad_token_id, packing=cfg.packing), processing_class=tok,
+            data_collator=make_collator(tok, packing=cfg.packing), processing_class=tok,
         )
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)

@@ -10,7 +10,6 @@ allocator peak, or process RSS on CPU) minus everything named.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,14 +220,10 @@ def optimizer_state_bytes(optimizer, counter: _Counter | None = None) -> tuple[i
 
 
 def rss_bytes() -> int:
-    """Current resident set size of this process (Linux /proc, else psutil/resource)."""
-    try:
-        with open(f"/proc/{os.getpid()}/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        import resource
+    """Current resident set size of this process (psutil reads /proc/self/statm on Linux)."""
+    import psutil
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return int(psutil.Process().memory_info().rss)
 
 
 def measured_memory(device: str = "cpu", peak: int | None = None) -> tuple[int, str]:
