@@ -14,6 +14,7 @@ and LoRA bytes from that list, so the table is the only place dimensions live.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,43 @@ def read_config(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise QloraError(f"{path} holds a {type(data).__name__}, not a config mapping.", where="MODEL")
     return data
+
+
+def resolve_arch(model: str) -> tuple[Arch, str]:
+    """(Arch, where it came from) for a table name, a config.json/model folder, or a hub id (config only)."""
+    name = str(model).strip()
+    if not name:
+        raise QloraError("no model given.", where="MODEL", hint="Name a model, e.g. llama-2-7b.")
+    path = Path(os.path.expanduser(name))
+    if path.exists():
+        cfg_path = path / "config.json" if path.is_dir() else path
+        if not cfg_path.is_file():
+            raise QloraError(f"folder {str(path)!r} has no config.json.", where="MODEL",
+                             hint="Pass a model folder with config.json, or the config.json itself.")
+        return arch_from_config(read_config(cfg_path), name=path.name if path.is_dir() else path.parent.name), \
+            str(cfg_path)
+    found = lookup(name)
+    if found is not None:
+        return found, "architectures table"
+    if name.startswith((".", "/", "~")) or name.endswith(".json"):
+        raise QloraError(f"path {name!r} does not exist.", where="MODEL", hint="Check the path.")
+    if name.count("/") == 1:
+        cfg = _hub_config(name)
+        if cfg is not None:
+            return arch_from_config(read_config(cfg), name=name), f"hub config {name}"
+        err = unknown_model_error(name.split("/")[-1])
+        err.message = f"{name!r} is not in the architectures table and its config could not be fetched from the hub."
+        raise QloraError(err.message, where="MODEL", hint=err.hint)
+    raise unknown_model_error(name)
+
+
+def _hub_config(repo_id: str) -> Path | None:
+    """Only config.json, never weights; None when offline or missing."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo_id, "config.json", etag_timeout=5))
+    except Exception:
+        return None

@@ -47,18 +47,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..config import PlanConfig
 from ..errors import QloraError, did_you_mean
 from ..units import human_bytes, parse_memory
 from . import formulas as F
-from .architectures import ARCHITECTURES, Arch, arch_from_config, lookup, read_config, unknown_model_error
-
-COMPONENTS = ("quantized_weights", "quant_constants", "other_weights", "adapters", "gradients",
-              "optimizer_states", "activations", "logits", "overhead")
+from .architectures import ARCHITECTURES, Arch, resolve_arch
+from .plan import COMPONENTS, Plan
 
 # Fitted on this CPU by benchmarks/planner_check.py (see the module docstring and the results JSON).
 CPU_RUNTIME_BYTES = 664 * 2**20  # python + torch + transformers + peft + bnb + tokenizer + retained heap
@@ -66,126 +62,6 @@ CPU_ACT_SCALE = 1.106  # RSS growth per saved-activation byte (backward temporar
 LOGIT_FP32_COPIES = 5  # upcast, log-probs, their gradient, the logits' gradient, a softmax temporary
 CUDA_CONTEXT_BYTES = 768 * 2**20  # CUDA context + cuBLAS workspace + allocator slack (estimate)
 TIGHT = 0.9  # above this share of the memory the verdict is "tight"
-
-# ------------------------------------------------------------------ resolving MODEL
-def resolve_arch(model: str) -> tuple[Arch, str]:
-    """(Arch, where it came from) for a table name, a config.json/model folder, or a hub id (config only)."""
-    name = str(model).strip()
-    if not name:
-        raise QloraError("no model given.", where="MODEL", hint="Name a model, e.g. llama-2-7b.")
-    path = Path(os.path.expanduser(name))
-    if path.exists():
-        cfg_path = path / "config.json" if path.is_dir() else path
-        if not cfg_path.is_file():
-            raise QloraError(f"folder {str(path)!r} has no config.json.", where="MODEL",
-                             hint="Pass a model folder with config.json, or the config.json itself.")
-        return arch_from_config(read_config(cfg_path), name=path.name if path.is_dir() else path.parent.name), \
-            str(cfg_path)
-    found = lookup(name)
-    if found is not None:
-        return found, "architectures table"
-    if name.startswith((".", "/", "~")) or name.endswith(".json"):
-        raise QloraError(f"path {name!r} does not exist.", where="MODEL", hint="Check the path.")
-    if name.count("/") == 1:
-        cfg = _hub_config(name)
-        if cfg is not None:
-            return arch_from_config(read_config(cfg), name=name), f"hub config {name}"
-        err = unknown_model_error(name.split("/")[-1])
-        err.message = f"{name!r} is not in the architectures table and its config could not be fetched from the hub."
-        raise QloraError(err.message, where="MODEL", hint=err.hint)
-    raise unknown_model_error(name)
-
-
-def _hub_config(repo_id: str) -> Path | None:
-    """Only config.json, never weights; None when offline or missing."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return None
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(repo_id, "config.json", etag_timeout=5))
-    except Exception:
-        return None
-
-
-# ------------------------------------------------------------------ the plan
-@dataclass
-class Plan:
-    """Predicted bytes per component, the verdict against the memory limit, and the cheapest fix."""
-
-    model: str
-    source: str
-    arch: Arch
-    config: PlanConfig
-    components: dict[str, int]
-    params: dict[str, int]
-    matrices: list[dict[str, int | str]]
-    limit_bytes: int
-    limit_source: str
-    verdict: str = ""
-    reason: str = ""
-    paged_bytes: int = 0
-    measured: dict[str, int] | None = field(default=None, repr=False)
-
-    @property
-    def total(self) -> int:
-        return sum(self.components.values())
-
-    @property
-    def trainable_params(self) -> int:
-        return self.params["trainable"]
-
-    @property
-    def bits_per_quantized_param(self) -> float | None:
-        return F.bits_per_quantized_param(self.components, self.params["quantized"])
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.components)
-        out.update(trainable_params=self.trainable_params, total_params=self.params["total"],
-                   quantized_params=self.params["quantized"], bits_per_quantized_param=self.bits_per_quantized_param,
-                   total=self.total, limit_bytes=self.limit_bytes, verdict=self.verdict, reason=self.reason)
-        return out
-
-    def to_pandas(self):
-        import pandas as pd
-
-        rows = [{"component": k, "predicted_bytes": v,
-                 **({"measured_bytes": self.measured.get(k)} if self.measured else {})}
-                for k, v in self.components.items()]
-        return pd.DataFrame(rows)
-
-    def __str__(self) -> str:
-        c = self.config
-        head = (f"plan for {self.model} ({self.source}): {c.method}, {c.base_bits}-bit base"
-                + (f" {c.quant.upper()}{' + DQ' if c.double_quant else ''}" if c.base_bits == 4 else "")
-                + (f", r={c.r}" if c.method != "full" else "")
-                + f", batch {c.batch_size} x {c.seq_len} tokens, {c.optimizer}"
-                + (", gradient checkpointing" if c.gradient_checkpointing else "") + f", {c.device}")
-        lines = [head, f"parameters: {self.params['total']:,} total, {self.trainable_params:,} trainable"
-                 + (f", {self.bits_per_quantized_param:.3f} bits per quantized param"
-                    if self.bits_per_quantized_param else "")]
-        width = max(map(len, COMPONENTS)) + 2
-        measured = self.measured or {}
-        for k in COMPONENTS:
-            extra = ""
-            if k in measured:
-                extra = f"   measured {human_bytes(measured[k]):>10}" + ("  (exact)" if measured[k] == self.components[k]
-                                                                    else "")
-            lines.append(f"  {k:<{width}} {human_bytes(self.components[k]):>10}{extra}")
-        lines.append(f"  {'total':<{width}} {human_bytes(self.total):>10}   vs {human_bytes(self.limit_bytes)} "
-                     f"({self.limit_source})")
-        lines.append(f"verdict: {self.verdict} — {self.reason}")
-        return "\n".join(lines)
-
-    def _repr_pretty_(self, printer, cycle) -> None:
-        printer.text(str(self))
-
-    def to_event(self) -> dict[str, Any]:
-        return {"model": self.model, "source": self.source, "components": dict(self.components),
-                "total": self.total, "limit_bytes": self.limit_bytes, "verdict": self.verdict, "reason": self.reason,
-                "trainable_params": self.trainable_params, "bits_per_quantized_param": self.bits_per_quantized_param,
-                "measured": self.measured}
-
 
 def lora_matrices(arch: Arch, targets: list[str], r: int) -> list[dict[str, Any]]:
     """The adapted matrix types for ``targets`` ('all-linear' = every decoder linear; peft skips lm_head)."""

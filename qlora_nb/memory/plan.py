@@ -1,0 +1,92 @@
+"""What the planner returns: predicted bytes per component, the verdict, and its text and table forms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import PlanConfig
+from ..units import human_bytes
+from . import formulas as F
+from .architectures import Arch
+
+COMPONENTS = ("quantized_weights", "quant_constants", "other_weights", "adapters", "gradients",
+              "optimizer_states", "activations", "logits", "overhead")
+
+
+@dataclass
+class Plan:
+    """Predicted bytes per component, the verdict against the memory limit, and the cheapest fix."""
+
+    model: str
+    source: str
+    arch: Arch
+    config: PlanConfig
+    components: dict[str, int]
+    params: dict[str, int]
+    matrices: list[dict[str, int | str]]
+    limit_bytes: int
+    limit_source: str
+    verdict: str = ""
+    reason: str = ""
+    paged_bytes: int = 0
+    measured: dict[str, int] | None = field(default=None, repr=False)
+
+    @property
+    def total(self) -> int:
+        return sum(self.components.values())
+
+    @property
+    def trainable_params(self) -> int:
+        return self.params["trainable"]
+
+    @property
+    def bits_per_quantized_param(self) -> float | None:
+        return F.bits_per_quantized_param(self.components, self.params["quantized"])
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.components)
+        out.update(trainable_params=self.trainable_params, total_params=self.params["total"],
+                   quantized_params=self.params["quantized"], bits_per_quantized_param=self.bits_per_quantized_param,
+                   total=self.total, limit_bytes=self.limit_bytes, verdict=self.verdict, reason=self.reason)
+        return out
+
+    def to_pandas(self):
+        import pandas as pd
+
+        rows = [{"component": k, "predicted_bytes": v,
+                 **({"measured_bytes": self.measured.get(k)} if self.measured else {})}
+                for k, v in self.components.items()]
+        return pd.DataFrame(rows)
+
+    def __str__(self) -> str:
+        c = self.config
+        head = (f"plan for {self.model} ({self.source}): {c.method}, {c.base_bits}-bit base"
+                + (f" {c.quant.upper()}{' + DQ' if c.double_quant else ''}" if c.base_bits == 4 else "")
+                + (f", r={c.r}" if c.method != "full" else "")
+                + f", batch {c.batch_size} x {c.seq_len} tokens, {c.optimizer}"
+                + (", gradient checkpointing" if c.gradient_checkpointing else "") + f", {c.device}")
+        lines = [head, f"parameters: {self.params['total']:,} total, {self.trainable_params:,} trainable"
+                 + (f", {self.bits_per_quantized_param:.3f} bits per quantized param"
+                    if self.bits_per_quantized_param else "")]
+        width = max(map(len, COMPONENTS)) + 2
+        measured = self.measured or {}
+        for k in COMPONENTS:
+            extra = ""
+            if k in measured:
+                extra = f"   measured {human_bytes(measured[k]):>10}" + ("  (exact)" if measured[k] == self.components[k]
+                                                                    else "")
+            lines.append(f"  {k:<{width}} {human_bytes(self.components[k]):>10}{extra}")
+        lines.append(f"  {'total':<{width}} {human_bytes(self.total):>10}   vs {human_bytes(self.limit_bytes)} "
+                     f"({self.limit_source})")
+        lines.append(f"verdict: {self.verdict} — {self.reason}")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(str(self))
+
+    def to_event(self) -> dict[str, Any]:
+        return {"model": self.model, "source": self.source, "components": dict(self.components),
+                "total": self.total, "limit_bytes": self.limit_bytes, "verdict": self.verdict, "reason": self.reason,
+                "trainable_params": self.trainable_params, "bits_per_quantized_param": self.bits_per_quantized_param,
+                "measured": self.measured}
