@@ -3,8 +3,9 @@
 Setup → fit, the litgpt way: read and validate the data (every row, before any
 step), tokenize with completion-only labels, build a ``Trainer`` that pads each
 batch to its own longest row and groups rows of similar length (or packs them),
-then fit with a callback that turns the Trainer's hooks into plain events on
-``session.events``. The engine never imports a widget.
+then fit with a callback (:mod:`.train_events`) that turns the Trainer's hooks
+into plain events on ``session.events``; :mod:`.run_output` decides where the
+run writes. The engine never imports a view.
 
 Interrupts: during ``train()`` a temporary SIGINT handler only sets a flag, so
 a kernel interrupt (or ``session.request_stop()``, the dashboard's Stop button)
