@@ -59,10 +59,9 @@ AFTER_STOP = "print('after stop:', len(stopped_run.history), 'steps;', qlora)"
 _WIDGETS = """(testid) => Array.from(document.querySelectorAll(`[data-testid="${testid}"]`)).map((d) => {
   const q = (id) => d.querySelector(`[data-testid="${id}"]`);
   const lp = q("loss-points"), st = q("train-status");
-  // The plotted loss curve: the plotly FigureWidget shown with the dashboard panel in the same output.
-  const out = d.closest(".jp-OutputArea-output") || d.parentElement;
-  const gd = out ? out.querySelector(".js-plotly-plot") : null;
-  const curve = gd && gd.data && gd.data.length ? (gd.data[0].x || []).length : null;
+  // The plotted loss curve: the chart inside the dashboard card, drawn from the synced curve arrays.
+  const chart = q("loss-chart");
+  const curve = chart ? Number(chart.getAttribute("data-points")) : null;
   return {
     curve,
     points: lp ? (lp.getAttribute("data-count") ?? lp.textContent) : null,
@@ -79,6 +78,7 @@ class LabRun:
     page: object
     requests: RequestLog
     artifacts: Path
+    server: object = None
     samples: list[tuple[float, list[dict]]] = field(default_factory=list)
     run_all_s: float = 0.0
 
@@ -134,7 +134,7 @@ def lab_run(tmp_path_factory):
         cell["source"] = re.sub(r"^STEPS = \d+", f"STEPS = {BROWSER_STEPS}", src, flags=re.M)
     nb_path.write_text(json.dumps(nb), encoding="utf-8")
     with jupyter_lab(notebooks, work) as server, chromium_page(ARTIFACTS) as (page, requests):
-        run = LabRun(page, requests, ARTIFACTS)
+        run = LabRun(page, requests, ARTIFACTS, server)
         try:
             open_notebook(page, server, NOTEBOOK)
             started = time.monotonic()
@@ -217,6 +217,180 @@ def test_stop_button_stops_a_long_run(lab_run):
     lab_run.wait_cells(120, upto=upto)
 
 
+# ----------------------------------------------------------------- themes, keyboard, persistence
+THEMES = ("JupyterLab Light", "JupyterLab Dark")
+PLAN_CELL = "%qlora_plan llama-2-7b --gpu 24GB"
+
+_VISIBLE_TEXT = """() => { const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
+  return nb ? nb.innerText : ''; }"""
+
+# Every element of `testid` that is not fully painted: clipped by its own box, or covered at a sample point.
+_OVERLAPPED = """(testid) => {
+  const bad = [];
+  for (const e of document.querySelectorAll(`[data-testid="${testid}"]`)) {
+    e.scrollIntoView({ block: "center" });
+    const r = e.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) { bad.push({ text: e.innerText, why: "not shown" }); continue; }
+    if (e.scrollHeight > e.clientHeight + 1) bad.push({ text: e.innerText, why: `clipped ${e.scrollHeight} > ${e.clientHeight}` });
+    for (const fy of [0.15, 0.5, 0.85]) for (const fx of [0.02, 0.5]) {
+      const x = r.left + r.width * fx, y = r.top + r.height * fy;
+      const hit = document.elementFromPoint(x, y);
+      if (hit && !e.contains(hit)) bad.push({ text: e.innerText.slice(0, 60), why: `covered at (${fx},${fy}) by ${hit.className || hit.tagName}` });
+    }
+  }
+  return bad;
+}"""
+
+_FALLBACKS = """() => Array.from(document.querySelectorAll('[data-testid="qlora-fallback"]')).map((f) => ({
+  visible: f.checkVisibility(), text: f.innerText.slice(0, 80),
+  chart: f.querySelector('[data-testid="loss-chart-static"]') ?
+    Number(f.querySelector('[data-testid="loss-chart-static"]').getAttribute('data-points')) : null }))"""
+
+
+def set_theme(page, theme: str) -> None:
+    run_command(page, "apputils:change-theme", {"theme": theme})
+    light = "true" if theme == THEMES[0] else "false"
+    page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'", timeout=30_000)
+    page.wait_for_timeout(500)  # the theme's stylesheet applies after the attribute
+
+
+def theme_tag(theme: str) -> str:
+    return "dark" if "Dark" in theme else "light"
+
+
+def run_new_cell(lab_run, source: str, timeout: float = 300) -> None:
+    upto = append_code_cell(lab_run.page, source) + 1
+    run_command(lab_run.page, "notebook:run-cell")
+    lab_run.wait_cells(timeout, upto=upto)
+
+
+def save_notebook(page) -> None:
+    run_command(page, "docmanager:save")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+
+
+_CONTRAST = """(testid) => {
+  // rgb()/rgba()/color(srgb …) → [r, g, b, a] in 0..255 (alpha 0..1)
+  const parse = (c) => {
+    const n = c.match(/[\\d.]+/g).map(Number);
+    const rgb = c.startsWith("color(") ? n.slice(0, 3).map((v) => v * 255) : n.slice(0, 3);
+    return [...rgb, n.length > 3 ? n[3] : 1];
+  };
+  const lum = (c) => (0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]) / 255;
+  const over = (top, under) => top.slice(0, 3).map((v, i) => v * top[3] + under[i] * (1 - top[3]));
+  const e = document.querySelector(`[data-testid="${testid}"]`);
+  // the painted background: the element's and its ancestors' colours composited over the notebook's
+  let bg = parse(getComputedStyle(document.querySelector(".jp-Notebook")).backgroundColor);
+  const chain = [];
+  for (let n = e; n && !n.classList.contains("jp-Notebook"); n = n.parentElement) chain.unshift(n);
+  for (const n of chain) bg = over(parse(getComputedStyle(n).backgroundColor), bg);
+  return Math.abs(lum(over(parse(getComputedStyle(e).color), bg)) - lum(bg));
+}"""
+
+
+def text_color_contrast(page, testid: str) -> float:
+    """Luminance difference between a widget's text and the background painted behind it (0..1)."""
+    return page.evaluate(_CONTRAST, testid)
+
+
+def test_compare_input_is_fully_visible_in_both_themes(lab_run):
+    page = lab_run.page
+    for theme in THEMES:
+        set_theme(page, theme)
+        inputs = page.locator('[data-testid="compare-input"]')
+        assert inputs.count() >= 2, "the comparison shows no input rows"
+        bad = page.evaluate(_OVERLAPPED, "compare-input")
+        assert bad == [], f"{theme}: compare inputs clipped or covered: {bad}"
+        assert text_color_contrast(page, "qlora-compare") > 0.4, theme
+        lab_run.shot(f"{theme_tag(theme)}-compare", "qlora-compare", 0)
+    set_theme(page, THEMES[0])
+
+
+def test_planner_slider_keys_stay_in_the_widget(lab_run):
+    page = lab_run.page
+    run_new_cell(lab_run, PLAN_CELL, timeout=120)
+    for theme in THEMES:
+        set_theme(page, theme)
+        slider = page.locator('[data-testid="qlora-planner"]').last.locator('[data-testid="plan-r"]')
+        cell_before = page.evaluate("() => window.jupyterapp.shell.currentWidget.content.activeCellIndex")
+        verdict_before = page.locator('[data-testid="plan-verdict"]').last.inner_text()
+        slider.focus()
+        value = int(slider.input_value())
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("ArrowRight")
+        assert int(slider.input_value()) == value + 2, "ArrowRight did not move the focused slider"
+        page.keyboard.press("ArrowLeft")
+        assert int(slider.input_value()) == value + 1, "ArrowLeft did not move the focused slider"
+        cell_after = page.evaluate("() => window.jupyterapp.shell.currentWidget.content.activeCellIndex")
+        assert cell_after == cell_before, f"the arrow keys moved the notebook's active cell ({cell_before} → {cell_after})"
+        # the planner follows the keyboard: r changed, so the verdict line was recomputed
+        assert page.locator('[data-testid="plan-verdict"]').last.inner_text() != verdict_before or value == 0
+        # the method select and its dependent controls, by keyboard only
+        method = page.locator('[data-testid="qlora-planner"]').last.locator('[data-testid="plan-method"]')
+        method.focus()
+        method.select_option("full")
+        assert page.locator('[data-testid="qlora-planner"]').last.locator('[data-testid="plan-quant"]').is_disabled()
+        method.select_option("qlora")
+        assert not page.locator('[data-testid="qlora-planner"]').last.locator('[data-testid="plan-quant"]').is_disabled()
+        assert text_color_contrast(page, "plan-verdict") > 0.4, f"{theme}: the verdict text is not readable"
+        lab_run.shot(f"{theme_tag(theme)}-planner" if "Dark" in theme else "planner", "qlora-planner", -1)
+    set_theme(page, THEMES[0])
+
+
+def test_dark_theme_screenshots(lab_run):
+    page = lab_run.page
+    set_theme(page, THEMES[1])
+    for testid, name in (("qlora-dashboard", "dark-dashboard"), ("qlora-breakdown", "dark-breakdown")):
+        assert text_color_contrast(page, testid) > 0.4, f"{testid} text is not readable in the dark theme"
+        lab_run.shot(name, testid, 0, whole_output=testid == "qlora-dashboard")
+    set_theme(page, THEMES[0])
+
+
+def test_reload_with_an_idle_kernel_keeps_the_curve(lab_run):
+    page = lab_run.page
+    before = [d["curve"] for d in lab_run.widgets("qlora-dashboard")]
+    assert before and all(c and c > 0 for c in before), before
+    save_notebook(page)
+    for theme in THEMES:
+        set_theme(page, theme)
+        open_notebook(page, lab_run.server, NOTEBOOK)  # a page reload: the kernel (idle) keeps the models
+        page.wait_for_function("(n) => document.querySelectorAll('[data-testid=\"loss-chart\"]').length >= n",
+                               arg=len(before), timeout=60_000)
+        after = [d["curve"] for d in lab_run.widgets("qlora-dashboard")]
+        assert after == before, f"{theme}: loss curve points after the reload {after} != before {before}"
+        assert lab_run.widgets("qlora-breakdown") and lab_run.widgets("qlora-compare")
+        visible = page.evaluate(_VISIBLE_TEXT)
+        assert "Error displaying widget" not in visible
+        assert all(not f["visible"] for f in page.evaluate(_FALLBACKS)), "a fallback shows beside its live widget"
+        lab_run.shot(f"{theme_tag(theme)}-reloaded-dashboard", "qlora-dashboard", 0, whole_output=True)
+    set_theme(page, THEMES[0])
+
+
+def test_reopened_without_the_kernel_shows_the_fallbacks(lab_run):
+    """The models are gone with the kernel; JupyterLab (widget state not saved) shows each saved fallback."""
+    page = lab_run.page
+    n_dash = len(lab_run.widgets("qlora-dashboard"))
+    save_notebook(page)
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+    page.wait_for_timeout(1000)
+    for theme in THEMES:
+        set_theme(page, theme)
+        open_notebook(page, lab_run.server, NOTEBOOK)  # a fresh kernel, without the widget models
+        page.wait_for_timeout(4000)  # the widget manager gives up on missing models after ~2 s
+        fallbacks = page.evaluate(_FALLBACKS)
+        shown = [f for f in fallbacks if f["visible"]]
+        assert len(shown) >= n_dash + 2, f"{theme}: fallbacks shown: {fallbacks}"
+        charts = [f["chart"] for f in shown if f["chart"] is not None]
+        assert len(charts) == n_dash and all(c > 0 for c in charts), f"{theme}: static loss curves: {fallbacks}"
+        assert any("prompts changed" in f["text"] for f in shown), "the comparison's text fallback is missing"
+        visible = page.evaluate(_VISIBLE_TEXT)
+        assert "Error displaying widget" not in visible and "Loading widget" not in visible, visible[:2000]
+        assert page.locator('[data-testid="qlora-dashboard"]').count() == 0
+        name = "reopened-fallbacks" if "Light" in theme else "dark-reopened-fallbacks"
+        lab_run.shot(name, "qlora-fallback", 1)
+    set_theme(page, THEMES[0])
+
+
 def test_no_request_leaves_localhost(lab_run):
     assert lab_run.requests.urls, "no request recorded at all"
     assert lab_run.requests.external() == [], lab_run.requests.external()[:20]
@@ -228,6 +402,7 @@ def test_publish_screenshots(lab_run):
     assert {p.stem for p in shots} >= {"breakdown", "dashboard", "compare"}, shots
     if os.environ.get("QLORA_NB_UPDATE_SCREENSHOTS") == "1":
         DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
-        for name in ("breakdown", "dashboard-running", "dashboard", "compare", "dashboard-stopped"):
+        for name in ("breakdown", "dashboard-running", "dashboard", "dashboard-stopped", "planner", "dark-dashboard",
+                     "dark-planner", "reopened-fallbacks"):  # compare.png: refreshed with a trained adapter (studio)
             if (lab_run.artifacts / f"{name}.png").is_file():
                 shutil.copy2(lab_run.artifacts / f"{name}.png", DOCS_SHOTS / f"{name}.png")

@@ -37,7 +37,11 @@ def step(bus: EventBus, i: int, n: int = 60, **kw) -> None:
 
 
 def figure_data(dash: TrainingDashboard) -> dict[str, tuple]:
-    return {t.name: (tuple(t.x), tuple(t.y)) for t in dash.figure.data}
+    """What the front-end draws: the synced ``curve`` trait (the chart is redrawn from it after a reload)."""
+    c = dash.curve
+    return {"train loss": (tuple(c.get("steps", ())), tuple(c.get("loss", ()))),
+            "learning rate": (tuple(c.get("steps", ())), tuple(c.get("lr", ()))),
+            "eval loss": (tuple(c.get("eval_steps", ())), tuple(c.get("eval_loss", ())))}
 
 
 def test_events_reach_traits_and_figure():
@@ -108,7 +112,7 @@ def test_throttle_redraws_again_once_the_interval_has_passed():
 @pytest.mark.parametrize("with_request_stop", [True, False])
 def test_stop_button_message_sets_the_stop_flag(with_request_stop):
     s = FakeSession(with_request_stop)
-    dash = TrainingDashboard.for_session(s, figure=False)
+    dash = TrainingDashboard.for_session(s)
     s.events.emit("train_begin", max_steps=10)
     step(s.events, 1, n=10)
     # what the front-end's model.send({event: "stop"}) delivers to the widget's comm handler
@@ -122,21 +126,21 @@ def test_stop_button_message_sets_the_stop_flag(with_request_stop):
 
 def test_other_front_end_messages_do_not_stop():
     s = FakeSession()
-    dash = TrainingDashboard.for_session(s, figure=False)
+    dash = TrainingDashboard.for_session(s)
     dash._handle_custom_msg({"event": "something"}, [])
     assert s.stop_requested is False
 
 
 def test_error_at_train_end_is_shown():
     s = FakeSession()
-    dash = TrainingDashboard.for_session(s, figure=False)
+    dash = TrainingDashboard.for_session(s)
     s.events.emit("train_end", step=3, error="out of memory")
     assert dash.status == "error" and "out of memory" in dash.message
 
 
 def test_engine_train_end_payload_and_early_stop():
     s = FakeSession()
-    dash = TrainingDashboard.for_session(s, figure=False)
+    dash = TrainingDashboard.for_session(s)
     step(s.events, 4, n=10)
     s.events.emit("train_end", steps=4, interrupted=False, stopped_early=True)
     assert dash.status == "done" and dash.progress["step"] == 4 and "stopped early" in dash.message
@@ -155,25 +159,39 @@ def test_an_exception_during_training_ends_the_view(view, capsys):
         assert capsys.readouterr().out.splitlines()[-1].startswith("failed: RuntimeError: boom at step 1/10")
 
 
-def test_an_error_before_training_begins_removes_the_empty_dashboard():
+def test_an_error_before_training_begins_removes_the_empty_dashboard(monkeypatch):
     s = FakeSession()
-    updates = []
+    cleared = []
     with pytest.raises(ValueError), watch(s, view="widget", display=False) as dash:
-        dash.display_handle = SimpleNamespace(update=lambda obj, **kw: updates.append((obj, kw)))
+        monkeypatch.setattr(dash, "clear_display", lambda: cleared.append(True))
         raise ValueError("bad data")
-    assert updates == [({"text/plain": ""}, {"raw": True})] and len(s.events) == 0
+    assert cleared == [True] and len(s.events) == 0
     assert dash.comm is None  # closed
 
 
-def test_display_is_panel_plus_figure_with_text_fallback():
+def test_display_is_one_card_with_a_saved_fallback():
+    """The card holds the curve (no separate figure); the fallback holds the text, the curve as SVG and
+    where the adapter went, with the CSS that swaps it with the live view."""
     s = FakeSession()
-    dash = TrainingDashboard.for_session(s)
+    dash = TrainingDashboard.for_session(s, min_interval=0.0, max_overhead=1e9)  # every event is drawn
+    s.events.emit("train_begin", max_steps=10, config={"warmup_steps": 2})
+    assert dash.phase.startswith("first step")
+    step(s.events, 1, n=10)
+    assert dash.phase == "" and dash.progress["warmup"] is True
     step(s.events, 3, n=10)
+    assert dash.progress["warmup"] is False
+    assert dash.progress["mean_tokens_per_s"] == pytest.approx((301.0 + 303.0) / 2)
     data, _ = dash._repr_mimebundle_()
     view = data["application/vnd.jupyter.widget-view+json"]
-    assert view["model_id"] == dash.view.model_id
-    assert dash.view.children == (dash, dash.figure)
+    assert view["model_id"] == dash.model_id
     assert data["text/plain"].startswith("training tiny: running · step 3/10 · loss 0.6667")
+    s.events.emit("train_end", step=3, adapter_dir="runs/x/adapter", checkpoint="runs/x/checkpoint-3")
+    fb = dash.fallback_bundle()
+    assert fb["text/plain"].endswith("adapter in runs/x/adapter")
+    html = fb["text/html"]
+    assert 'data-testid="loss-chart-static" data-points="2"' in html and "runs/x/checkpoint-3" in html
+    assert ".qn-live" in html and "qn-fallback" in html
+    assert dash.outputs == {"adapter_dir": "runs/x/adapter", "checkpoint": "runs/x/checkpoint-3"}
     json.dumps(dash.get_state())  # every synced trait is JSON-serializable
 
 
@@ -283,8 +301,11 @@ def _run_cell_and_click_stop(kc, route: bool, n: int = 60) -> tuple[bool, int, s
         if msg["msg_type"] == "error":
             raise AssertionError("\n".join(msg["content"]["traceback"]))
         if msg["msg_type"] in ("display_data", "update_display_data"):
-            assert "application/vnd.jupyter.widget-view+json" in msg["content"]["data"]
-            texts.append(msg["content"]["data"]["text/plain"])
+            data = msg["content"]["data"]
+            # two outputs: the saved fallback (text + HTML) and the live widget view
+            assert "application/vnd.jupyter.widget-view+json" in data or "qn-fallback" in data["text/html"], data
+            if "text/html" in data:
+                texts.append(data["text/plain"])
         if msg["msg_type"] != "stream":
             continue
         for line in msg["content"]["text"].splitlines():
@@ -345,7 +366,7 @@ def test_dashboard_follows_a_real_training_run(tiny_session, write_jsonl, tmp_pa
 
 def test_stop_from_the_dashboard_ends_a_real_run_at_a_step_boundary(tiny_session, write_jsonl, tmp_path):
     data = write_jsonl(ROWS)
-    dash = TrainingDashboard.for_session(tiny_session, figure=False)
+    dash = TrainingDashboard.for_session(tiny_session)
     # the click, as the front-end delivers it, arrives during step 2
     tiny_session.events.subscribe(
         lambda e: e["kind"] == "step" and e["step"] == 2 and dash._handle_custom_msg({"event": "stop"}, []))
@@ -387,13 +408,14 @@ _DASH_STATE = """() => Array.from(document.querySelectorAll('[data-testid="qlora
   points: Number(d.querySelector('[data-testid="loss-points"]').getAttribute("data-count")),
   status: d.querySelector('[data-testid="train-status"]').getAttribute("data-status"),
   probes: d.querySelectorAll('[data-testid="probe-row"]').length,
-  traces: document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length }))"""
+  chart: Number(d.querySelector('[data-testid="loss-chart"]').getAttribute("data-points")),
+  traces: d.querySelectorAll('[data-testid="loss-chart"] polyline').length }))"""
 
 
 @pytest.mark.browser
 @pytest.mark.slow
 def test_dashboard_in_jupyterlab_grows_and_stops_live(tmp_path):
-    """JupyterLab + headless Chromium: the panel and the plotly curve render, grow while the cell runs, and the
+    """JupyterLab + headless Chromium: the card and its loss chart render, grow while the cell runs, and the
     Stop button ends the busy cell at once (a 200 s loop), all without a request leaving 127.0.0.1."""
     import time
     from pathlib import Path
@@ -433,7 +455,7 @@ def test_dashboard_in_jupyterlab_grows_and_stops_live(tmp_path):
                 seen.append(state[0])
             page.wait_for_timeout(250)
         growing = [d["points"] for d in seen if d["status"] == "running"]
-        assert seen[-1]["traces"] == 3 and seen[-1]["probes"] == 1
+        assert seen[-1]["traces"] == 3 and seen[-1]["probes"] == 1 and seen[-1]["chart"] >= 10
         page.locator('[data-testid="stop-button"]').first.click()
         clicked = time.monotonic()
         while not all_done(notebook_state(page)):

@@ -1,5 +1,5 @@
 // Compare widget: base and adapter columns side by side, streamed, with divergence and diffs marked.
-import { el } from "./format.js";
+import { el, isolateKeys, markLive } from "./format.js";
 
 // Background for a log-prob change: green where the adapter made the token likelier, red where less likely.
 function shadeStyle(delta, scale) {
@@ -34,12 +34,15 @@ function cellBody(cell, shade, scale, streaming) {
 function badge(column, cell, done) {
   if (!done || column === "base") return null;
   if (!cell.changed) return el("span", { class: "qn-badge qn-muted" }, "same as base");
-  return el("span", { class: "qn-badge qn-badge-diff" }, `differs from token ${cell.diverge_at}`);
+  const where = cell.diverge_at === 0 ? "the first token" : `token ${cell.diverge_at}`;
+  return el("span", { class: "qn-badge qn-badge-diff" }, `differs from ${where}`);
 }
 
 function render({ model, el: host }) {
   const root = el("div", { class: "qn-card qn-compare", "data-testid": "qlora-compare" });
+  isolateKeys(root);
   host.append(root);
+  markLive(root);
   const draw = () => {
     const columns = model.get("columns") || [];
     const rows = model.get("rows") || [];
@@ -59,21 +62,35 @@ function render({ model, el: host }) {
       head.append(el("label", { class: "qn-muted" }, box, " shade by log-prob change"));
     }
     root.append(head);
+    const matches = {};
     for (const n of model.get("notes") || []) root.append(el("div", { class: "qn-muted qn-note", "data-testid": "compare-note" }, n));
     rows.forEach((row, i) => {
       const block = el("div", { class: "qn-compare-row", "data-testid": "compare-row" });
-      block.append(el("div", { class: "qn-muted qn-prompt", title: row.prompt || "" }, `[${i}] `, row.prompt || ""));
-      if (row.reference) block.append(el("div", { class: "qn-muted qn-prompt" }, "expected: ", row.reference));
+      // the whole input, never clipped; a long templated prompt folds, its first line stays visible
+      const prompt = row.prompt || "";
+      const first = prompt.split("\n").find((x) => x.trim()) || "";
+      const input = prompt.length > 240
+        ? el("details", { class: "qn-prompt", "data-testid": "compare-input" }, el("summary", {}, `[${i}] ${first}`), prompt)
+        : el("div", { class: "qn-prompt", "data-testid": "compare-input" }, `[${i}] `, prompt);
+      block.append(input);
+      if (row.reference) block.append(el("div", { class: "qn-muted qn-reference", "data-testid": "compare-reference" }, "expected: ", row.reference));
       const grid = el("div", { class: "qn-cols", style: `grid-template-columns:repeat(${Math.max(1, columns.length)}, minmax(0, 1fr))` });
       for (const c of columns) {
         const cell = (row.columns || {})[c] || { text: "" };
+        const exact = row.reference && row.done && (cell.text || "").trim() === String(row.reference).trim();
+        if (exact) matches[c] = (matches[c] || 0) + 1;
         grid.append(el("div", { class: "qn-col", "data-testid": "compare-column", "data-column": c },
-          el("div", { class: "qn-col-head" }, el("b", {}, c), badge(c, cell, row.done)),
+          el("div", { class: "qn-col-head" }, el("b", {}, c), exact ? el("span", { class: "qn-badge qn-match", "data-testid": "compare-exact" }, "✓ exact match") : null, badge(c, cell, row.done)),
           cellBody(cell, shade, scale, !row.done && status === "running")));
       }
       block.append(grid);
       root.append(block);
     });
+    if (rows.some((r) => r.reference)) {
+      const refs = rows.filter((r) => r.reference && r.done).length;
+      head.append(el("span", { class: "qn-stat", "data-testid": "compare-exact-count" },
+        "exact matches: " + columns.map((c) => `${c} ${matches[c] || 0}/${refs}`).join(", ")));
+    }
   };
   for (const name of ["columns", "rows", "status", "changed_count", "total", "notes", "shade", "has_logprobs", "title"]) {
     model.on(`change:${name}`, draw);

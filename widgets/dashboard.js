@@ -1,6 +1,8 @@
-// Training dashboard panel: status, Stop, progress/ETA, live numbers, probe generations, memory ledger.
-// The loss curve is a plotly FigureWidget displayed next to this panel (see qlora_nb/views/dashboard.py).
-import { el, renderLedger } from "./format.js";
+// Training dashboard card: title, status and Stop; the loss chart (first, at the card's width); the phase
+// or progress line; the numbers; probe generations; the memory ledger (LoRA table folded).
+// Everything is drawn from synced traits, so a reloaded page (kernel idle) redraws the same state.
+import { el, renderLedger, isolateKeys, markLive } from "./format.js";
+import { lossChart } from "./chart.js";
 
 function eta(s) {
   if (s === null || s === undefined || !(s >= 0)) return "–";
@@ -10,25 +12,48 @@ function eta(s) {
   return (h ? `${h}:` : "") + `${mm}:${String(sec).padStart(2, "0")}`;
 }
 const num = (v, digits = 4) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
-const sci = (v) => (v === null || v === undefined ? "–" : Number(v).toExponential(2));
+const rate = (v) => (v ? Math.round(v).toLocaleString("en-US") : "–");
+function lrText(p) {
+  if (p.learning_rate === null || p.learning_rate === undefined) return "–";
+  const v = Number(p.learning_rate).toExponential(2);
+  return p.warmup ? `${v} (warm-up)` : v;
+}
+
+// Stop: enabled while a run is active and not yet asked to stop; hidden once the run has ended.
+// Without live Stop (no kernel subshells) the click is only seen after the cell ends: say "use Interrupt".
+export function stopState(status, clicked, stopLive) {
+  const active = status === "running" || status === "waiting";
+  return {
+    hidden: !active && status !== "stopping",
+    disabled: !active || clicked,
+    hint: !active ? "" : stopLive ? "stop at the next step and save a checkpoint"
+      : "this kernel sees Stop only after the cell ends: use Interrupt (■) to stop now",
+  };
+}
 
 function render({ model, el: host }) {
   const root = el("div", { class: "qn-card qn-dashboard", "data-testid": "qlora-dashboard" });
   const title = el("span", { class: "qn-title" });
   const status = el("span", { class: "qn-status", "data-testid": "train-status" });
   const stop = el("button", { class: "qn-btn", "data-testid": "stop-button", textContent: "■ Stop" });
+  const chart = el("div", { class: "qn-chart-box", "data-testid": "loss-chart-box" });
+  const phase = el("div", { class: "qn-phase", "data-testid": "train-phase" });
   const bar = el("div", { style: "width:0%" });
   const progressText = el("span", { class: "qn-muted", "data-testid": "train-progress" });
   const stats = el("div", { class: "qn-row", "data-testid": "train-stats" });
-  const message = el("div", { class: "qn-muted" });
+  const message = el("div", { class: "qn-muted", "data-testid": "train-message" });
+  const outputs = el("div", { class: "qn-muted", "data-testid": "train-outputs" });
   const probes = el("div", { "data-testid": "probe-rows" });
   const ledger = el("div", { class: "qn-dash-ledger", "data-testid": "dashboard-ledger" });
   root.append(
-    el("div", { class: "qn-row" }, title, status, stop),
+    el("div", { class: "qn-row qn-head" }, title, status, stop),
+    chart, phase,
     el("div", { class: "qn-row" }, el("div", { class: "qn-progress" }, bar), progressText),
-    stats, message, probes, ledger,
+    stats, message, outputs, probes, ledger,
   );
+  isolateKeys(root);
   host.append(root);
+  markLive(root);
 
   let clicked = false;
   stop.addEventListener("click", () => {
@@ -43,6 +68,14 @@ function render({ model, el: host }) {
     return el("span", { class: "qn-stat" }, `${label} `, el("b", attrs, value));
   }
 
+  function drawChart() {
+    const p = model.get("progress") || {};
+    const curve = model.get("curve") || {};
+    const n = (curve.steps || []).length + (curve.eval_steps || []).length;
+    chart.replaceChildren(lossChart(curve, p.max_steps));
+    chart.classList.toggle("qn-chart-empty", n === 0);
+  }
+
   function draw() {
     const p = model.get("progress") || {};
     let st = model.get("status");
@@ -51,24 +84,35 @@ function render({ model, el: host }) {
     status.textContent = st;
     status.setAttribute("data-status", st);
     status.className = `qn-status qn-status-${st}`;
-    const active = st === "running" || st === "waiting";
-    stop.disabled = !active || clicked;
-    stop.title = model.get("stop_live") ? "stop at the next step and save a checkpoint"
-      : "handled when the cell finishes; use the kernel interrupt (■) to stop now";
+    const s = stopState(st, clicked, model.get("stop_live"));
+    stop.hidden = s.hidden;
+    stop.disabled = s.disabled;
+    stop.title = s.hint;
+    const active = st === "running" || st === "waiting" || st === "stopping";
+    const ph = model.get("phase") || "";
+    phase.textContent = ph && active ? `${ph}…` : "";
+    phase.hidden = !(ph && active);
     const max = p.max_steps || 0, step = p.step || 0;
     bar.style.width = `${max ? Math.min(100, (100 * step) / max) : 0}%`;
     const epoch = p.epoch === undefined || p.epoch === null ? "" : ` · epoch ${Number(p.epoch).toFixed(2)}`;
     const timing = active ? ` · ETA ${eta(p.eta_s)}` : p.elapsed_s ? ` · took ${eta(p.elapsed_s)}` : "";
     progressText.textContent = `step ${step}/${max || "?"}${epoch}${timing}`;
+    const tok = [stat("tokens/s", rate(p.tokens_per_s), "tokens-per-s")];
+    if (p.mean_tokens_per_s) tok.push(stat("mean", rate(p.mean_tokens_per_s), "mean-tokens-per-s"));
+    if (p.mfu !== undefined && p.mfu !== null) tok.push(stat("MFU", `${(100 * p.mfu).toFixed(1)}%`, "mfu"));
     stats.replaceChildren(
       stat("loss", num(p.loss), "train-loss"),
       stat("eval loss", num(p.eval_loss), "eval-loss"),
-      stat("lr", sci(p.learning_rate), "learning-rate"),
-      stat("tokens/s", p.tokens_per_s ? Math.round(p.tokens_per_s).toLocaleString("en-US") : "–", "tokens-per-s"),
+      stat("lr", lrText(p), "learning-rate"),
+      ...tok,
       stat("loss points", String(model.get("n_loss_points")), "loss-points", model.get("n_loss_points")),
       stat("eval points", String(model.get("n_eval_points")), "eval-points", model.get("n_eval_points")),
     );
-    message.textContent = model.get("message") || "";
+    const busyHint = !model.get("stop_live") && (st === "running" || st === "waiting") ? s.hint : "";
+    message.textContent = model.get("message") || busyHint;
+    const o = model.get("outputs") || {};
+    outputs.replaceChildren(...Object.entries(o).map(([k, v]) =>
+      el("div", {}, `${k.replace(/_/g, " ")}: `, el("code", {}, v))));
   }
 
   function drawProbes() {
@@ -77,7 +121,7 @@ function render({ model, el: host }) {
     if (!rows.length) return;
     const last = rows[rows.length - 1].step;
     const t = el("table", { class: "qn-table qn-probes" },
-      el("tr", {}, el("th", {}, `probe @ step ${last}`), el("th", {}, "base"), el("th", {}, "adapted")));
+      el("tr", {}, el("th", {}, `probe @ step ${last}`), el("th", {}, "base"), el("th", {}, "adapter")));
     for (const r of rows.filter((x) => x.step === last)) {
       t.append(el("tr", { "data-testid": "probe-row" },
         el("td", {}, r.prompt ?? ""), el("td", { class: "qn-gen" }, r.base ?? ""), el("td", { class: "qn-gen" }, r.adapted ?? "")));
@@ -86,12 +130,16 @@ function render({ model, el: host }) {
   }
 
   const drawLedger = () => renderLedger(ledger, model.get("ledger"), "memory");
-  for (const name of ["progress", "status", "title", "n_loss_points", "n_eval_points", "message", "stop_live"]) {
+  for (const name of ["progress", "status", "title", "n_loss_points", "n_eval_points", "message", "stop_live",
+    "phase", "outputs"]) {
     model.on(`change:${name}`, draw);
   }
+  model.on("change:curve", drawChart);
+  model.on("change:progress", drawChart);
   model.on("change:probes", drawProbes);
   model.on("change:ledger", drawLedger);
   draw();
+  drawChart();
   drawProbes();
   drawLedger();
 }

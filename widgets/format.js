@@ -20,19 +20,32 @@ export function el(tag, attrs = {}, ...children) {
 }
 export const COLORS = {
   quantized_weights: "#2563eb", quant_constants: "#93c5fd", other_weights: "#64748b",
-  adapters: "#16a34a", gradients: "#f59e0b", optimizer_states: "#dc2626", activations_and_other: "#a78bfa",
+  adapters: "#16a34a", gradients: "#f59e0b", optimizer_states: "#dc2626",
+  activations_and_other: "var(--jp-layout-color3, #cbd5e1)",
 };
 export const LABELS = {
   quantized_weights: "quantized weights", quant_constants: "quant. constants", other_weights: "other weights",
   adapters: "adapters", gradients: "gradients", optimizer_states: "optimizer states",
   activations_and_other: "activations & other",
 };
-// Renders a ledger dict (Ledger.to_event()) into `root`: stats, LoRA table, stacked bar, legend.
-export function renderLedger(root, L, title) {
+// Keys typed into a widget's slider/text box act on the widget, never on JupyterLab (whose shortcuts
+// listen on the document in the bubbling phase: ArrowRight on a slider moved the active cell).
+export function isolateKeys(root) {
+  for (const type of ["keydown", "keyup", "keypress"]) root.addEventListener(type, (e) => e.stopPropagation());
+}
+// Marks a rendered, live view: the saved fallback's CSS (qlora_nb/widgets/base.py) hides itself then.
+export function markLive(root) { root.classList.add("qn-live"); }
+
+const EXACT = ["quantized_weights", "quant_constants", "other_weights", "adapters", "gradients", "optimizer_states"];
+// Renders a ledger dict (Ledger.to_event()) into `root`: stats, folded LoRA table, stacked bar, legend.
+// The bar's default scale is "model state only" (the exact, tensor-counted parts); "whole process" adds the
+// measured residual (runtime + activations), drawn as a quiet hatched segment.
+export function renderLedger(root, L, title, opts = {}) {
   root.replaceChildren();
   if (!L || !L.components) { root.append(el("div", { class: "qn-muted" }, "no ledger yet")); return; }
   const p = L.params, c = L.components;
   if (title) root.append(el("div", { class: "qn-title" }, title));
+  if (opts.asOf) root.append(el("div", { class: "qn-muted qn-asof", "data-testid": "as-of" }, opts.asOf));
   const pct = (100 * (L.trainable_fraction || 0)).toFixed(3);
   root.append(el("div", { class: "qn-row", "data-testid": "param-counts" },
     el("span", { class: "qn-stat" }, "total ", el("b", { "data-testid": "params-total" }, int(p.total))),
@@ -47,20 +60,33 @@ export function renderLedger(root, L, title) {
     for (const m of L.matrices) {
       t.append(el("tr", {}, ...[m.name, m.d_in, m.d_out, m.r, int(m.params_each), m.count, int(m.params)].map((v) => el("td", {}, String(v)))));
     }
-    root.append(t);
+    const fold = el("details", { class: "qn-fold" }, el("summary", {}, `LoRA matrices (${L.matrices.length} types)`), t);
+    if (opts.openTable) fold.open = true;
+    root.append(fold);
   }
-  const keys = Object.keys(LABELS);
+  const whole = !!opts.wholeProcess;
+  const keys = whole ? Object.keys(LABELS) : EXACT;
   const total = keys.reduce((s, k) => s + (c[k] || 0), 0) || 1;
-  const bar = el("div", { class: "qn-bar", "data-testid": "ledger-bar" });
+  const bar = el("div", { class: "qn-bar", "data-testid": "ledger-bar", "data-scale": whole ? "process" : "model" });
   const legend = el("div", { class: "qn-legend" });
-  for (const k of keys) {
+  for (const k of Object.keys(LABELS)) {
     const v = c[k] || 0;
-    const label = k === "optimizer_states" && L.optimizer_paged ? "optimizer states (paged)" : LABELS[k];
-    bar.append(el("div", { style: `width:${(100 * v) / total}%;background:${COLORS[k]}`, title: `${label}: ${bytes(v)}` }));
-    legend.append(el("span", {}, el("span", { class: "qn-swatch", style: `background:${COLORS[k]}` }), `${label} ${bytes(v)}`));
+    let label = k === "optimizer_states" && L.optimizer_paged ? "optimizer states (paged)" : LABELS[k];
+    if (k === "activations_and_other") label = "runtime + activations (measured)";
+    const cls = k === "activations_and_other" ? "qn-seg qn-seg-quiet" : "qn-seg";
+    if (keys.includes(k)) {
+      bar.append(el("div", { class: cls, style: `width:${(100 * v) / total}%;background:${COLORS[k]}`, title: `${label}: ${bytes(v)}` }));
+    }
+    legend.append(el("span", {}, el("span", { class: `qn-swatch ${cls}`, style: `background:${COLORS[k]}` }), `${label} ${bytes(v)}`));
   }
-  root.append(bar, legend);
+  const toggle = el("button", { class: "qn-btn qn-btn-small", "data-testid": "ledger-scale",
+    textContent: whole ? "scale: whole process" : "scale: model state only",
+    title: "model state: the exact parts counted from tensors; whole process adds the measured RSS residual" });
+  toggle.addEventListener("click", () => renderLedger(root, L, title, { ...opts, wholeProcess: !whole }));
+  root.append(el("div", { class: "qn-row" }, el("span", { class: "qn-muted" }, "memory"), toggle), bar, legend);
   const saved = L.bf16_weight_bytes - L.weight_bytes;
   root.append(el("div", { class: "qn-muted", style: "margin-top:6px" },
-    `base weights ${bytes(L.weight_bytes)} vs ${bytes(L.bf16_weight_bytes)} in 16-bit (${bytes(saved)} saved) · measured: ${L.measured_source}`));
+    `exact (counted from the tensors): weights, constants, adapters, gradients, optimizer states · ` +
+    `measured: runtime + activations = ${L.measured_source || "not measured"} minus the exact parts · ` +
+    `base weights ${bytes(L.weight_bytes)} vs ${bytes(L.bf16_weight_bytes)} in 16-bit (${bytes(saved)} saved)`));
 }

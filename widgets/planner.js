@@ -1,6 +1,6 @@
 // Memory planner widget. The arithmetic is a line-by-line port of qlora_nb/memory/planner.py + formulas.py
 // so sliders re-plan in the browser without a kernel round-trip (tests compare both on a grid via node).
-import { el, bytes } from "./format.js";
+import { el, bytes, isolateKeys, markLive } from "./format.js";
 
 const DT = { bfloat16: 2, float16: 2, float32: 4 };
 const PLAN_KEYS = ["quantized_weights", "quant_constants", "other_weights", "adapters", "gradients",
@@ -120,17 +120,23 @@ export function plan(a, o, K, limit) {
 
 const GiB = 2 ** 30;
 const STYLE = `.qn-planner .qn-controls{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:4px 12px;margin:6px 0}
-.qn-planner .qn-ctl{display:flex;gap:6px;align-items:center}.qn-planner .qn-ctl>span{min-width:92px;color:#555}
-.qn-planner .qn-verdict{margin:6px 0;padding:4px 8px;border-radius:4px}.qn-planner .qn-fits{background:#dcfce7}
-.qn-planner .qn-tight{background:#fef9c3}.qn-planner .qn-wontfit{background:#fee2e2}
+.qn-planner .qn-ctl{display:flex;gap:6px;align-items:center}.qn-planner .qn-ctl>span{min-width:92px;color:var(--jp-ui-font-color2,#555)}
+.qn-planner .qn-ctl.qn-off{opacity:.45}
+.qn-planner .qn-verdict{margin:6px 0;padding:4px 8px;border-radius:4px;color:var(--jp-ui-font-color0,#111);border-left:4px solid transparent}
+.qn-planner .qn-fits{background:color-mix(in srgb,var(--jp-success-color1,#16a34a) 20%,transparent);border-left-color:var(--jp-success-color1,#16a34a)}
+.qn-planner .qn-tight{background:color-mix(in srgb,var(--jp-warn-color1,#ca8a04) 20%,transparent);border-left-color:var(--jp-warn-color1,#ca8a04)}
+.qn-planner .qn-wontfit{background:color-mix(in srgb,var(--jp-error-color1,#dc2626) 20%,transparent);border-left-color:var(--jp-error-color1,#dc2626)}
+.qn-planner .qn-warn{color:var(--jp-warn-color1,#b45309)}
 .qn-planner .qn-cmp-row{display:flex;align-items:center;gap:8px;margin:3px 0}.qn-planner .qn-cmp-label{width:170px}
 .qn-planner .qn-cmp-track{position:relative;flex:1;height:16px}.qn-planner .qn-cmp-track .qn-bar{height:16px;margin:0}
-.qn-planner .qn-limit{position:absolute;top:-3px;bottom:-3px;width:2px;background:#111}.qn-planner .qn-cmp-total{width:80px;text-align:right}`;
+.qn-planner .qn-limit{position:absolute;top:-3px;bottom:-3px;width:2px;background:var(--jp-ui-font-color0,#111)}.qn-planner .qn-cmp-total{width:80px;text-align:right}`;
 function control(label, input) { return el("label", { class: "qn-ctl" }, el("span", {}, label), input); }
 
 function render({ model, el: host }) {
   const root = el("div", { class: "qn-card qn-planner", "data-testid": "qlora-planner" });
+  isolateKeys(root);  // arrow keys move the focused slider, not JupyterLab's active cell
   host.append(root);
+  markLive(root);
   root.append(el("style", {}, STYLE));
   const archs = model.get("archs"), K = model.get("constants");
   const state = { ...model.get("options") };
@@ -171,10 +177,13 @@ function render({ model, el: host }) {
     control("checkpointing", check("gradient_checkpointing")),
     control("optimizer", select("optimizer", ["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"])),
   );
+  // controls that do not apply to the chosen method are disabled (quantization only for QLoRA, r not for full)
+  const applies = { quant: (o) => o.method === "qlora", double_quant: (o) => o.method === "qlora", r: (o) => o.method !== "full" };
+  const warning = el("div", { class: "qn-warn", "data-testid": "plan-warning" });
   const verdict = el("div", { class: "qn-verdict", "data-testid": "plan-verdict" });
   const table = el("div", { "data-testid": "plan-components" });
   const compare = el("div", { class: "qn-compare", "data-testid": "plan-compare" });
-  root.append(el("div", { class: "qn-title" }, "Will it fit? — memory planner"), controls, verdict, table, compare);
+  root.append(el("div", { class: "qn-title" }, "Will it fit? — memory planner"), controls, warning, verdict, table, compare);
 
   function stackedBar(label, comps, limit, scaleMax) {
     const t = total(comps);
@@ -190,6 +199,14 @@ function render({ model, el: host }) {
     if (o.method === "full") o.bits = null;
     if (o.method === "lora" && o.bits === 4) o.bits = null;
     const a = archOf(o.model), limit = o.gpu_gib * GiB;
+    for (const [key, ok] of Object.entries(applies)) {
+      for (const input of controls.querySelectorAll(`[data-testid="plan-${key}"]`)) {
+        input.disabled = !ok(o);
+        input.closest(".qn-ctl").classList.toggle("qn-off", !ok(o));
+      }
+    }
+    const ctx = a.max_position_embeddings || a.context || 0;
+    warning.textContent = ctx && o.seq_len > ctx ? `seq_len ${o.seq_len} exceeds ${o.model}'s context of ${ctx} tokens.` : "";
     const p = plan(a, o, K, limit);
     verdict.className = `qn-verdict qn-${p.verdict.replace(/[^a-z]/g, "")}`;
     verdict.replaceChildren(el("b", {}, p.verdict), " — ", p.reason);

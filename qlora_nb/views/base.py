@@ -7,7 +7,9 @@ plain ``pip install .``, Binder and offline users all render it.
 
 from __future__ import annotations
 
+import html
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +56,59 @@ def esm(name: str) -> str:
     return expand(name)
 
 
+# ------------------------------------------------------------------ display with a saved fallback
+# JupyterLab (default settings) does not save widget state, and its widget renderer shows
+# "Error displaying widget: model not found" (fresh kernel) or "Loading widget..." (no kernel) for a
+# widget-view output whose model is gone; it never falls back to another mime type of the same bundle
+# (checked in jupyterlab-manager 3.0.x's WidgetRenderer). So a widget is shown as two outputs: a static
+# HTML fallback, then the widget view. The style in the fallback swaps them with CSS alone, so it also
+# works with no kernel: the fallback hides while the next output holds a live view (.qn-live) and the
+# widget output hides while it holds none (loading, or the model is gone).
+FALLBACK_STYLE = """<style>
+.jp-OutputArea-child:has(.qn-fallback):has(+ .jp-OutputArea-child .qn-live) { display: none; }
+.jp-OutputArea-child:has(.qn-fallback) + .jp-OutputArea-child:not(:has(.qn-live)) { display: none; }
+.qn-fallback { font-family: var(--jp-ui-font-family, system-ui, sans-serif); font-size: 13px;
+  color: var(--jp-ui-font-color1, inherit); }
+.qn-fallback table { border-collapse: collapse; }
+.qn-fallback td, .qn-fallback th { padding: 1px 8px; text-align: right;
+  border-bottom: 1px solid var(--jp-border-color3, #eee); }
+.qn-fallback td:first-child, .qn-fallback th:first-child { text-align: left; }
+.qn-fallback pre { white-space: pre-wrap; margin: 0; }
+.qn-fallback .qn-muted { color: var(--jp-ui-font-color2, #666); }
+</style>"""
+
+
+def fallback_html(title: str, body_html: str) -> str:
+    """The saved stand-in for a widget: ``title`` and ``body_html`` in a ``.qn-fallback`` block."""
+    head = f"<div class='qn-muted'>{html.escape(title)}</div>" if title else ""
+    return f"{FALLBACK_STYLE}<div class='qn-fallback' data-testid='qlora-fallback'>{head}{body_html}</div>"
+
+
+def text_as_html(text: str) -> str:
+    return f"<pre>{html.escape(text)}</pre>"
+
+
 class QloraWidget(anywidget.AnyWidget):
-    """A widget that also renders as plain text where no widget front-end exists (terminal, nbclient)."""
+    """A widget that also renders where no widget front-end or no widget model exists.
+
+    ``text()`` is the plain-text form (terminal, nbclient); ``fallback_body()`` the HTML saved in the
+    notebook and shown when it is reopened without this kernel (see :data:`FALLBACK_STYLE`).
+    """
+
+    _fallback_id: str | None = None
+    _view_id: str | None = None
 
     def text(self) -> str:
         return repr(self)
+
+    def fallback_title(self) -> str:
+        return ""
+
+    def fallback_body(self) -> str:
+        return text_as_html(self.text())
+
+    def fallback_bundle(self) -> dict[str, str]:
+        return {"text/html": fallback_html(self.fallback_title(), self.fallback_body()), "text/plain": self.text()}
 
     def _repr_mimebundle_(self, **kwargs: Any):
         bundle = super()._repr_mimebundle_(**kwargs)
@@ -69,3 +119,45 @@ class QloraWidget(anywidget.AnyWidget):
         data = dict(data or {})
         data["text/plain"] = self.text()
         return data, meta
+
+    def _ipython_display_(self) -> None:
+        """In a kernel: the fallback output, then the widget view (each with a display id to update)."""
+        from IPython.display import publish_display_data
+
+        if not _zmq_kernel():
+            publish_display_data({"text/plain": self.text()})
+            return
+        self._fallback_id, self._view_id = uuid.uuid4().hex, uuid.uuid4().hex
+        publish_display_data(self.fallback_bundle(), transient={"display_id": self._fallback_id})
+        data, meta = self._view_bundle()
+        publish_display_data(data, metadata=meta, transient={"display_id": self._view_id})
+
+    def _view_bundle(self) -> tuple[dict, dict]:
+        data, meta = self._repr_mimebundle_()
+        # the text lives in the fallback output; an empty one here keeps untrusted front-ends quiet
+        return {**data, "text/plain": ""}, meta
+
+    def refresh_fallback(self) -> None:
+        """Rewrite the saved fallback with the current state (e.g. the final loss curve at the end)."""
+        if self._fallback_id is None:
+            return
+        from IPython.display import publish_display_data
+
+        publish_display_data(self.fallback_bundle(), transient={"display_id": self._fallback_id}, update=True)
+
+    def clear_display(self) -> None:
+        """Empty both outputs (a view that should not stay, e.g. training that failed before it began)."""
+        from IPython.display import publish_display_data
+
+        for did in (self._fallback_id, self._view_id):
+            if did is not None:
+                publish_display_data({"text/plain": ""}, transient={"display_id": did}, update=True)
+
+
+def _zmq_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"

@@ -1,6 +1,13 @@
-"""The parameter and memory breakdown widget (reads a Ledger; updates live from events)."""
+"""The parameter and memory breakdown widget: a snapshot of a Ledger, labelled "as of …".
+
+``%qlora_load`` shows the ledger at load time; training's ledger events used to rewrite it later,
+so two widgets on the page disagreed. It is now a frozen snapshot unless ``subscribe=True``, which
+shows a visible "live" badge instead.
+"""
 
 from __future__ import annotations
+
+import time
 
 import traitlets
 
@@ -15,6 +22,7 @@ class BreakdownWidget(QloraWidget):
     ledger = traitlets.Dict().tag(sync=True)
     title = traitlets.Unicode("").tag(sync=True)
     config = traitlets.Dict().tag(sync=True)
+    as_of = traitlets.Unicode("").tag(sync=True)  # "as of 14:02:11 (load)", or "live" when following events
 
     def __init__(self, ledger=None, **kwargs):
         super().__init__(**kwargs)
@@ -23,7 +31,7 @@ class BreakdownWidget(QloraWidget):
             self.update_ledger(ledger)
 
     @classmethod
-    def for_session(cls, session, subscribe: bool = True) -> BreakdownWidget:
+    def for_session(cls, session, subscribe: bool = False, when: str = "load") -> BreakdownWidget:
         cfg = session.config
         title = f"{cfg.model} · {cfg.bits}-bit" + (f" {cfg.quant.upper()}" + (" + DQ" if cfg.double_quant else "")
                                                     if cfg.bits == 4 else "")
@@ -32,6 +40,9 @@ class BreakdownWidget(QloraWidget):
                         "double_quant": cfg.double_quant, "targets": cfg.targets})
         if subscribe:
             w._unsubscribe = session.events.subscribe(w.on_event)
+            w.as_of = "live"
+        else:
+            w.as_of = f"as of {time.strftime('%H:%M:%S')} ({when})"
         return w
 
     def on_event(self, event: dict) -> None:
@@ -43,5 +54,5 @@ class BreakdownWidget(QloraWidget):
         self.ledger = ledger.to_event()
 
     def text(self) -> str:
-        head = self.title + "\n" if self.title else ""
+        head = self.title + (f" ({self.as_of})" if self.as_of else "") + "\n" if self.title else ""
         return head + (str(self._ledger_obj) if self._ledger_obj is not None else "(no ledger)")

@@ -1,34 +1,46 @@
 """The live training dashboard: a subscriber of ``session.events`` that draws while the cell runs.
 
-Layout: one anywidget panel (status, Stop, progress/ETA, loss, lr, tokens/s,
-probe generations, the memory ledger) above a plotly ``FigureWidget`` with the
-train/eval loss and the learning rate. Both are shown in one ``VBox``.
+Layout: one anywidget card: the title, status and Stop, then the loss chart
+(train/eval loss, learning rate on a right axis from 0, x axis to ``max_steps``)
+at the card's width, the progress line, the numbers, probe generations and the
+memory ledger (its LoRA table folded).
 
-Cost control: events only append to Python lists. The widgets are redrawn in
+Persistence: the curve lives in the synced ``curve`` trait (whole arrays), not
+in transient messages, so a page reload re-renders it from the kernel's state;
+a plotly ``FigureWidget`` was dropped because its ``batch_update()`` arrays are
+sent as transient messages and a reloaded page showed 0 points. The saved
+fallback (:meth:`fallback_body`) holds the same curve as an inline SVG, for a
+notebook reopened without its kernel.
+
+Cost control: events only append to Python lists. The widget is redrawn in
 :meth:`TrainingDashboard.flush`, at most every ``min_interval`` seconds and at
 least ``1/max_overhead`` times the last redraw's cost apart, so redraws take at
 most ~2% of wall time however long the curve gets; ``eval``, ``probe`` and
-``train_end`` redraw at once. Curves are sent as whole arrays inside
-``batch_update()`` (one comm message per redraw).
+``train_end`` redraw at once (one comm message per redraw).
 
 Stop: the button's click is routed to a kernel subshell (see
 :mod:`qlora_nb.views.kernel_comm`) so it is handled while the main thread
 trains; the handler only calls ``session.request_stop()``, and the engine stops
-at the next step boundary.
+at the next step boundary. Without subshells (:attr:`stop_live` False) the
+panel says to use the kernel's Interrupt while the run is busy.
 """
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Callable
 from typing import Any
 
 import traitlets
 
-from .base import QloraWidget, asset, esm
+from .base import QloraWidget, asset, esm, text_as_html
+from .chart import loss_svg
 from .progress import fmt_duration, step_fields
 
 MAX_PROBE_ROWS = 24
+STOP_NEEDS_INTERRUPT = ("Stop is seen only after the cell ends on this kernel (live Stop needs ipykernel ≥ 7.4): "
+                        "use Interrupt (■) to stop now.")
 
 
 def _fmt_eta(seconds: float | None) -> str:
@@ -46,12 +58,15 @@ class TrainingDashboard(QloraWidget):
     progress = traitlets.Dict().tag(sync=True)  # step, max_steps, epoch, eta_s, loss, learning_rate, tokens_per_s
     n_loss_points = traitlets.Int(0).tag(sync=True)
     n_eval_points = traitlets.Int(0).tag(sync=True)
+    curve = traitlets.Dict().tag(sync=True)  # steps, loss, lr, eval_steps, eval_loss: whole arrays (restorable)
+    phase = traitlets.Unicode("").tag(sync=True)  # what happens before the first point: tokenizing, first step
+    outputs = traitlets.Dict().tag(sync=True)  # where the adapter and the checkpoint were written (at the end)
     ledger = traitlets.Dict().tag(sync=True)
     probes = traitlets.List().tag(sync=True)
     stop_live = traitlets.Bool(False).tag(sync=True)  # True when Stop is handled while the cell runs
     message = traitlets.Unicode("").tag(sync=True)
 
-    def __init__(self, *, session: Any = None, figure: bool = True, min_interval: float = 0.5,
+    def __init__(self, *, session: Any = None, min_interval: float = 0.5,
                  max_overhead: float = 0.02, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.session = session
@@ -68,16 +83,16 @@ class TrainingDashboard(QloraWidget):
         self._status = "waiting"
         self._started: float | None = None
         self._ledger_dirty = self._probes_dirty = False
-        self._drawn = (0, 0)  # (train points, eval points) already in the figure
+        self._drawn = (0, 0)  # (train points, eval points) already in ``curve``
+        self._phase = "preparing the data (tokenizing)"
+        self._outputs: dict[str, str] = {}
+        self._tok_sum, self._tok_n = 0.0, 0
         self._next_flush = 0.0
         self._stop_clicked = False
         self._unsubscribe: Callable[[], None] | None = None
         self._unroute: Callable[[], None] | None = None
         self.flushes = 0  # redraws done (the throttle's effect, for tests and benchmarks)
         self.cost = {"events": 0, "event_s": 0.0, "flush_s": 0.0}
-        self.figure = _loss_figure() if figure else None
-        self._container = None
-        self.display_handle = None  # set by live.watch(); refreshed at train_end
         self.on_msg(self._on_front_msg)
 
     # ---------------------------------------------------------------- set-up
@@ -100,8 +115,7 @@ class TrainingDashboard(QloraWidget):
         w._unroute = route_to_subshell(w)
         w.stop_live = w._unroute is not None
         if not w.stop_live and _in_kernel():
-            w.message = ("Stop is seen only after the cell ends on this kernel (live Stop needs ipykernel ≥ 7.4); "
-                         "use the kernel's ■ interrupt to stop now.")
+            w.message = STOP_NEEDS_INTERRUPT
         w.flush()
         return w
 
@@ -122,8 +136,7 @@ class TrainingDashboard(QloraWidget):
         if self._unsubscribe is not None and exc_type is not None and self._status == "waiting":
             # failed before training began (bad data, bad option): the error says it all, drop the empty view
             self.detach()
-            if self.display_handle is not None:
-                self.display_handle.update({"text/plain": ""}, raw=True)
+            self.clear_display()
             self.close()
             return
         if self._unsubscribe is not None:
@@ -134,10 +147,6 @@ class TrainingDashboard(QloraWidget):
 
     def close(self) -> None:
         self.detach()
-        if self.figure is not None:
-            self.figure.close()
-        if self._container is not None:
-            self._container.close()
         super().close()
 
     # ---------------------------------------------------------------- events
@@ -161,9 +170,13 @@ class TrainingDashboard(QloraWidget):
             self._ledger, self._ledger_dirty = event["ledger"], True
         elif kind == "train_begin":
             self._status = "running"
+            self._phase = "first step (model warm-up)"
             for key in ("max_steps", "epochs"):
                 if event.get(key) is not None:
                     self._progress[key] = event[key]
+            warmup = (event.get("config") or {}).get("warmup_steps")
+            if isinstance(warmup, int) and warmup > 0:
+                self._progress["warmup_steps"] = warmup
             self._started = time.perf_counter()
             urgent = True
         elif kind == "train_end":
@@ -179,8 +192,7 @@ class TrainingDashboard(QloraWidget):
         self.cost["event_s"] += time.perf_counter() - t0
         if kind == "train_end":
             self.detach()
-            if self.display_handle is not None:
-                self.display_handle.update(self)
+            self.refresh_fallback()  # the saved notebook keeps the final curve
 
     def _on_step(self, e: dict[str, Any]) -> None:
         if e.get("loss") is not None:
@@ -189,9 +201,16 @@ class TrainingDashboard(QloraWidget):
             self.lrs.append(float(e.get("learning_rate") or 0.0))
         if self._status == "waiting":
             self._status = "running"
-        for key in ("step", "max_steps", "epoch", "eta_s", "loss", "learning_rate", "tokens_per_s"):
+        self._phase = ""
+        for key in ("step", "max_steps", "epoch", "eta_s", "loss", "learning_rate", "tokens_per_s", "mfu"):
             if e.get(key) is not None:
                 self._progress[key] = e[key]
+        if e.get("tokens_per_s"):
+            self._tok_sum, self._tok_n = self._tok_sum + float(e["tokens_per_s"]), self._tok_n + 1
+            self._progress["mean_tokens_per_s"] = self._tok_sum / self._tok_n
+        warmup = self._progress.get("warmup_steps")
+        if warmup and e.get("step") is not None:
+            self._progress["warmup"] = int(e["step"]) <= int(warmup)
 
     def _on_end(self, e: dict[str, Any]) -> None:
         if e.get("error"):
@@ -202,6 +221,8 @@ class TrainingDashboard(QloraWidget):
             self._status = "done"
         if e.get("stopped_early"):
             self.message = "stopped early: eval_loss stopped improving"
+        self._phase = ""
+        self._outputs = {k: str(e[k]) for k in ("adapter_dir", "checkpoint") if e.get(k)}
         step = e.get("step", e.get("steps"))
         if step is not None:
             self._progress["step"] = step
@@ -210,25 +231,23 @@ class TrainingDashboard(QloraWidget):
             self._progress["elapsed_s"] = time.perf_counter() - self._started
 
     def flush(self) -> None:
-        """Redraw the panel and the figure from the collected data (main thread only)."""
+        """Redraw the card (numbers and curve) from the collected data (main thread only)."""
         t0 = time.perf_counter()
         with self.hold_sync():
             self.status = self._status
             self.progress = dict(self._progress)
             self.n_loss_points = len(self.steps)
             self.n_eval_points = len(self.eval_steps)
+            self.phase = self._phase
+            self.outputs = dict(self._outputs)
+            counts = (len(self.steps), len(self.eval_steps))
+            if counts != self._drawn:
+                self._drawn = counts
+                self.curve = self._curve()
             if self._ledger_dirty:
                 self.ledger, self._ledger_dirty = self._ledger, False
             if self._probes_dirty:
                 self.probes, self._probes_dirty = list(self._probes), False
-        counts = (len(self.steps), len(self.eval_steps))
-        if self.figure is not None and counts != self._drawn:
-            self._drawn = counts
-            tr = self.figure.data
-            with self.figure.batch_update():
-                tr[0].x, tr[0].y = list(self.steps), list(self.losses)
-                tr[1].x, tr[1].y = list(self.steps), list(self.lrs)
-                tr[2].x, tr[2].y = list(self.eval_steps), list(self.eval_losses)
         cost = time.perf_counter() - t0
         self.flushes += 1
         self.cost["flush_s"] += cost
@@ -251,22 +270,18 @@ class TrainingDashboard(QloraWidget):
             session.stop_requested = True
 
     # --------------------------------------------------------------- display
-    @property
-    def view(self):
-        """The panel and the loss figure in one ``VBox`` (what is displayed)."""
-        if self._container is None:
-            import ipywidgets
+    def _curve(self) -> dict[str, list]:
+        return {"steps": list(self.steps), "loss": list(self.losses), "lr": list(self.lrs),
+                "eval_steps": list(self.eval_steps), "eval_loss": list(self.eval_losses)}
 
-            children = [self] + ([self.figure] if self.figure is not None else [])
-            self._container = ipywidgets.VBox(children)
-        return self._container
+    def fallback_title(self) -> str:
+        return f"{self.title or 'training'} (saved view; re-run the cell for the live dashboard)"
 
-    def _repr_mimebundle_(self, **kwargs: Any):
-        bundle = self.view._repr_mimebundle_(**kwargs)
-        data, meta = bundle if isinstance(bundle, tuple) else (bundle, {})
-        data = dict(data or {})
-        data["text/plain"] = self.text()
-        return data, meta
+    def fallback_body(self) -> str:
+        svg = loss_svg(self._curve(), self._progress.get("max_steps"))
+        where = "".join(f"<div>{html.escape(k.replace('_', ' '))}: <code>{html.escape(v)}</code></div>"
+                        for k, v in self._outputs.items())
+        return text_as_html(self.text()) + svg + where
 
     def overhead(self) -> dict[str, float]:
         """Mean seconds per event handled and per redraw (what the throttle keeps under ~2%)."""
@@ -279,8 +294,12 @@ class TrainingDashboard(QloraWidget):
         parts = [f"{self.title or 'training'}: {self._status}"]
         if p.get("step") is not None:
             parts.extend(step_fields(p))
+        if p.get("mean_tokens_per_s"):
+            parts.append(f"mean {p['mean_tokens_per_s']:.0f} tok/s")
         if self._status in ("running", "stopping"):
             parts.append(f"eta {_fmt_eta(p.get('eta_s'))}")
+        if self._outputs.get("adapter_dir"):
+            parts.append(f"adapter in {self._outputs['adapter_dir']}")
         return " · ".join(parts)
 
 
@@ -296,25 +315,3 @@ def _in_kernel() -> bool:
     from .kernel_comm import current_kernel
 
     return current_kernel() is not None
-
-
-def _loss_figure():
-    """Train loss, learning rate (right axis) and eval loss; built once, then only data arrays change."""
-    import plotly.graph_objects as go
-
-    fig = go.FigureWidget(
-        data=[
-            go.Scatter(x=[], y=[], mode="lines", name="train loss", line={"color": "#2563eb"}),
-            go.Scatter(x=[], y=[], mode="lines", name="learning rate", yaxis="y2",
-                       line={"color": "#94a3b8", "dash": "dot", "width": 1}),
-            go.Scatter(x=[], y=[], mode="lines+markers", name="eval loss", line={"color": "#dc2626"}),
-        ],
-        layout={
-            "height": 300, "margin": {"l": 50, "r": 60, "t": 10, "b": 40}, "template": "plotly_white",
-            "xaxis": {"title": {"text": "step"}}, "yaxis": {"title": {"text": "loss"}},
-            "yaxis2": {"title": {"text": "lr"}, "overlaying": "y", "side": "right", "showgrid": False,
-                       "tickformat": ".1e"},
-            "legend": {"orientation": "h", "y": 1.08},
-        },
-    )
-    return fig

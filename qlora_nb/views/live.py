@@ -1,8 +1,9 @@
 """The choice between the live dashboard and the plain-text printer for a training run.
 
-Inside a Jupyter (ZMQ) kernel the dashboard is displayed; its text/plain
-fallback is what nbclient and non-widget front-ends record, and the display is
-updated at ``train_end`` so they keep a one-line summary of the finished run.
+Inside a Jupyter (ZMQ) kernel the dashboard is displayed after its saved
+fallback (text/plain and HTML with the curve as SVG), which is what nbclient,
+non-widget front-ends and a notebook reopened without its kernel show; the
+fallback is updated at ``train_end`` so they keep the finished run.
 Anywhere else (``get_ipython()`` is None or a terminal IPython)
 :class:`~qlora_nb.views.progress.TextProgress` prints instead. A kernel cannot
 tell whether a browser is attached, so this is the best available signal;
@@ -49,7 +50,8 @@ def watch(session: Any, config: Any = None, view: str = "auto", display: bool = 
         if display:
             from IPython.display import display as show
 
-            # a display id lets the dashboard refresh its text/plain (what nbclient records) at train_end
-            dash.display_handle = show(dash, display_id=True)
+            # two outputs (saved fallback + live view); the fallback is refreshed at train_end, so nbclient
+            # and a notebook reopened without its kernel keep the finished run's summary and curve
+            show(dash)
         return dash
     return TextProgress.for_session(session, config)

@@ -1,0 +1,74 @@
+// The dashboard's loss chart as SVG, drawn from the synced `curve` arrays (so a reloaded page redraws it).
+// Same geometry as qlora_nb/widgets/chart.py (the saved fallback): x from 0 to max_steps, lr axis from 0.
+// Colours come from qlora.css classes built on JupyterLab's --jp-* variables, so it follows the theme.
+const NS = "http://www.w3.org/2000/svg";
+const W = 640, H = 220, L = 48, R = 56, T = 14, B = 28;
+
+function node(tag, attrs = {}, text) {
+  const n = document.createElementNS(NS, tag);
+  for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, String(v));
+  if (text !== undefined) n.textContent = text;
+  return n;
+}
+
+// At most `keep` points (every k-th and the last), so a 100k-step run stays cheap to draw.
+function thin(xs, ys, keep = 600) {
+  const pts = xs.map((x, i) => [x, ys[i]]);
+  if (pts.length <= keep) return pts;
+  const k = Math.ceil(pts.length / keep);
+  const out = pts.filter((_, i) => i % k === 0);
+  if ((pts.length - 1) % k) out.push(pts[pts.length - 1]);
+  return out;
+}
+
+export function lossChart(curve, maxSteps) {
+  const steps = curve.steps || [], loss = curve.loss || [], lrs = curve.lr || [];
+  const evS = curve.eval_steps || [], evL = curve.eval_loss || [];
+  const svg = node("svg", { viewBox: `0 0 ${W} ${H}`, class: "qn-chart", "data-testid": "loss-chart",
+    "data-points": steps.length, "data-eval-points": evS.length, role: "img" });
+  svg.append(node("title", {}, `loss curve: ${steps.length} train points, ${evS.length} eval points`));
+  const xMax = Math.max(maxSteps || 0, ...steps, ...evS, 1);
+  const ys = loss.concat(evL);
+  let lo = ys.length ? Math.min(...ys) : 0, hi = ys.length ? Math.max(...ys) : 1;
+  if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
+  const lrHi = Math.max(0, ...lrs) || 1;
+  const pw = W - L - R, ph = H - T - B;
+  const px = (x) => L + (pw * x) / xMax, py = (y) => T + ph * (1 - (y - lo) / (hi - lo));
+  const plr = (v) => T + ph * (1 - Math.max(0, v) / lrHi);
+  for (const f of [0, 0.5, 1]) {
+    const y = T + ph * f;
+    svg.append(node("line", { x1: L, x2: W - R, y1: y, y2: y, class: "qn-grid" }));
+    if (ys.length) svg.append(node("text", { x: L - 4, y: y + 4, "text-anchor": "end", class: "qn-axis" },
+      Number(hi - (hi - lo) * f).toPrecision(3)));
+  }
+  svg.append(node("text", { x: W - R + 4, y: T + 4, class: "qn-axis" }, lrs.length ? `lr ${lrHi.toExponential(1)}` : "lr"));
+  svg.append(node("text", { x: W - R + 4, y: T + ph + 4, class: "qn-axis" }, "0"));
+  for (const x of [0, Math.round(xMax / 2), xMax]) {
+    svg.append(node("text", { x: px(x), y: H - 10, "text-anchor": "middle", class: "qn-axis" }, String(x)));
+  }
+  svg.append(node("text", { x: W - R, y: H - 10, "text-anchor": "end", class: "qn-axis" }, "step"));
+  const line = (pts, cls) => svg.append(node("polyline", { points: pts.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(" "), class: cls }));
+  if (lrs.length) line(thin(steps, lrs).map(([a, b]) => [px(a), plr(b)]), "qn-line-lr");
+  const train = thin(steps, loss);
+  if (train.length) line(train.map(([a, b]) => [px(a), py(b)]), "qn-line-loss");
+  // point markers (a single point is visible); hover shows the value
+  for (const [a, b] of train.slice(-80)) {
+    const c = node("circle", { cx: px(a), cy: py(b), r: 2.5, class: "qn-dot-loss" });
+    c.append(node("title", {}, `step ${a}: loss ${Number(b).toFixed(4)}`));
+    svg.append(c);
+  }
+  const ev = thin(evS, evL);
+  if (ev.length) line(ev.map(([a, b]) => [px(a), py(b)]), "qn-line-eval");
+  for (const [a, b] of ev) {
+    const c = node("circle", { cx: px(a), cy: py(b), r: 3.5, class: "qn-dot-eval" });
+    c.append(node("title", {}, `step ${a}: eval loss ${Number(b).toFixed(4)}`));
+    svg.append(c);
+  }
+  let x = L;
+  for (const [name, cls] of [["train loss", "qn-key-loss"], ["eval loss", "qn-key-eval"], ["learning rate", "qn-key-lr"]]) {
+    svg.append(node("rect", { x, y: 2, width: 12, height: 3, class: cls }));
+    svg.append(node("text", { x: x + 16, y: 8, class: "qn-axis" }, name));
+    x += 100;
+  }
+  return svg;
+}
