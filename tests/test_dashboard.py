@@ -464,3 +464,36 @@ def test_dashboard_in_jupyterlab_grows_and_stops_live(tmp_path):
         final = page.evaluate(_DASH_STATE)[0]
         assert final["status"] == "stopped" and growing[-1] <= final["points"] < 2000, final
         assert requests.external() == []
+
+
+def test_a_widget_is_shown_as_a_saved_fallback_then_the_live_view(monkeypatch):
+    """In a kernel: two outputs (HTML fallback with the swap CSS, then the widget view); a display-id update
+    from the same cell refreshes the fallback in place; a later cell gets a new pair."""
+    import IPython.display
+
+    from qlora_nb.widgets import base
+
+    published = []
+    monkeypatch.setattr(IPython.display, "publish_display_data",
+                        lambda data, metadata=None, **kw: published.append((data, kw)))
+    monkeypatch.setattr(base, "_zmq_kernel", lambda: True)
+    count = {"n": 7}
+    monkeypatch.setattr(base, "_execution_count", lambda: count["n"])
+    s = FakeSession()
+    dash = TrainingDashboard.for_session(s)
+    dash._ipython_display_()
+    (fallback, kw1), (view, kw2) = published
+    assert "qn-fallback" in fallback["text/html"] and ".qn-live" in fallback["text/html"]
+    assert fallback["text/plain"] == "training tiny: waiting"
+    assert view["application/vnd.jupyter.widget-view+json"]["model_id"] == dash.model_id and view["text/plain"] == ""
+    assert kw1["transient"]["display_id"] != kw2["transient"]["display_id"]
+    step(s.events, 1, n=2)
+    s.events.emit("train_end", step=1)  # the dashboard refreshes its saved fallback at the end
+    data, kw = published[-1]
+    assert kw == {"transient": kw1["transient"], "update": True} and "done" in data["text/plain"]
+    assert 'data-points="1"' in data["text/html"]
+    dash._ipython_display_()  # handle.update(widget) from the same cell: an update, not a second view
+    assert published[-1][1].get("update") is True and len(published) == 4
+    count["n"] = 8
+    dash._ipython_display_()  # shown again from another cell: a new pair of outputs
+    assert len(published) == 6 and "update" not in published[-1][1]

@@ -29,7 +29,13 @@ def test_report_on_tiny_model(tiny_session):
     from qlora_nb.views.quant_report import report_figures
 
     figs = report_figures(r)
-    assert set(figs) == {"layers", "totals"} and len(figs["layers"].data) == 3
+    assert set(figs) == {"layers", "totals"}
+    # by layer index, one trace per matrix type (7 in a LLaMA block), plus FP4 and Int4 per-layer means
+    layer_traces = figs["layers"].data
+    assert len(layer_traces) == 7 + 2 and all(list(t.x) == [0, 1] for t in layer_traces)
+    assert {t.name for t in layer_traces[:7]} == {f"NF4 {m}" for m in ("q_proj", "k_proj", "v_proj", "o_proj",
+                                                                      "gate_proj", "up_proj", "down_proj")}
+    assert "% vs 16-bit" in figs["totals"].layout.annotations[1].text
     assert "relative MSE" in str(r)
 
 

@@ -2,7 +2,7 @@
 // Same geometry as qlora_nb/widgets/chart.py (the saved fallback): x from 0 to max_steps, lr axis from 0.
 // Colours come from qlora.css classes built on JupyterLab's --jp-* variables, so it follows the theme.
 const NS = "http://www.w3.org/2000/svg";
-const W = 640, H = 220, L = 48, R = 56, T = 14, B = 28;
+const W = 900, H = 230, L = 52, R = 64, T = 16, B = 26;
 
 function node(tag, attrs = {}, text) {
   const n = document.createElementNS(NS, tag);
@@ -46,7 +46,7 @@ export function lossChart(curve, maxSteps) {
   for (const x of [0, Math.round(xMax / 2), xMax]) {
     svg.append(node("text", { x: px(x), y: H - 10, "text-anchor": "middle", class: "qn-axis" }, String(x)));
   }
-  svg.append(node("text", { x: W - R, y: H - 10, "text-anchor": "end", class: "qn-axis" }, "step"));
+  svg.append(node("text", { x: W - R + 8, y: H - 10, class: "qn-axis" }, "step"));
   const line = (pts, cls) => svg.append(node("polyline", { points: pts.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(" "), class: cls }));
   if (lrs.length) line(thin(steps, lrs).map(([a, b]) => [px(a), plr(b)]), "qn-line-lr");
   const train = thin(steps, loss);

@@ -92,11 +92,11 @@ export function plan(a, o, K, limit) {
   const [bigK, bigV] = PLAN_KEYS.map((k) => [k, res.components[k]]).reduce((m, x) => (x[1] > m[1] ? x : m));
   const used = `${bytes(t)} of ${bytes(limit)}`, big = `biggest component: ${bigK.replace(/_/g, " ")} (${bytes(bigV)})`;
   let reason = `${used}; ${big}.`;
+  let fix = null, fixDelta = null;
   if (verdict !== "fits") {
     const fits = (opts) => total(components(a, opts, K).components) <= K.tight * limit;
     const ch = changes(o);
-    let fix = null;
-    for (const [text, d] of ch) if (fits({ ...o, ...d })) { fix = text; break; }
+    for (const [text, d] of ch) if (fits({ ...o, ...d })) { fix = text; fixDelta = d; break; }
     if (fix === null) {
       let acc = { ...o }; let applied = new Map();
       for (const [text, d] of ch) {
@@ -107,7 +107,8 @@ export function plan(a, o, K, limit) {
             const merged = Object.assign({}, ...[...trial.values()].map(([, dd]) => dd));
             if (fits({ ...o, ...merged })) applied = trial;
           }
-          fix = [...applied.values()].map(([t]) => t).join(" + "); break;
+          fix = [...applied.values()].map(([t]) => t).join(" + ");
+          fixDelta = Object.assign({}, ...[...applied.values()].map(([, dd]) => dd)); break;
         }
       }
     }
@@ -115,7 +116,7 @@ export function plan(a, o, K, limit) {
       ? `${used}; ${big}; nothing in the search fits (checkpointing, 8-bit optimizer, batch, seq_len, qlora, r) — it needs more memory.`
       : `${used}; ${big}; cheapest change that fits: ${fix}.`;
   }
-  return { ...res, total: t, verdict, reason };
+  return { ...res, total: t, verdict, reason, fix, fixDelta: verdict === "fits" ? null : fixDelta };
 }
 
 const GiB = 2 ** 30;
@@ -129,7 +130,8 @@ const STYLE = `.qn-planner .qn-controls{display:grid;grid-template-columns:repea
 .qn-planner .qn-warn{color:var(--jp-warn-color1,#b45309)}
 .qn-planner .qn-cmp-row{display:flex;align-items:center;gap:8px;margin:3px 0}.qn-planner .qn-cmp-label{width:170px}
 .qn-planner .qn-cmp-track{position:relative;flex:1;height:16px}.qn-planner .qn-cmp-track .qn-bar{height:16px;margin:0}
-.qn-planner .qn-limit{position:absolute;top:-3px;bottom:-3px;width:2px;background:var(--jp-ui-font-color0,#111)}.qn-planner .qn-cmp-total{width:80px;text-align:right}`;
+.qn-planner .qn-limit{position:absolute;top:-3px;bottom:-3px;width:2px;background:var(--jp-ui-font-color0,#111)}.qn-planner .qn-cmp-total{width:80px;text-align:right}
+.qn-planner .qn-over{border-right:4px dashed var(--jp-ui-font-color0,#111)}.qn-planner .qn-limit-key{background:var(--jp-ui-font-color0,#111);width:3px}`;
 function control(label, input) { return el("label", { class: "qn-ctl" }, el("span", {}, label), input); }
 
 function render({ model, el: host }) {
@@ -137,97 +139,123 @@ function render({ model, el: host }) {
   isolateKeys(root);  // arrow keys move the focused slider, not JupyterLab's active cell
   host.append(root);
   markLive(root);
-  root.append(el("style", {}, STYLE));
   const archs = model.get("archs"), K = model.get("constants");
   const state = { ...model.get("options") };
-  const custom = model.get("arch");
-  const archOf = (name) => archs[name] || custom;
-  const select = (key, values) => {
-    const s = el("select", { "data-testid": `plan-${key}` });
-    for (const v of values) s.append(el("option", { value: String(v), selected: String(state[key]) === String(v) }, String(v)));
-    s.onchange = () => { state[key] = s.value; update(); };
-    return s;
-  };
-  const range = (key, values, fmt = String) => {
-    const idx = Math.max(0, values.findIndex((v) => v >= state[key]));
-    const r = el("input", { type: "range", min: 0, max: values.length - 1, step: 1, value: idx, "data-testid": `plan-${key}` });
-    const out = el("b", {}, fmt(state[key]));
-    r.oninput = () => { state[key] = values[Number(r.value)]; out.textContent = fmt(state[key]); update(); };
-    return el("span", {}, r, " ", out);
-  };
-  const check = (key) => {
-    const c = el("input", { type: "checkbox", checked: !!state[key], "data-testid": `plan-${key}` });
-    c.onchange = () => { state[key] = c.checked; update(); };
-    return c;
-  };
-  const names = Object.keys(archs);
-  if (custom && !archs[state.model]) names.unshift(state.model);
-  const pow2 = (lo, hi) => { const v = []; for (let x = lo; x <= hi; x *= 2) v.push(x); return v; };
-  const gpus = [4, 6, 8, 12, 16, 24, 32, 40, 48, 64, 80, 94, 141, 192];
-  state.gpu_gib = state.gpu_gib || Math.round(model.get("limit_bytes") / GiB);
-  const controls = el("div", { class: "qn-controls" },
-    control("model", select("model", names)),
-    control("memory (GiB)", range("gpu_gib", gpus.includes(state.gpu_gib) ? gpus : [...gpus, state.gpu_gib].sort((x, y) => x - y))),
-    control("method", select("method", ["full", "lora", "qlora"])),
-    control("quant", select("quant", ["nf4", "fp4"])),
-    control("double quant", check("double_quant")),
-    control("r", range("r", pow2(1, 512))),
-    control("seq_len", range("seq_len", pow2(64, 32768))),
-    control("batch", range("batch_size", pow2(1, 128))),
-    control("checkpointing", check("gradient_checkpointing")),
-    control("optimizer", select("optimizer", ["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"])),
-  );
-  // controls that do not apply to the chosen method are disabled (quantization only for QLoRA, r not for full)
-  const applies = { quant: (o) => o.method === "qlora", double_quant: (o) => o.method === "qlora", r: (o) => o.method !== "full" };
-  const warning = el("div", { class: "qn-warn", "data-testid": "plan-warning" });
-  const verdict = el("div", { class: "qn-verdict", "data-testid": "plan-verdict" });
-  const table = el("div", { "data-testid": "plan-components" });
-  const compare = el("div", { class: "qn-compare", "data-testid": "plan-compare" });
-  root.append(el("div", { class: "qn-title" }, "Will it fit? — memory planner"), controls, warning, verdict, table, compare);
+  build();
+  // (re)builds the controls from `state`: after "apply" every control shows the applied option
+  function build(focusApply = false) {
+    root.replaceChildren(el("style", {}, STYLE));
+    const custom = model.get("arch");
+    const archOf = (name) => archs[name] || custom;
+    const select = (key, values) => {
+      const s = el("select", { "data-testid": `plan-${key}` });
+      for (const v of values) s.append(el("option", { value: String(v), selected: String(state[key]) === String(v) }, String(v)));
+      s.onchange = () => { state[key] = s.value; update(); };
+      return s;
+    };
+    const range = (key, values, fmt = String) => {
+      const idx = Math.max(0, values.findIndex((v) => v >= state[key]));
+      const r = el("input", { type: "range", min: 0, max: values.length - 1, step: 1, value: idx, "data-testid": `plan-${key}` });
+      const out = el("b", {}, fmt(state[key]));
+      r.oninput = () => { state[key] = values[Number(r.value)]; out.textContent = fmt(state[key]); update(); };
+      return el("span", {}, r, " ", out);
+    };
+    const check = (key) => {
+      const c = el("input", { type: "checkbox", checked: !!state[key], "data-testid": `plan-${key}` });
+      c.onchange = () => { state[key] = c.checked; update(); };
+      return c;
+    };
+    const names = Object.keys(archs);
+    if (custom && !archs[state.model]) names.unshift(state.model);
+    const pow2 = (lo, hi) => { const v = []; for (let x = lo; x <= hi; x *= 2) v.push(x); return v; };
+    const gpus = [4, 6, 8, 12, 16, 24, 32, 40, 48, 64, 80, 94, 141, 192];
+    state.gpu_gib = state.gpu_gib || Math.round(model.get("limit_bytes") / GiB);
+    const controls = el("div", { class: "qn-controls" },
+      control("model", select("model", names)),
+      control("memory (GiB)", range("gpu_gib", gpus.includes(state.gpu_gib) ? gpus : [...gpus, state.gpu_gib].sort((x, y) => x - y))),
+      control("method", select("method", ["full", "lora", "qlora"])),
+      control("quant", select("quant", ["nf4", "fp4"])),
+      control("double quant", check("double_quant")),
+      control("r", range("r", pow2(1, 512))),
+      control("seq_len", range("seq_len", pow2(64, 32768))),
+      control("batch", range("batch_size", pow2(1, 128))),
+      control("checkpointing", check("gradient_checkpointing")),
+      control("optimizer", select("optimizer", ["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"])),
+    );
+    // controls that do not apply to the chosen method are disabled (quantization only for QLoRA, r not for full)
+    const applies = { quant: (o) => o.method === "qlora", double_quant: (o) => o.method === "qlora", r: (o) => o.method !== "full" };
+    const warning = el("div", { class: "qn-warn", "data-testid": "plan-warning" });
+    const verdict = el("div", { class: "qn-verdict", "data-testid": "plan-verdict", tabIndex: -1 });
+    const fixRow = el("div", { class: "qn-row", "data-testid": "plan-fix" });
+    const table = el("div", { "data-testid": "plan-components" });
+    const compare = el("div", { class: "qn-compare", "data-testid": "plan-compare" });
+    root.append(el("div", { class: "qn-title" }, "Will it fit? — memory planner"), controls, warning, verdict, fixRow, table, compare);
 
-  function stackedBar(label, comps, limit, scaleMax) {
-    const t = total(comps);
-    const bar = el("div", { class: "qn-bar", style: `width:${Math.min(100, (100 * t) / scaleMax)}%` });
-    for (const k of PLAN_KEYS) bar.append(el("div", { style: `width:${(100 * comps[k]) / (t || 1)}%;background:${PCOLORS[k]}`, title: `${k}: ${bytes(comps[k])}` }));
-    const line = el("div", { class: "qn-limit", style: `left:${(100 * limit) / scaleMax}%`, title: `memory ${bytes(limit)}` });
-    return el("div", { class: "qn-cmp-row" }, el("span", { class: "qn-cmp-label" }, label),
-      el("div", { class: "qn-cmp-track" }, bar, line), el("span", { class: "qn-cmp-total" }, bytes(t)));
-  }
-
-  function update() {
-    const o = { ...state, r: Number(state.r), seq_len: Number(state.seq_len), batch_size: Number(state.batch_size) };
-    if (o.method === "full") o.bits = null;
-    if (o.method === "lora" && o.bits === 4) o.bits = null;
-    const a = archOf(o.model), limit = o.gpu_gib * GiB;
-    for (const [key, ok] of Object.entries(applies)) {
-      for (const input of controls.querySelectorAll(`[data-testid="plan-${key}"]`)) {
-        input.disabled = !ok(o);
-        input.closest(".qn-ctl").classList.toggle("qn-off", !ok(o));
-      }
+    function stackedBar(label, comps, limit, scaleMax) {
+      const t = total(comps);
+      const over = t > scaleMax;  // beyond the scale: clipped at the right edge and labelled with its size
+      const bar = el("div", { class: over ? "qn-bar qn-over" : "qn-bar", style: `width:${Math.min(100, (100 * t) / scaleMax)}%` });
+      for (const k of PLAN_KEYS) bar.append(el("div", { style: `width:${(100 * comps[k]) / (t || 1)}%;background:${PCOLORS[k]}`, title: `${k}: ${bytes(comps[k])}` }));
+      const line = el("div", { class: "qn-limit", style: `left:${(100 * limit) / scaleMax}%`, title: `memory ${bytes(limit)}` });
+      return el("div", { class: "qn-cmp-row" }, el("span", { class: "qn-cmp-label" }, label),
+        el("div", { class: "qn-cmp-track" }, bar, line), el("span", { class: "qn-cmp-total" }, over ? `▸ ${bytes(t)}` : bytes(t)));
     }
-    const ctx = a.max_position_embeddings || a.context || 0;
-    warning.textContent = ctx && o.seq_len > ctx ? `seq_len ${o.seq_len} exceeds ${o.model}'s context of ${ctx} tokens.` : "";
-    const p = plan(a, o, K, limit);
-    verdict.className = `qn-verdict qn-${p.verdict.replace(/[^a-z]/g, "")}`;
-    verdict.replaceChildren(el("b", {}, p.verdict), " — ", p.reason);
-    const measured = model.get("measured") || {};
-    const rows = [el("tr", {}, ...["component", "predicted", ...(Object.keys(measured).length ? ["measured"] : [])].map((x) => el("th", {}, x)))];
-    for (const k of PLAN_KEYS) rows.push(el("tr", {}, el("td", {}, k.replace(/_/g, " ")), el("td", {}, bytes(p.components[k])),
-      ...(Object.keys(measured).length ? [el("td", {}, k in measured ? bytes(measured[k]) : "")] : [])));
-    rows.push(el("tr", {}, el("td", {}, el("b", {}, "total")), el("td", {}, el("b", {}, bytes(p.total)))));
-    table.replaceChildren(el("table", { class: "qn-table" }, ...rows),
-      el("div", { class: "qn-muted" }, `${p.trainable.toLocaleString("en-US")} trainable parameters`));
-    const variants = [
-      ["full (16-bit)", { method: "full", bits: null }], ["LoRA r=16 (16-bit base)", { method: "lora", bits: null, r: 16 }],
-      ["QLoRA NF4 r=16", { method: "qlora", bits: null, quant: "nf4", double_quant: false, r: 16 }],
-      ["QLoRA NF4+DQ r=16", { method: "qlora", bits: null, quant: "nf4", double_quant: true, r: 16 }],
-    ].map(([label, d]) => [label, components(a, { ...o, ...d }, K).components]);
-    const scaleMax = Math.max(limit * 1.15, ...variants.map(([, c]) => total(c)));
-    compare.replaceChildren(el("div", { class: "qn-muted" }, "full / LoRA / QLoRA at these settings (line: memory)"),
-      ...variants.map(([label, c]) => stackedBar(label, c, limit, scaleMax)));
-    model.set("options", { ...state });
-    model.save_changes();
+
+    function update() {
+      const o = { ...state, r: Number(state.r), seq_len: Number(state.seq_len), batch_size: Number(state.batch_size) };
+      if (o.method === "full") o.bits = null;
+      if (o.method === "lora" && o.bits === 4) o.bits = null;
+      const a = archOf(o.model), limit = o.gpu_gib * GiB;
+      for (const [key, ok] of Object.entries(applies)) {
+        for (const input of controls.querySelectorAll(`[data-testid="plan-${key}"]`)) {
+          input.disabled = !ok(o);
+          input.closest(".qn-ctl").classList.toggle("qn-off", !ok(o));
+        }
+      }
+      const ctx = a.max_position_embeddings || a.context || 0;
+      warning.textContent = ctx && o.seq_len > ctx ? `seq_len ${o.seq_len} exceeds ${o.model}'s context of ${ctx} tokens.` : "";
+      const p = plan(a, o, K, limit);
+      verdict.className = `qn-verdict qn-${p.verdict.replace(/[^a-z]/g, "")}`;
+      verdict.replaceChildren(el("b", {}, p.verdict), " — ", p.reason);
+      const measured = model.get("measured") || {};
+      const rows = [el("tr", {}, ...["component", "predicted", ...(Object.keys(measured).length ? ["measured"] : [])].map((x) => el("th", {}, x)))];
+      for (const k of PLAN_KEYS) rows.push(el("tr", {}, el("td", {}, k.replace(/_/g, " ")), el("td", {}, bytes(p.components[k])),
+        ...(Object.keys(measured).length ? [el("td", {}, k in measured ? bytes(measured[k]) : "")] : [])));
+      rows.push(el("tr", {}, el("td", {}, el("b", {}, "total")), el("td", {}, el("b", {}, bytes(p.total)))));
+      table.replaceChildren(el("table", { class: "qn-table" }, ...rows),
+        el("div", { class: "qn-muted" }, `${p.trainable.toLocaleString("en-US")} trainable parameters` +
+          (Object.keys(measured).length ? " · measured: the loaded session's ledger"
+            : " · no measured column: this plan is for a model that is not loaded (plan the loaded session with %qlora_plan and no MODEL to compare)")));
+      const variants = [
+        ["full (16-bit)", { method: "full", bits: null }], ["LoRA r=16 (16-bit base)", { method: "lora", bits: null, r: 16 }],
+        ["QLoRA NF4 r=16", { method: "qlora", bits: null, quant: "nf4", double_quant: false, r: 16 }],
+        ["QLoRA NF4+DQ r=16", { method: "qlora", bits: null, quant: "nf4", double_quant: true, r: 16 }],
+      ].map(([label, d]) => [label, components(a, { ...o, ...d }, K).components]);
+      // the scale fits the memory line and the bars up to twice it: QLoRA stays legible next to a 16-bit
+      // full fine-tune many times larger (that bar is clipped and says so)
+      const totals = variants.map(([, c]) => total(c));
+      const scaleMax = Math.max(limit * 1.15, ...totals.filter((t) => t <= 2 * limit));
+      const legend = el("div", { class: "qn-legend", "data-testid": "plan-legend" },
+        ...PLAN_KEYS.map((k) => el("span", {}, el("span", { class: "qn-swatch", style: `background:${PCOLORS[k]}` }), k.replace(/_/g, " "))),
+        el("span", {}, el("span", { class: "qn-swatch qn-limit-key" }), `memory limit ${bytes(limit)}`));
+      compare.replaceChildren(el("div", { class: "qn-muted" }, "full / LoRA / QLoRA at these settings (scale: up to twice the memory; ▸ = beyond it)"),
+        ...variants.map(([label, c]) => stackedBar(label, c, limit, scaleMax)), legend);
+      fixRow.replaceChildren();
+      if (p.fixDelta) {
+        const apply = el("button", { class: "qn-btn", "data-testid": "plan-apply-fix", textContent: `apply: ${p.fix}` });
+        apply.addEventListener("click", () => {
+          const d = { ...p.fixDelta };
+          if (d.method) delete d.bits;
+          Object.assign(state, d);
+          build(true);
+        });
+        fixRow.append(apply);
+      }
+      model.set("options", { ...state });
+      model.save_changes();
+    }
+    update();
+    if (focusApply) (root.querySelector('[data-testid="plan-apply-fix"]') || root.querySelector('[data-testid="plan-verdict"]')).focus?.();
   }
-  update();
 }
 export default { render };

@@ -97,6 +97,7 @@ class QloraWidget(anywidget.AnyWidget):
 
     _fallback_id: str | None = None
     _view_id: str | None = None
+    _shown_in: int | None = None  # the execution count of the cell that displayed it
 
     def text(self) -> str:
         return repr(self)
@@ -127,6 +128,13 @@ class QloraWidget(anywidget.AnyWidget):
         if not _zmq_kernel():
             publish_display_data({"text/plain": self.text()})
             return
+        cell = _execution_count()
+        if self._fallback_id is not None and cell == self._shown_in:
+            # shown already by this cell: ``handle.update(widget)`` (a display id update, which IPython routes
+            # here without its id) refreshes the saved fallback instead of adding a second pair of outputs
+            self.refresh_fallback()
+            return
+        self._shown_in = cell
         self._fallback_id, self._view_id = uuid.uuid4().hex, uuid.uuid4().hex
         publish_display_data(self.fallback_bundle(), transient={"display_id": self._fallback_id})
         data, meta = self._view_bundle()
@@ -152,6 +160,13 @@ class QloraWidget(anywidget.AnyWidget):
         for did in (self._fallback_id, self._view_id):
             if did is not None:
                 publish_display_data({"text/plain": ""}, transient={"display_id": did}, update=True)
+
+
+def _execution_count() -> int | None:
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return getattr(shell, "execution_count", None)
 
 
 def _zmq_kernel() -> bool:

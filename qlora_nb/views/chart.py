@@ -10,8 +10,8 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-W, H = 640, 220
-PAD_L, PAD_R, PAD_T, PAD_B = 48, 56, 10, 28
+W, H = 900, 230
+PAD_L, PAD_R, PAD_T, PAD_B = 52, 64, 16, 26
 LOSS = "var(--jp-brand-color1, #2563eb)"
 EVAL = "var(--jp-error-color1, #dc2626)"
 LR = "var(--jp-ui-font-color3, #94a3b8)"
@@ -68,7 +68,7 @@ def loss_svg(curve: dict, max_steps: int | None = None) -> str:
                f'<text x="{W - PAD_R + 4}" y="{PAD_T + ph + 4:.1f}" font-size="10" fill="{AXIS}">lr 0</text>')
     for x in (0, x_max):
         out.append(f'<text x="{px(x):.1f}" y="{H - 8}" text-anchor="middle" font-size="10" fill="{AXIS}">{x}</text>')
-    out.append(f'<text x="{PAD_L + pw / 2:.1f}" y="{H - 8}" text-anchor="middle" font-size="10" fill="{AXIS}">step</text>')
+    out.append(f'<text x="{W - PAD_R + 8}" y="{H - 8}" font-size="10" fill="{AXIS}">step</text>')
     if lrs:
         out.append(line([(px(a), plr(b)) for a, b in _thin(steps, lrs)], LR, "3 3"))
     train = [(px(a), py(b)) for a, b in _thin(steps, loss)]
@@ -82,8 +82,8 @@ def loss_svg(curve: dict, max_steps: int | None = None) -> str:
     legend = [("train loss", LOSS), ("eval loss", EVAL), ("learning rate", LR)]
     x = PAD_L
     for name, color in legend:
-        out.append(f'<rect x="{x}" y="{PAD_T}" width="10" height="3" fill="{color}"/>'
-                   f'<text x="{x + 14}" y="{PAD_T + 5}" font-size="10" fill="{AXIS}">{html.escape(name)}</text>')
-        x += 90
+        out.append(f'<rect x="{x}" y="2" width="12" height="3" fill="{color}"/>'
+                   f'<text x="{x + 16}" y="8" font-size="10" fill="{AXIS}">{html.escape(name)}</text>')
+        x += 100
     out.append("</svg>")
     return "".join(out)
