@@ -157,7 +157,7 @@ def render_one(res: dict[str, Any]) -> list[str]:
     d = rows["dashboard"]
     lines += ["", f"### {ROW_TITLES['dashboard']}", "",
               "Training with a `TrainingDashboard` subscribed to the session (no browser attached: the widget "
-              "still updates its traits and the plotly figure) vs none, same steps.", ""]
+              "still updates its traits, the curve arrays included) vs none, same steps.", ""]
     lines += _table(["", "value"], [
         ["tokens/s with dashboard", fmt(d["tokens_per_s_with"])],
         ["tokens/s without", fmt(d["tokens_per_s_without"])],

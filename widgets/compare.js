@@ -38,6 +38,20 @@ function badge(column, cell, done) {
   return el("span", { class: "qn-badge qn-badge-diff" }, `differs from ${where}`);
 }
 
+// The lines every prompt shares at its start and end (the template), so each row shows only its own fields.
+export function sharedTemplate(prompts) {
+  if (prompts.length < 2) return { head: [], tail: [] };
+  const lines = prompts.map((p) => p.split("\n"));
+  const minLen = Math.min(...lines.map((l) => l.length));
+  let h = 0;
+  while (h < minLen && lines.every((l) => l[h] === lines[0][h])) h++;
+  let t = 0;
+  while (t < minLen - h && lines.every((l) => l[l.length - 1 - t] === lines[0][lines[0].length - 1 - t])) t++;
+  // a row must keep something of its own
+  if (lines.some((l) => l.length - h - t <= 0)) return { head: [], tail: [] };
+  return { head: lines[0].slice(0, h), tail: t ? lines[0].slice(lines[0].length - t) : [] };
+}
+
 function render({ model, el: host }) {
   const root = el("div", { class: "qn-card qn-compare", "data-testid": "qlora-compare" });
   isolateKeys(root);
@@ -63,11 +77,21 @@ function render({ model, el: host }) {
     }
     root.append(head);
     const matches = {};
+    const tpl = sharedTemplate(rows.map((r) => r.prompt || ""));
+    if (tpl.head.length || tpl.tail.length) {
+      root.append(el("details", { class: "qn-muted qn-template", "data-testid": "compare-template" },
+        el("summary", {}, "the same template wraps every prompt (shown once)"),
+        el("div", { class: "qn-prompt" }, [...tpl.head, "…", ...tpl.tail].join("\n"))));
+    }
     for (const n of model.get("notes") || []) root.append(el("div", { class: "qn-muted qn-note", "data-testid": "compare-note" }, n));
     rows.forEach((row, i) => {
       const block = el("div", { class: "qn-compare-row", "data-testid": "compare-row" });
       // the whole input, never clipped; a long templated prompt folds, its first line stays visible
-      const prompt = row.prompt || "";
+      let prompt = row.prompt || "";
+      if (tpl.head.length || tpl.tail.length) {
+        const l = prompt.split("\n");
+        prompt = l.slice(tpl.head.length, l.length - tpl.tail.length).join("\n").trim();
+      }
       const first = prompt.split("\n").find((x) => x.trim()) || "";
       const input = prompt.length > 240
         ? el("details", { class: "qn-prompt", "data-testid": "compare-input" }, el("summary", {}, `[${i}] ${first}`), prompt)

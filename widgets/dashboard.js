@@ -124,7 +124,7 @@ function render({ model, el: host }) {
       el("tr", {}, el("th", {}, `probe @ step ${last}`), el("th", {}, "base"), el("th", {}, "adapter")));
     for (const r of rows.filter((x) => x.step === last)) {
       t.append(el("tr", { "data-testid": "probe-row" },
-        el("td", {}, r.prompt ?? ""), el("td", { class: "qn-gen" }, r.base ?? ""), el("td", { class: "qn-gen" }, r.adapted ?? "")));
+        el("td", { class: "qn-gen" }, r.prompt ?? ""), el("td", { class: "qn-gen" }, r.base ?? ""), el("td", { class: "qn-gen" }, r.adapted ?? "")));
     }
     probes.append(t);
   }
