@@ -8,8 +8,14 @@ function shadeStyle(delta, scale) {
   return delta >= 0 ? `background:rgba(22,163,74,${a.toFixed(3)})` : `background:rgba(220,38,38,${a.toFixed(3)})`;
 }
 
-function cellBody(cell, shade, scale, streaming) {
+function cellBody(cell, shade, scale, streaming, against) {
   const body = el("div", { class: "qn-col-body" });
+  if (against !== null && !shade && !streaming) {  // differences on word boundaries against the chosen column
+    for (const [piece, changed] of wordDiff(cell.text || "", against)) {
+      body.append(changed ? el("span", { class: "qn-diff", "data-testid": "compare-diff" }, piece) : piece);
+    }
+    return body;
+  }
   if (!cell.tokens) {
     body.append(cell.text || "");
     if (streaming) body.append(el("span", { class: "qn-cursor" }, "▍"));
@@ -38,6 +44,25 @@ function badge(column, cell, done) {
   return el("span", { class: "qn-badge qn-badge-diff" }, `differs from ${where}`);
 }
 
+// Word-level differences of `text` against `other`: [piece, changed] segments. Whitespace is never marked and
+// whitespace-only changes do not count (words are compared without it); a word is marked when it is not part
+// of the longest common subsequence of words.
+export function wordDiff(text, other) {
+  const pieces = (text || "").split(/(\s+)/).filter((x) => x !== "");
+  const words = pieces.filter((x) => !/^\s+$/.test(x));
+  const ref = (other || "").split(/\s+/).filter((x) => x !== "");
+  const n = words.length, m = ref.length;
+  const L = Array.from({ length: n + 1 }, () => new Uint16Array(m + 1));
+  for (let i = n - 1; i >= 0; i--) for (let j = m - 1; j >= 0; j--)
+    L[i][j] = words[i] === ref[j] ? L[i + 1][j + 1] + 1 : Math.max(L[i + 1][j], L[i][j + 1]);
+  const same = new Array(n).fill(false);
+  for (let i = 0, j = 0; i < n && j < m;) {
+    if (words[i] === ref[j]) { same[i] = true; i++; j++; } else if (L[i + 1][j] >= L[i][j + 1]) i++; else j++;
+  }
+  let w = 0;
+  return pieces.map((p) => (/^\s+$/.test(p) ? [p, false] : [p, !same[w++]]));
+}
+
 // The lines every prompt shares at its start and end (the template), so each row shows only its own fields.
 export function sharedTemplate(prompts) {
   if (prompts.length < 2) return { head: [], tail: [] };
@@ -53,6 +78,7 @@ export function sharedTemplate(prompts) {
 }
 
 function render({ model, el: host }) {
+  let against = "base";  // the column the others are compared with (a view choice, not synced)
   const root = el("div", { class: "qn-card qn-compare", "data-testid": "qlora-compare" });
   isolateKeys(root);
   host.append(root);
@@ -74,6 +100,13 @@ function render({ model, el: host }) {
       const box = el("input", { type: "checkbox", checked: model.get("shade") });
       box.addEventListener("change", () => { model.set("shade", box.checked); model.save_changes(); });
       head.append(el("label", { class: "qn-muted" }, box, " shade by log-prob change"));
+    }
+    if (columns.length >= 2) {
+      if (!columns.includes(against)) against = columns[0];
+      const pick = el("select", { "data-testid": "compare-against" },
+        ...columns.map((c) => el("option", { value: c, selected: c === against }, c)));
+      pick.addEventListener("change", () => { against = pick.value; draw(); });
+      head.append(el("label", { class: "qn-muted" }, "mark differences from ", pick));
     }
     root.append(head);
     const matches = {};
@@ -105,7 +138,8 @@ function render({ model, el: host }) {
         if (exact) matches[c] = (matches[c] || 0) + 1;
         grid.append(el("div", { class: "qn-col", "data-testid": "compare-column", "data-column": c },
           el("div", { class: "qn-col-head" }, el("b", {}, c), exact ? el("span", { class: "qn-badge qn-match", "data-testid": "compare-exact" }, "✓ exact match") : null, badge(c, cell, row.done)),
-          cellBody(cell, shade, scale, !row.done && status === "running")));
+          cellBody(cell, shade, scale, !row.done && status === "running",
+            c === against ? null : (((row.columns || {})[against] || {}).text ?? null))));
       }
       block.append(grid);
       root.append(block);

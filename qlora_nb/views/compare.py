@@ -17,6 +17,14 @@ import traitlets
 from .base import QloraWidget, asset, esm
 
 
+def compare_title(columns: list[str]) -> str:
+    """'base vs default', or 'base vs 3 adapters' (never 'adapted' when there are several)."""
+    others = [c for c in columns if c != "base"]
+    if not others:
+        return "base"
+    return f"base vs {others[0]}" if len(others) == 1 else f"base vs {len(others)} adapters: {', '.join(others)}"
+
+
 class CompareWidget(QloraWidget):
     """Columns side by side (base + adapters), one row per prompt, with the count of changed prompts."""
 
@@ -63,6 +71,7 @@ class CompareWidget(QloraWidget):
             self.has_logprobs = bool((event.get("options") or {}).get("logprobs"))
             with self.hold_sync():
                 self.columns = list(event.get("columns", []))
+                self.title = compare_title(self.columns)
                 self.notes = list(event.get("notes", []))
                 self.total = len(self._rows)
                 self.changed_count = 0
@@ -87,6 +96,7 @@ class CompareWidget(QloraWidget):
         self._rows = [{**r, "done": True} for r in state.get("rows", [])]
         with self.hold_sync():
             self.columns = list(state.get("columns", []))
+            self.title = compare_title(self.columns)
             self.notes = list(state.get("notes", []))
             self.total = int(state.get("total", len(self._rows)))
             self.changed_count = int(state.get("changed_count", 0))

@@ -1,0 +1,66 @@
+"""The widgets' pure JavaScript helpers, run in node (skipped where node is missing): the compare widget's
+word diff and shared-template fold, the dashboard's Stop state, and the chart's axes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from qlora_nb.widgets.base import esm
+
+pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")
+
+
+def run_js(tmp_path, module: str, body: str):
+    (tmp_path / "m.mjs").write_text(esm(module), encoding="utf-8")
+    script = ("globalThis.document = { createElementNS: (ns, tag) => ({ tag, attrs: {}, kids: [],"
+              " setAttribute(k, v) { this.attrs[k] = v; }, append(...k) { this.kids.push(...k); },"
+              " set textContent(t) { this.text = t; } }) };\n"
+              f"const m = await import('./m.mjs');\nconsole.log(JSON.stringify(await (async () => {{ {body} }})()));")
+    out = subprocess.run(["node", "--input-type=module", "-e", script], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_word_diff_marks_words_not_whitespace(tmp_path):
+    res = run_js(tmp_path, "compare.js", """return [
+      m.wordDiff("the  cat sat\\n  on mat", "the cat sat on the mat"),
+      m.wordDiff("a b c", "a x c"),
+      m.wordDiff("    indented", "indented")];""")
+    same, changed, indent = res
+    assert all(not c for _, c in same)  # whitespace-only differences and a dropped word: nothing to paint
+    assert [p for p, c in changed if c] == ["b"]
+    assert indent == [["    ", False], ["indented", False]]
+
+
+def test_shared_template_is_folded_once(tmp_path):
+    res = run_js(tmp_path, "compare.js", """return [
+      m.sharedTemplate(["### I:\\nDo X\\n\\n### Input:\\nA\\n\\n### Response:", "### I:\\nDo X\\n\\n### Input:\\nB\\n\\n### Response:"]),
+      m.sharedTemplate(["same", "same"]), m.sharedTemplate(["only one"])];""")
+    assert res[0] == {"head": ["### I:", "Do X", "", "### Input:"], "tail": ["", "### Response:"]}
+    assert res[1] == res[2] == {"head": [], "tail": []}  # a row always keeps its own text
+
+
+def test_stop_button_states(tmp_path):
+    res = run_js(tmp_path, "dashboard.js", """return [
+      m.stopState("running", false, true), m.stopState("running", false, false),
+      m.stopState("running", true, true), m.stopState("done", false, true)];""")
+    live, no_subshell, clicked, done = res
+    assert live == {"hidden": False, "disabled": False, "hint": "stop at the next step and save a checkpoint"}
+    assert "use Interrupt" in no_subshell["hint"] and not no_subshell["disabled"]
+    assert clicked["disabled"] and not clicked["hidden"]
+    assert done["hidden"] and done["disabled"]
+
+
+def test_chart_x_axis_runs_to_max_steps_and_lr_from_zero(tmp_path):
+    res = run_js(tmp_path, "dashboard.js", """
+      const svg = m.lossChart({ steps: [1], loss: [2.0], lr: [0.0], eval_steps: [], eval_loss: [] }, 60);
+      const texts = svg.kids.filter((k) => k.tag === "text").map((k) => k.text);
+      const dots = svg.kids.filter((k) => k.tag === "circle").length;
+      return { points: svg.attrs["data-points"], texts, dots };""")
+    assert res["points"] == "1" and res["dots"] == 1  # a single point is visible as a marker
+    assert "60" in res["texts"] and "0" in res["texts"] and "step" in res["texts"]
