@@ -61,6 +61,9 @@ def test_chart_x_axis_runs_to_max_steps_and_lr_from_zero(tmp_path):
       const svg = m.lossChart({ steps: [1], loss: [2.0], lr: [0.0], eval_steps: [], eval_loss: [] }, 60);
       const texts = svg.kids.filter((k) => k.tag === "text").map((k) => k.text);
       const dots = svg.kids.filter((k) => k.tag === "circle").length;
-      return { points: svg.attrs["data-points"], texts, dots };""")
+      const fitted = m.lossChart({ steps: [1, 2, 3], loss: [3, 2, 1], lr: [1, 1, 1] }, null);  // a stopped run
+      const fittedTexts = fitted.kids.filter((k) => k.tag === "text").map((k) => k.text);
+      return { points: svg.attrs["data-points"], texts, dots, fittedTexts };""")
     assert res["points"] == "1" and res["dots"] == 1  # a single point is visible as a marker
     assert "60" in res["texts"] and "0" in res["texts"] and "step" in res["texts"]
+    assert "3" in res["fittedTexts"] and "60" not in res["fittedTexts"]  # no max_steps: the axis fits the steps

@@ -44,7 +44,8 @@ export function lossChart(curve, maxSteps) {
   svg.append(node("text", { x: W - R + 4, y: T + 4, class: "qn-axis" }, lrs.length ? `lr ${lrHi.toExponential(1)}` : "lr"));
   svg.append(node("text", { x: W - R + 4, y: T + ph + 4, class: "qn-axis" }, "0"));
   for (const x of [0, Math.round(xMax / 2), xMax]) {
-    svg.append(node("text", { x: px(x), y: H - 10, "text-anchor": "middle", class: "qn-axis" }, String(x)));
+    const anchor = x === 0 ? "start" : x === xMax ? "end" : "middle";
+    svg.append(node("text", { x: px(x), y: H - 10, "text-anchor": anchor, class: "qn-axis" }, String(x)));
   }
   svg.append(node("text", { x: W - R + 8, y: H - 10, class: "qn-axis" }, "step"));
   const line = (pts, cls) => svg.append(node("polyline", { points: pts.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(" "), class: cls }));

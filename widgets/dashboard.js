@@ -72,7 +72,9 @@ function render({ model, el: host }) {
     const p = model.get("progress") || {};
     const curve = model.get("curve") || {};
     const n = (curve.steps || []).length + (curve.eval_steps || []).length;
-    chart.replaceChildren(lossChart(curve, p.max_steps));
+    // the x axis runs to max_steps while the run goes on; a run that ended early fits its own steps
+    const st = model.get("status");
+    chart.replaceChildren(lossChart(curve, st === "stopped" || st === "error" ? null : p.max_steps));
     chart.classList.toggle("qn-chart-empty", n === 0);
   }
 
@@ -136,6 +138,7 @@ function render({ model, el: host }) {
   }
   model.on("change:curve", drawChart);
   model.on("change:progress", drawChart);
+  model.on("change:status", drawChart);
   model.on("change:probes", drawProbes);
   model.on("change:ledger", drawLedger);
   draw();

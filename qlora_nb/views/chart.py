@@ -66,8 +66,8 @@ def loss_svg(curve: dict, max_steps: int | None = None) -> str:
                    f'<text x="{PAD_L - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="10" fill="{AXIS}">{val:.3g}</text>')
     out.append(f'<text x="{W - PAD_R + 4}" y="{PAD_T + 4}" font-size="10" fill="{AXIS}">{lr_hi:.1e}</text>'
                f'<text x="{W - PAD_R + 4}" y="{PAD_T + ph + 4:.1f}" font-size="10" fill="{AXIS}">lr 0</text>')
-    for x in (0, x_max):
-        out.append(f'<text x="{px(x):.1f}" y="{H - 8}" text-anchor="middle" font-size="10" fill="{AXIS}">{x}</text>')
+    for x, anchor in ((0, "start"), (x_max, "end")):
+        out.append(f'<text x="{px(x):.1f}" y="{H - 8}" text-anchor="{anchor}" font-size="10" fill="{AXIS}">{x}</text>')
     out.append(f'<text x="{W - PAD_R + 8}" y="{H - 8}" font-size="10" fill="{AXIS}">step</text>')
     if lrs:
         out.append(line([(px(a), plr(b)) for a, b in _thin(steps, lrs)], LR, "3 3"))

@@ -278,7 +278,9 @@ class TrainingDashboard(QloraWidget):
         return f"{self.title or 'training'} (saved view; re-run the cell for the live dashboard)"
 
     def fallback_body(self) -> str:
-        svg = loss_svg(self._curve(), self._progress.get("max_steps"))
+        # to max_steps, as live; a run that ended early fits its own steps
+        ended_early = self._status in ("stopped", "error")
+        svg = loss_svg(self._curve(), None if ended_early else self._progress.get("max_steps"))
         where = "".join(f"<div>{html.escape(k.replace('_', ' '))}: <code>{html.escape(v)}</code></div>"
                         for k, v in self._outputs.items())
         return text_as_html(self.text()) + svg + where
