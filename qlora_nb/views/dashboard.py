@@ -193,6 +193,8 @@ class TrainingDashboard(QloraWidget):
         if kind == "train_end":
             self.detach()
             self.refresh_fallback()  # the saved notebook keeps the final curve
+        elif kind == "eval":
+            self.refresh_fallback()  # a notebook reopened mid-run (kernel busy, no widget) shows a recent curve
 
     def _on_step(self, e: dict[str, Any]) -> None:
         if e.get("loss") is not None:
