@@ -403,6 +403,6 @@ def test_publish_screenshots(lab_run):
     if os.environ.get("QLORA_NB_UPDATE_SCREENSHOTS") == "1":
         DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
         for name in ("breakdown", "dashboard-running", "dashboard", "dashboard-stopped", "planner", "dark-dashboard",
-                     "dark-planner", "reopened-fallbacks"):  # compare.png: refreshed with a trained adapter (studio)
+                     "reopened-fallbacks"):  # compare.png: refreshed with a trained adapter (studio)
             if (lab_run.artifacts / f"{name}.png").is_file():
                 shutil.copy2(lab_run.artifacts / f"{name}.png", DOCS_SHOTS / f"{name}.png")
