@@ -9,11 +9,8 @@ function render({ model, el: host }) {
   markLive(root);
   const draw = () => {
     const asOf = model.get("as_of") || "";
-    renderLedger(root, model.get("ledger"), model.get("title"), { asOf: asOf === "live" ? "" : asOf, openTable: true });
-    if (asOf === "live") {
-      const t = root.querySelector(".qn-title");
-      if (t) t.append(" ", el("span", { class: "qn-live-badge", "data-testid": "as-of" }, "live"));
-    }
+    const live = asOf === "live";
+    renderLedger(root, model.get("ledger"), model.get("title"), { asOf: live ? "" : asOf, live, openTable: true });
   };
   model.on("change:ledger", draw);
   model.on("change:title", draw);

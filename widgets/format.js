@@ -44,7 +44,11 @@ export function renderLedger(root, L, title, opts = {}) {
   root.replaceChildren();
   if (!L || !L.components) { root.append(el("div", { class: "qn-muted" }, "no ledger yet")); return; }
   const p = L.params, c = L.components;
-  if (title) root.append(el("div", { class: "qn-title" }, title));
+  if (title) {
+    const t = el("div", { class: "qn-title" }, title);
+    if (opts.live) t.append(" ", el("span", { class: "qn-live-badge", "data-testid": "as-of" }, "live"));
+    root.append(t);
+  }
   if (opts.asOf) root.append(el("div", { class: "qn-muted qn-asof", "data-testid": "as-of" }, opts.asOf));
   const pct = (100 * (L.trainable_fraction || 0)).toFixed(3);
   root.append(el("div", { class: "qn-row", "data-testid": "param-counts" },

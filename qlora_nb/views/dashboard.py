@@ -272,6 +272,11 @@ class TrainingDashboard(QloraWidget):
             session.stop_requested = True
 
     # --------------------------------------------------------------- display
+    @property
+    def view(self) -> TrainingDashboard:
+        """The widget to embed in a layout: the card itself (the loss chart is inside it now)."""
+        return self
+
     def _curve(self) -> dict[str, list]:
         return {"steps": list(self.steps), "loss": list(self.losses), "lr": list(self.lrs),
                 "eval_steps": list(self.eval_steps), "eval_loss": list(self.eval_losses)}
