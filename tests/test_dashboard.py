@@ -497,3 +497,22 @@ def test_a_widget_is_shown_as_a_saved_fallback_then_the_live_view(monkeypatch):
     count["n"] = 8
     dash._ipython_display_()  # shown again from another cell: a new pair of outputs
     assert len(published) == 6 and "update" not in published[-1][1]
+
+
+def test_breakdown_is_a_snapshot_unless_live():
+    """%qlora_load's breakdown says "as of …" and ignores later ledger events; a subscribed one says "live"."""
+    from qlora_nb.memory.ledger import COMPONENTS, Ledger
+    from qlora_nb.widgets.breakdown import BreakdownWidget
+
+    s = FakeSession()
+    s.config = SimpleNamespace(model="tiny", bits=4, quant="nf4", double_quant=True, r=4, alpha=8,
+                               targets=["all-linear"])
+    s.ledger = lambda: Ledger(dict.fromkeys(COMPONENTS, 1), {"total": 10, "trainable": 2, "quantized": 8})
+    snap = BreakdownWidget.for_session(s)
+    assert snap.as_of.startswith("as of ") and snap.as_of.endswith("(load)") and len(s.events) == 0
+    s.events.emit("ledger", ledger={**snap.ledger, "components": dict.fromkeys(COMPONENTS, 99)})
+    assert snap.ledger["components"]["adapters"] == 1  # not rewritten by training-time numbers
+    assert snap.text().startswith(f"tiny · 4-bit NF4 + DQ ({snap.as_of})")
+    live = BreakdownWidget.for_session(s, subscribe=True)
+    s.events.emit("ledger", ledger={**live.ledger, "components": dict.fromkeys(COMPONENTS, 99)})
+    assert live.as_of == "live" and live.ledger["components"]["adapters"] == 99
