@@ -30,7 +30,7 @@ class CompareWidget(QloraWidget):
 
     _esm = esm("compare.js")
     _css = asset("qlora.css")
-    title = traitlets.Unicode("base vs adapted").tag(sync=True)
+    title = traitlets.Unicode("comparison").tag(sync=True)  # named after the columns once they are known
     columns = traitlets.List(traitlets.Unicode()).tag(sync=True)
     rows = traitlets.List().tag(sync=True)
     notes = traitlets.List(traitlets.Unicode()).tag(sync=True)
