@@ -1,8 +1,12 @@
-"""Base class for the toolkit's anywidgets: ES modules from the wheel, text fallback, no CDN.
+"""Base class for the toolkit's anywidgets: ES modules from the wheel, saved fallbacks, no CDN.
 
 The front-end code lives in the top-level ``widgets/`` folder of the repo and is
 shipped inside the wheel as ``qlora_nb/_static`` (see pyproject.toml), so a
 plain ``pip install .``, Binder and offline users all render it.
+
+In a kernel each widget is displayed as two outputs, a static HTML/text fallback
+and the live view (see :data:`FALLBACK_STYLE`), so a notebook reopened without
+its kernel shows the fallback instead of "Error displaying widget".
 """
 
 from __future__ import annotations
