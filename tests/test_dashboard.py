@@ -471,7 +471,7 @@ def test_a_widget_is_shown_as_a_saved_fallback_then_the_live_view(monkeypatch):
     from the same cell refreshes the fallback in place; a later cell gets a new pair."""
     import IPython.display
 
-    from qlora_nb.widgets import base
+    from qlora_nb.views import base
 
     published = []
     monkeypatch.setattr(IPython.display, "publish_display_data",
@@ -502,7 +502,7 @@ def test_a_widget_is_shown_as_a_saved_fallback_then_the_live_view(monkeypatch):
 def test_breakdown_is_a_snapshot_unless_live():
     """%qlora_load's breakdown says "as of …" and ignores later ledger events; a subscribed one says "live"."""
     from qlora_nb.memory.ledger import COMPONENTS, Ledger
-    from qlora_nb.widgets.breakdown import BreakdownWidget
+    from qlora_nb.views.breakdown import BreakdownWidget
 
     s = FakeSession()
     s.config = SimpleNamespace(model="tiny", bits=4, quant="nf4", double_quant=True, r=4, alpha=8,

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from qlora_nb.widgets.base import esm
+from qlora_nb.views.base import esm
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")
 

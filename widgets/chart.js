@@ -1,5 +1,5 @@
 // The dashboard's loss chart as SVG, drawn from the synced `curve` arrays (so a reloaded page redraws it).
-// Same geometry as qlora_nb/widgets/chart.py (the saved fallback): x from 0 to max_steps, lr axis from 0.
+// Same geometry as qlora_nb/views/chart.py (the saved fallback): x from 0 to max_steps, lr axis from 0.
 // Colours come from qlora.css classes built on JupyterLab's --jp-* variables, so it follows the theme.
 const NS = "http://www.w3.org/2000/svg";
 const W = 900, H = 230, L = 52, R = 64, T = 16, B = 26;

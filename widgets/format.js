@@ -33,7 +33,7 @@ export const LABELS = {
 export function isolateKeys(root) {
   for (const type of ["keydown", "keyup", "keypress"]) root.addEventListener(type, (e) => e.stopPropagation());
 }
-// Marks a rendered, live view: the saved fallback's CSS (qlora_nb/widgets/base.py) hides itself then.
+// Marks a rendered, live view: the saved fallback's CSS (qlora_nb/views/base.py) hides itself then.
 export function markLive(root) { root.classList.add("qn-live"); }
 
 const EXACT = ["quantized_weights", "quant_constants", "other_weights", "adapters", "gradients", "optimizer_states"];
