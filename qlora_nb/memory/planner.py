@@ -187,7 +187,8 @@ def _limit(cfg: PlanConfig) -> tuple[int, str]:
 
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
-        return int(torch.cuda.get_device_properties(0).total_memory), torch.cuda.get_device_name(0)
+        index = torch.cuda.current_device()  # the GPU this process trains on (under DDP: this rank's), not GPU 0
+        return int(torch.cuda.get_device_properties(index).total_memory), torch.cuda.get_device_name(index)
     return 24 * 2**30, "24 GiB (default; pass --gpu)"
 
 
