@@ -136,10 +136,10 @@ class _FakeSession:
 @pytest.mark.parametrize("compute_dtype, bf16, fp16", [("float16", False, True), ("bfloat16", True, False)])
 def test_trainer_arguments_on_cuda(monkeypatch, tmp_path, compute_dtype, bf16, fp16):
     """On CUDA: mixed precision from the load's dtype (fp16 -> loss scaler), no use_cpu, paged optimizer kept."""
+    import transformers.training_args as hf_args
+
     from qlora_nb.config import TrainConfig
     from qlora_nb.engine import train as train_mod
-
-    import transformers.training_args as hf_args
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: pytest.fail("must not be consulted"))
     monkeypatch.setattr(hf_args, "is_torch_bf16_gpu_available", lambda: True)  # transformers' own bf16 GPU check
