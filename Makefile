@@ -59,6 +59,11 @@ test: $(STAMP) model browser-deps
 bench: $(STAMP) model
 	$(BIN)/python benchmarks/run.py --mode full
 
+# On one GPU, < 8 min: random Llama 1B and 8B in NF4, ledger/planner/paged optimizer/merge checks, tokens/s vs
+# the plain recipe -> benchmarks/results/gpu-*.json and RESULTS.md. Needs no download (see benchmarks/README.md).
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
+
 bench-smoke: $(STAMP) model
 	$(BIN)/python benchmarks/run.py --mode smoke
 

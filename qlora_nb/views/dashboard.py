@@ -100,8 +100,7 @@ class TrainingDashboard(QloraWidget):
         w._unroute = route_to_subshell(w)
         w.stop_live = w._unroute is not None
         if not w.stop_live and _in_kernel():
-            w.message = ("Stop is seen only after the cell ends on this kernel (live Stop needs ipykernel ≥ 7.4); "
-                         "use the kernel's ■ interrupt to stop now.")
+            w.message = INTERRUPT_HINT
         w.flush()
         return w
 
@@ -282,6 +281,11 @@ class TrainingDashboard(QloraWidget):
         if self._status in ("running", "stopping"):
             parts.append(f"eta {_fmt_eta(p.get('eta_s'))}")
         return " · ".join(parts)
+
+
+# Shown while a run is busy on kernels without subshells (ipykernel 6: Colab), where Stop waits for the cell.
+INTERRUPT_HINT = ("Stop is seen only after the cell ends on this kernel (live Stop needs ipykernel ≥ 7.4): "
+                  "use Interrupt (■ in the toolbar / Kernel → Interrupt) to stop now; it saves a checkpoint.")
 
 
 def _get(config: Any, key: str) -> Any:
