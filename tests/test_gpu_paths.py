@@ -161,6 +161,29 @@ def test_fp16_training_keeps_fp32_adapters(tiny_model_dir):
     assert frozen16 and all(p.dtype == torch.float16 for p in frozen16)
 
 
+def test_a_second_adapter_in_an_fp16_session_is_fp32_too(tiny_model_dir, tmp_path):
+    import qlora_nb
+
+    session = qlora_nb.load(str(tiny_model_dir), r=4, alpha=8, dropout=0.0, compute_dtype="fp16", bits=16)
+    saved = session.save(tmp_path / "a")
+    name = session.load_adapter(saved, name="second")
+    session.set_adapter(name)
+    lora = [p for n, p in session.model.named_parameters() if ".lora_" in n]
+    assert lora and all(p.dtype == torch.float32 for p in lora)
+    assert any(p.requires_grad for p in lora)
+
+
+def test_load_resets_the_cuda_peak(tiny_model_dir, monkeypatch):
+    """The breakdown after a load on CUDA counts from the loaded model, not quantization's temporaries."""
+    import qlora_nb
+    from qlora_nb.memory import ledger
+
+    calls = []
+    monkeypatch.setattr(ledger, "reset_peak", lambda device: calls.append(device))
+    qlora_nb.load(str(tiny_model_dir), r=4, alpha=8, dropout=0.0)
+    assert calls == ["cpu"]  # called with the session's device; a no-op off CUDA
+
+
 # ------------------------------------------------------------------ memory
 def test_cuda_peak_is_reset_at_each_run(monkeypatch):
     from qlora_nb.engine.train_events import PeakRssSampler as _RssSampler

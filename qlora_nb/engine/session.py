@@ -172,6 +172,9 @@ def load(model: str | None = None, **options: Any) -> Session:
         else:
             peft_model = attach_lora(base, cfg)
     session = Session(peft_model, tokenizer, cfg, path, device, time.perf_counter() - started)
+    from ..memory.ledger import reset_peak
+
+    reset_peak(device)  # CUDA: the breakdown's residual starts after loading, not at quantization's temporaries
     if cfg.adapter:
         session.adapters[cfg.adapter_name] = {"source": str(cfg.adapter)}
     from .models import model_fingerprint
