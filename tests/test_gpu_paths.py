@@ -270,3 +270,16 @@ def test_planner_limit_is_the_current_gpu(monkeypatch):
     assert (p.limit_bytes, p.limit_source) == (80 * 2**30, "GPU1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert planner.plan("smollm2-135m", device="cuda").limit_source.startswith("24 GiB")
+
+
+def test_the_plan_of_a_session_uses_its_last_run(tiny_session):
+    """gpu_check compares this plan with the allocator peak of the run: it must describe that run."""
+    from types import SimpleNamespace
+
+    from qlora_nb.config import TrainConfig
+
+    run = TrainConfig.from_options({"data": "demo", "batch_size": 2, "cutoff_len": 64,
+                                    "optimizer": "paged_adamw_8bit", "gradient_checkpointing": True})
+    tiny_session.runs.append(SimpleNamespace(config=run.to_dict()))  # what engine/train.py stores
+    c = tiny_session.plan(measure=False).config
+    assert (c.batch_size, c.seq_len, c.optimizer, c.gradient_checkpointing) == (2, 64, "paged_adamw_8bit", True)

@@ -309,8 +309,10 @@ def session_options(session) -> dict[str, Any]:
     if run_cfg is not None:
         for src, dst in (("batch_size", "batch_size"), ("cutoff_len", "seq_len"),
                          ("gradient_checkpointing", "gradient_checkpointing"), ("optimizer", "optimizer")):
-            if hasattr(run_cfg, src):
-                opts[dst] = getattr(run_cfg, src)
+            # TrainResult.config is TrainConfig.to_dict(): a dict (an attribute lookup never matched it)
+            value = run_cfg.get(src) if isinstance(run_cfg, dict) else getattr(run_cfg, src, None)
+            if value is not None:
+                opts[dst] = value
     return opts
 
 
