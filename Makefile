@@ -61,8 +61,10 @@ bench: $(STAMP) model
 
 # On one GPU, < 8 min: random Llama 1B and 8B in NF4, ledger/planner/paged optimizer/merge checks, tokens/s vs
 # the plain recipe -> benchmarks/results/gpu-*.json and RESULTS.md. Needs no download (see benchmarks/README.md).
-gpu-check: $(STAMP)
-	$(BIN)/python benchmarks/gpu_check.py
+# Runs the checkout with the GPU machine's own Python (a CUDA torch), not the CPU venv the lock builds.
+GPU_PY ?= python3
+gpu-check:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 $(GPU_PY) benchmarks/gpu_check.py
 
 bench-smoke: $(STAMP) model
 	$(BIN)/python benchmarks/run.py --mode smoke
