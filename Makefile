@@ -15,9 +15,11 @@ $(BIN)/python:
 	$(PIP) install -q --upgrade pip
 
 # torch first, alone, from the CPU index (the lock's +cpu pin); then everything else from the lock.
+# TORCH_INDEX= (empty) where the wheel comes from pip's own configuration (a local wheelhouse) instead.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX_OPT = $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 $(VENV)/.deps: $(BIN)/python requirements.lock
-	$(PIP) install -q --no-deps --extra-index-url $(TORCH_INDEX) "$$($(PY) scripts/lock.py --torch-pin)"
+	$(PIP) install -q --no-deps $(TORCH_INDEX_OPT) "$$($(PY) scripts/lock.py --torch-pin)"
 	$(PIP) install -q -r requirements.lock
 	touch $@
 
@@ -27,7 +29,7 @@ lock:
 	rm -rf $(LOCK_VENV)
 	$(PY) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
-	$(LOCK_VENV)/bin/python -m pip install -q --extra-index-url $(TORCH_INDEX) -c constraints.txt ".[test]"
+	$(LOCK_VENV)/bin/python -m pip install -q $(TORCH_INDEX_OPT) -c constraints.txt ".[test]"
 	$(LOCK_VENV)/bin/python scripts/lock.py $(LOCK_VENV)/bin/python
 	rm -rf $(LOCK_VENV)
 
