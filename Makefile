@@ -1,5 +1,6 @@
 # Two commands from a fresh clone: `make demo` and `make test`.
-# torch is pinned to the CPU wheel through constraints.txt here only (not in pyproject).
+# Both install requirements.lock (every package pinned, CPU torch); pyproject keeps ranges for library users.
+# `make lock` re-resolves pyproject's ranges in a throwaway venv and rewrites the lock and binder/requirements.txt.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,16 +8,30 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 SRC := $(shell find qlora_nb widgets -type f \( -name '*.py' -o -name '*.js' -o -name '*.css' -o -name '*.json' -o -name '*.jsonl' -o -name '*.txt' \) 2>/dev/null) pyproject.toml
 
-.PHONY: demo test lint bench bench-smoke model browser-deps clean
+.PHONY: demo test lint bench bench-smoke model browser-deps clean lock gpu-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(VENV)/.deps: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt ".[test]"
+# torch first, alone, from the CPU index (the lock's +cpu pin); then everything else from the lock.
+# TORCH_INDEX= (empty) where the wheel comes from pip's own configuration (a local wheelhouse) instead.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX_OPT = $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+$(VENV)/.deps: $(BIN)/python requirements.lock
+	$(PIP) install -q --no-deps $(TORCH_INDEX_OPT) "$$($(PY) scripts/lock.py --torch-pin)"
+	$(PIP) install -q -r requirements.lock
 	touch $@
+
+# The lock: pyproject's newest allowed releases (torch as pinned in constraints.txt, the CPU wheel), frozen.
+LOCK_VENV ?= .lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install -q $(TORCH_INDEX_OPT) -c constraints.txt ".[test]"
+	$(LOCK_VENV)/bin/python scripts/lock.py $(LOCK_VENV)/bin/python
+	rm -rf $(LOCK_VENV)
 
 # Installed as a built wheel (not editable), so the tests see the widget assets exactly as users get them.
 $(STAMP): $(VENV)/.deps $(SRC)
@@ -45,6 +60,13 @@ test: $(STAMP) model browser-deps
 
 bench: $(STAMP) model
 	$(BIN)/python benchmarks/run.py --mode full
+
+# On one GPU, < 8 min: random Llama 1B and 8B in NF4, ledger/planner/paged optimizer/merge checks, tokens/s vs
+# the plain recipe -> benchmarks/results/gpu-*.json and RESULTS.md. Needs no download (see benchmarks/README.md).
+# Runs the checkout with the GPU machine's own Python (a CUDA torch), not the CPU venv the lock builds.
+GPU_PY ?= python3
+gpu-check:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 $(GPU_PY) benchmarks/gpu_check.py
 
 bench-smoke: $(STAMP) model
 	$(BIN)/python benchmarks/run.py --mode smoke

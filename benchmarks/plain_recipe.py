@@ -60,11 +60,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(spec["model_path"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "device_map": {"": device}}
+    # bf16 unless told otherwise; gpu_check.py passes the dtype the toolkit resolved (fp16 on T4/V100)
+    dtype = getattr(torch, spec.get("compute_dtype", "bfloat16"))
+    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": device}}
     if bits == 4:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)
+            bnb_4bit_compute_dtype=dtype)
     elif bits == 8:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     model = AutoModelForCausalLM.from_pretrained(spec["model_path"], **kwargs)
@@ -96,7 +98,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         output_dir=spec["work_dir"], per_device_train_batch_size=int(spec["batch_size"]),
         gradient_accumulation_steps=1, max_steps=int(spec["steps"]), learning_rate=2e-4,
         lr_scheduler_type="cosine", warmup_steps=min(5, int(spec["steps"]) - 1), max_grad_norm=0.3,
-        optim="paged_adamw_8bit" if on_cuda else "adamw_torch", bf16=True, use_cpu=not on_cuda,
+        optim="paged_adamw_8bit" if on_cuda else "adamw_torch", bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16 and on_cuda, use_cpu=not on_cuda,
         logging_steps=1, save_strategy="no", report_to="none", seed=int(spec.get("seed", 42)),
         dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=gc,
     )

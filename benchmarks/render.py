@@ -202,7 +202,60 @@ def _default_cutoff_len() -> int | None:
     return TrainConfig.__dataclass_fields__["cutoff_len"].default
 
 
-def render_results(results: list[dict[str, Any]]) -> str:
+def load_gpu_checks(results_dir) -> list[dict[str, Any]]:
+    """Every ``gpu-*.json`` written by gpu_check.py in ``results_dir``, oldest first."""
+    import json
+    from pathlib import Path
+
+    out = []
+    for p in sorted(Path(results_dir).glob("gpu-*.json")):
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and data.get("schema") == "gpu-check-1":
+            out.append(data | {"_file": p.name})
+    return out
+
+
+def _gib(x: Any) -> str:
+    return f"{x / 2**30:.2f} GiB" if isinstance(x, (int, float)) else "–"
+
+
+def render_gpu_check(res: dict[str, Any]) -> list[str]:
+    """The GPU-check section of one gpu_check.py run: checks, tokens/s vs the plain recipe, peak vs planner."""
+    env = res.get("env", {})
+    s = res.get("settings", {})
+    where = env.get("gpu") or env.get("device", "?")
+    lines = [f"Run {res.get('date', '?')} on {where} (capability {env.get('capability')}, torch {env.get('torch')}, "
+             f"transformers {env.get('transformers')}, peft {env.get('peft')}, bitsandbytes "
+             f"{env.get('bitsandbytes')}), {res.get('wall_seconds', 0):.0f} s in all"
+             f"{' — TINY CPU rehearsal, not GPU figures' if res.get('tiny') else ''}. Random weights at "
+             f"{'tiny' if res.get('tiny') else 'real'} shapes, "
+             f"NF4 + double quantization, `compute_dtype: auto`, {s.get('steps')} steps of batch "
+             f"{s.get('batch_size')} x {s.get('cutoff_len')} tokens with {s.get('optimizer')}.", ""]
+    body = []
+    for name, m in res.get("models", {}).items():
+        t = (m.get("toolkit") or {}).get("throughput", {})
+        p = (m.get("plain") or {}).get("throughput", {})
+        peak = m.get("peak") or {}
+        ratio = m.get("ratio_toolkit_vs_plain")
+        body.append([name, f"{m.get('build', {}).get('params', 0) / 1e9:.2f} B", str(m.get("compute_dtype")),
+                     f"{t.get('steady_tokens_per_s') or 0:.0f}", f"{p.get('steady_tokens_per_s') or 0:.0f}",
+                     f"{ratio:.2f}x" if ratio else "–", _gib(peak.get("cuda_max_memory_allocated")),
+                     _gib(peak.get("planner_allocator_peak")),
+                     f"{peak['ratio']:.3f}" if peak.get("ratio") else "–"])
+    lines += _table(["model", "params", "dtype", "toolkit tokens/s", "plain tokens/s", "toolkit / plain",
+                     "max_memory_allocated", "planner (allocator part)", "planner / measured"], body)
+    checks = res.get("checks", [])
+    failed = [c for c in checks if not c["ok"]]
+    lines += ["", f"Checks: {len(checks) - len(failed)} of {len(checks)} passed."]
+    for c in failed:
+        lines.append(f"- FAILED {c['model']}: {c['check']}: {c['detail']}")
+    return lines
+
+
+def render_results(results: list[dict[str, Any]], gpu_checks: list[dict[str, Any]] | None = None) -> str:
     """RESULTS.md: the newest full run per device kind; GPU marked pending when none was recorded."""
     latest: dict[str, dict[str, Any]] = {}
     for r in sorted(results, key=lambda r: r.get("date", "")):
@@ -222,4 +275,10 @@ def render_results(results: list[dict[str, Any]]) -> str:
         else:
             lines += ["No CPU run recorded yet: run `make bench`."]
         lines.append("")
+    lines += ["## GPU check (`make gpu-check`)", ""]
+    if gpu_checks:
+        lines += render_gpu_check(gpu_checks[-1])
+    else:
+        lines += ["Pending: `benchmarks/gpu_check.py` has not been run on a GPU yet (see benchmarks/README.md)."]
+    lines.append("")
     return "\n".join(lines).rstrip() + "\n"

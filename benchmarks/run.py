@@ -37,7 +37,7 @@ try:  # an installed qlora_nb (make bench) wins; a bare checkout uses its own so
 except ImportError:
     sys.path.insert(1, str(HERE.parent))
 
-from render import render_results, stats  # noqa: E402
+from render import load_gpu_checks, render_results, stats  # noqa: E402
 
 MODES = {
     # reps: training rounds; steps/batch: per training run; compare: prompts x new tokens x reps in-process
@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         stored = load_results(out_dir)
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(render_results(stored))
+    md_path.write_text(render_results(stored, gpu_checks=load_gpu_checks(out_dir)))
     print(f"wrote {md_path}")
     failed = [] if args.render_only else results["rows"]["failed_runs"]
     for f in failed:

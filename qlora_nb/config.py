@@ -35,7 +35,9 @@ class LoadConfig(OptionsBase):
                                          "dtype of the other weights (bfloat16) so it can shard them.",
                                 choices=("uint8",) + DTYPES)
     compute_dtype: str = option(
-        "bfloat16", "dtype of the matmuls and of 16-bit weights.", choices=DTYPES + tuple(DTYPE_ALIASES)
+        "auto", "dtype of the matmuls and of 16-bit weights. auto: bfloat16 on CPU and on GPUs of compute "
+                "capability >= 8.0, float16 (with a loss scaler) on older GPUs such as T4/V100 "
+                "(see qlora_nb.precision).", choices=("auto",) + DTYPES + tuple(DTYPE_ALIASES)
     )
     r: int = option(16, "LoRA rank r: each adapted matrix gets r*(d_in+d_out) trainable parameters.", min=1,
                     flags=("-r",))

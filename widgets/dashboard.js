@@ -27,7 +27,7 @@ export function stopState(status, clicked, stopLive) {
     hidden: !active && status !== "stopping",
     disabled: !active || clicked,
     hint: !active ? "" : stopLive ? "stop at the next step and save a checkpoint"
-      : "this kernel sees Stop only after the cell ends: use Interrupt (■) to stop now",
+      : "this kernel sees Stop only after the cell ends: use Interrupt (■ in the toolbar / Kernel → Interrupt) to stop now",
   };
 }
 

@@ -17,7 +17,9 @@ from ..errors import QloraError
 def torch_dtype(name: str):
     import torch
 
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+    from ..precision import canonical_dtype
+
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[canonical_dtype(name)]
 
 
 def pick_device(cfg: LoadConfig) -> str:
@@ -29,6 +31,34 @@ def pick_device(cfg: LoadConfig) -> str:
     if cfg.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return cfg.device
+
+
+def gpu_capability(device: str) -> tuple[int, int] | None:
+    """(major, minor) compute capability of ``device``'s GPU; None on CPU."""
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    index = _indexed(device) if device == "cuda" else torch.device(device).index
+    return tuple(torch.cuda.get_device_capability(index))  # type: ignore[return-value]
+
+
+def resolve_dtype(cfg: LoadConfig, device: str) -> str:
+    """Fix ``cfg.compute_dtype`` ('auto' -> a dtype for this hardware) before anything is loaded in it.
+
+    The session keeps the resolved value, so the load dtype, bitsandbytes' compute dtype, the Trainer's
+    bf16/fp16 flags and the planner all read one concrete dtype.
+    """
+    import warnings
+
+    from ..precision import precision_warning, resolve_compute_dtype
+
+    capability = gpu_capability(device)
+    cfg.compute_dtype = resolve_compute_dtype(cfg.compute_dtype, device, capability)
+    note = precision_warning(cfg.compute_dtype, device, capability)
+    if note:
+        warnings.warn(note, stacklevel=3)
+    return cfg.compute_dtype
 
 
 def bnb_config(cfg: LoadConfig):

@@ -148,7 +148,7 @@ def load(model: str | None = None, **options: Any) -> Session:
     ``targets``, ``dora``, ``rslora``, ``adapter``…).
     """
     from .models import resolve_model
-    from .quantize import attach_lora, load_base, pick_device
+    from .quantize import attach_lora, load_base, pick_device, resolve_dtype
     from .quiet import quiet_libraries
     from .tokenizer import load_tokenizer
 
@@ -157,6 +157,7 @@ def load(model: str | None = None, **options: Any) -> Session:
     cfg = LoadConfig.from_options(options)
     started = time.perf_counter()
     device = pick_device(cfg)
+    resolve_dtype(cfg, device)  # 'auto' -> bf16 (CPU, sm80+) or fp16 (T4/V100): one dtype for load, bnb and Trainer
     path = resolve_model(cfg.model)
     from .lifecycle import oom_guard
 
@@ -171,6 +172,9 @@ def load(model: str | None = None, **options: Any) -> Session:
         else:
             peft_model = attach_lora(base, cfg)
     session = Session(peft_model, tokenizer, cfg, path, device, time.perf_counter() - started)
+    from ..memory.ledger import reset_peak
+
+    reset_peak(device)  # CUDA: the breakdown's residual starts after loading, not at quantization's temporaries
     if cfg.adapter:
         session.adapters[cfg.adapter_name] = {"source": str(cfg.adapter)}
     from .models import model_fingerprint

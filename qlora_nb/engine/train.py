@@ -165,16 +165,15 @@ def _report_to(cfg: TrainConfig) -> list[str]:
 def _training_args(session, cfg: TrainConfig, out: Path, name: str, has_val: bool, eval_steps: int):
     from transformers import TrainingArguments
 
-    use_cpu = not str(session.device).startswith("cuda")
-    bf16 = session.config.compute_dtype == "bfloat16"
-    if bf16 and not use_cpu:
-        import torch
+    from ..precision import trainer_precision
 
-        bf16 = torch.cuda.is_bf16_supported()
+    use_cpu = not str(session.device).startswith("cuda")
+    # the load's resolved compute dtype decides (never torch.cuda.is_bf16_supported(): True when emulated on T4)
+    flags = trainer_precision(session.config.compute_dtype, session.device)
     sampling = "group_by_length" if cfg.group_by_length and not cfg.packing else "random"
     return TrainingArguments(
         output_dir=str(out), run_name=name, seed=cfg.seed, data_seed=cfg.seed, use_cpu=use_cpu,
-        bf16=bf16, fp16=session.config.compute_dtype == "float16" and not use_cpu,
+        bf16=flags["bf16"], fp16=flags["fp16"],
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,

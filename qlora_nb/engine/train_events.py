@@ -20,8 +20,9 @@ class PeakRssSampler:
     """Samples process RSS every 50 ms in a thread: the CPU peak happens mid-backward, between hooks."""
 
     def __init__(self, session) -> None:
-        from ..memory.ledger import rss_bytes
+        from ..memory.ledger import reset_peak, rss_bytes
 
+        reset_peak(session.device)  # on CUDA the ledger reads max_memory_allocated: this run's peak only
         self._rss = rss_bytes
         self.session = session
         self.peak = rss_bytes()

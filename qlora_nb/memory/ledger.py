@@ -237,6 +237,14 @@ def measured_memory(device: str = "cpu", peak: int | None = None) -> tuple[int, 
     return rss_bytes(), "process RSS, now"
 
 
+def reset_peak(device: str) -> None:
+    """Start a new allocator peak on CUDA (each training run's ledger reports that run's peak, not the load's)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
 def measure_ledger(model, optimizer=None, *, device: str = "cpu", peak_bytes: int | None = None,
                    measure: bool = True) -> Ledger:
     """The ledger of ``model`` (and ``optimizer``) from the tensors themselves."""

@@ -187,7 +187,8 @@ def _limit(cfg: PlanConfig) -> tuple[int, str]:
 
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
-        return int(torch.cuda.get_device_properties(0).total_memory), torch.cuda.get_device_name(0)
+        index = torch.cuda.current_device()  # the GPU this process trains on (under DDP: this rank's), not GPU 0
+        return int(torch.cuda.get_device_properties(index).total_memory), torch.cuda.get_device_name(index)
     return 24 * 2**30, "24 GiB (default; pass --gpu)"
 
 
@@ -308,8 +309,10 @@ def session_options(session) -> dict[str, Any]:
     if run_cfg is not None:
         for src, dst in (("batch_size", "batch_size"), ("cutoff_len", "seq_len"),
                          ("gradient_checkpointing", "gradient_checkpointing"), ("optimizer", "optimizer")):
-            if hasattr(run_cfg, src):
-                opts[dst] = getattr(run_cfg, src)
+            # TrainResult.config is TrainConfig.to_dict(): a dict (an attribute lookup never matched it)
+            value = run_cfg.get(src) if isinstance(run_cfg, dict) else getattr(run_cfg, src, None)
+            if value is not None:
+                opts[dst] = value
     return opts
 
 

@@ -39,8 +39,9 @@ from .chart import loss_svg
 from .progress import fmt_duration, step_fields
 
 MAX_PROBE_ROWS = 24
+# Shown while a run is busy on kernels without subshells (ipykernel 6: Colab), where Stop waits for the cell.
 STOP_NEEDS_INTERRUPT = ("Stop is seen only after the cell ends on this kernel (live Stop needs ipykernel ≥ 7.4): "
-                        "use Interrupt (■) to stop now.")
+                        "use Interrupt (■ in the toolbar / Kernel → Interrupt) to stop now; it saves a checkpoint.")
 
 
 def _fmt_eta(seconds: float | None) -> str:
@@ -310,6 +311,7 @@ class TrainingDashboard(QloraWidget):
         if self._outputs.get("adapter_dir"):
             parts.append(f"adapter in {self._outputs['adapter_dir']}")
         return " · ".join(parts)
+
 
 
 def _get(config: Any, key: str) -> Any:

@@ -73,6 +73,22 @@ def shared_subshell(kernel: Any) -> str | None:
         return sid
 
 
+def kernel_has_subshells(kernel: Any | None = None) -> bool:
+    """Whether clicks can reach Python while a cell runs: ipykernel >= 7.4 (subshells and the comm routing hook).
+
+    False on ipykernel 6 (Colab's kernel), in-process kernels and outside a kernel: there a Stop button is seen
+    only after the cell ends, and the dashboard tells users to interrupt the kernel instead.
+    """
+    kernel = kernel if kernel is not None else current_kernel()
+    if kernel is None or not getattr(kernel, "_supports_kernel_subshells", False):
+        return False
+    try:
+        from ipykernel.comm import Comm
+    except ImportError:
+        return False
+    return callable(getattr(Comm, "_reply_subshell_for", None))
+
+
 def route_to_subshell(widget: Any, kernel: Any | None = None) -> Callable[[], None] | None:
     """Handle ``widget``'s front-end messages on a subshell thread; returns a function that undoes it.
 
