@@ -27,7 +27,7 @@ LEGACY_EXPORT = ("train.py", "accelerate_fsdp.yaml")
 
 def write_marker(folder: str | Path, kind: str) -> None:
     """Mark ``folder`` as written by the toolkit (``kind``: adapter, merged model, export, run)."""
-    from . import __version__
+    from ._version import __version__
 
     (Path(folder) / MARKER).write_text(json.dumps({"kind": kind, "qlora_nb_version": __version__}) + "\n",
                                        encoding="utf-8")

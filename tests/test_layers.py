@@ -28,7 +28,7 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "qlora_nb"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("config", "options", "errors", "events", "units", "fileio", "_version"),
+    ("config", "options", "errors", "events", "units", "fileio", "_version", "textsplit", "overwrite", "weightfiles"),
     ("data", "memory"),
     ("engine",),
     ("views",),
