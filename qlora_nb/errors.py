@@ -32,6 +32,10 @@ class QloraError(Exception):
         return " ".join(p.rstrip() for p in parts)
 
 
+class QloraWarning(UserWarning):
+    """A setting that works but probably does not do what was meant (e.g. a LoRA rank above a layer's size)."""
+
+
 class QloraOOMError(QloraError):
     """Out of memory during load or training, caught and explained."""
 

@@ -10,7 +10,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import QloraError
@@ -39,20 +39,28 @@ def write_text_atomic(target: str | Path, text: str) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(target: str | Path, *, overwrite: bool = False, kind: str = "folder", flag: str = "DIR",
+               protected: Iterable[tuple[str | Path, str]] = ()) -> Iterator[Path]:
     """Build a folder under a temporary name and swap it in whole at the end.
 
-    An existing non-empty ``target`` needs ``overwrite=True``; the old folder is
-    only removed after the new one is complete.
+    What may be replaced is decided by :func:`qlora_nb.overwrite.check_target`
+    (only empty folders or folders this toolkit wrote, never a file, the
+    notebook's folder or a ``protected`` one); the finished folder gets the
+    toolkit's marker. The old folder is only removed after the new one is complete.
     """
-    target = Path(target)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
-        raise QloraError(f"{str(target)!r} already exists and is not empty.", where="DIR",
-                         hint="Pass --overwrite (overwrite=True) to replace it, or choose another folder.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    from .overwrite import check_target, check_writable, write_marker
+
+    target = check_target(target, overwrite=overwrite, flag=flag, protected=protected)
+    check_writable(target.parent, flag)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise QloraError(f"{str(target)!r} cannot be written ({exc.strerror or exc}).", where=flag,
+                         hint="Choose a folder you can write to.") from None
     try:
         yield tmp
+        write_marker(tmp, kind)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -127,7 +127,9 @@ def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(base)
     if origin in (list, tuple):
         if isinstance(value, str):
-            items = [v.strip() for v in value.split(",") if v.strip()]
+            from .textsplit import split_list
+
+            items = split_list(value, where)  # a comma inside a quoted item does not split it
         elif isinstance(value, (list, tuple)):
             items = list(value)
         else:

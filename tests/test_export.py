@@ -107,8 +107,13 @@ def test_save_refuses_a_non_empty_folder_without_overwrite(trained, tmp_path):
     with pytest.raises(QloraError, match="--overwrite"):
         trained.save(target)
     assert (target / "keep.txt").read_text() == "mine"
-    trained.save(target, overwrite=True)
-    assert (target / "adapter_model.safetensors").is_file() and not (target / "keep.txt").exists()
+    with pytest.raises(QloraError, match="did not write.*keep.txt"):  # issue 15: --overwrite keeps user files
+        trained.save(target, overwrite=True)
+    assert (target / "keep.txt").read_text() == "mine"
+    (target / "keep.txt").unlink()
+    trained.save(target)  # an empty folder is fine
+    trained.save(target, overwrite=True)  # and the toolkit's own folder is replaced
+    assert (target / "adapter_model.safetensors").is_file()
 
 
 def test_pickle_adapters_need_an_explicit_opt_in(trained, tiny_model_dir, tmp_path):

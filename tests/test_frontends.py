@@ -8,23 +8,31 @@ from types import SimpleNamespace
 
 import pytest
 
-from qlora_nb.views import colab, kernel_comm
+from qlora_nb.views import kernel_comm
 
 
 @pytest.fixture
 def fake_colab(monkeypatch):
-    """A stand-in ``google.colab`` package that records calls to enable_custom_widget_manager()."""
+    """A stand-in ``google.colab`` package that records calls to enable_custom_widget_manager().
+
+    anywidget enables Colab's widget manager itself (once per process, cached) when a widget is shown
+    there; the cache is cleared so each test sees the first display.
+    """
+    from anywidget import _util
+
     calls: list[str] = []
     google = types.ModuleType("google")
     pkg = types.ModuleType("google.colab")
     output = types.ModuleType("google.colab.output")
     output.enable_custom_widget_manager = lambda: calls.append("enabled")
+    output._widgets = SimpleNamespace(_installed_url=None)  # read by anywidget after enabling
     pkg.output = output
     google.colab = pkg
     for name, mod in (("google", google), ("google.colab", pkg), ("google.colab.output", output)):
         monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setattr(colab, "_enabled", False)
-    return calls
+    _util.enable_custom_widget_manager_once.cache_clear()
+    yield calls
+    _util.enable_custom_widget_manager_once.cache_clear()
 
 
 def _display(widget):
@@ -44,21 +52,10 @@ def test_colab_widget_manager_enabled_once_at_first_display(fake_colab):
 def test_not_colab_calls_nothing(monkeypatch):
     from qlora_nb.views.dashboard import TrainingDashboard
 
-    for name in colab.COLAB_ENV:
-        monkeypatch.delenv(name, raising=False)
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
-    monkeypatch.setattr(colab, "_enabled", False)
-    assert not colab.in_colab()
-    _display(TrainingDashboard(title="t"))
-    assert colab._enabled is False and "google.colab" not in sys.modules
-
-
-def test_colab_env_var_without_the_module_is_harmless(monkeypatch):
-    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
-    monkeypatch.setitem(sys.modules, "google", None)  # `import google.colab` fails
-    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-x")
-    monkeypatch.setattr(colab, "_enabled", False)
-    assert colab.in_colab() and colab.enable_colab_widgets() is False
+    monkeypatch.delitem(sys.modules, "google.colab.output", raising=False)
+    data, _ = _display(TrainingDashboard(title="t"))
+    assert "text/plain" in data and "google.colab" not in sys.modules
 
 
 def test_load_ext_does_not_touch_colab(fake_colab):

@@ -111,3 +111,113 @@ def test_load_and_generate_options_raise_only_qlora_error(options):
 def test_yaml_body_never_executes_tags():
     with pytest.raises(QloraError, match="not valid YAML"):
         parse_yaml_body("x: !!python/object/apply:os.system ['echo pwned']", "qlora_train")
+
+
+# ------------------------------------------------ issue 15: the argument splitter and `$` interpolation
+_WORD = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+
+
+def _shell_quote(word: str) -> str:
+    """A single-quoted shell word; a ' inside is closed, written in double quotes, and reopened."""
+    return "'" + word.replace("'", "'\"'\"'") + "'"
+
+
+@FUZZ
+@given(words=st.lists(_WORD, max_size=6))
+def test_split_args_round_trips_quoted_words(words):
+    from qlora_nb.textsplit import split_args
+
+    assert split_args(" ".join(_shell_quote(w) for w in words)) == words
+
+
+@FUZZ
+@given(words=st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Cc"),
+                                                     blacklist_characters="'\""), min_size=1, max_size=10),
+                      max_size=6))
+def test_split_args_keeps_plain_words_and_backslashes(words):
+    from qlora_nb.textsplit import split_args
+
+    assert split_args(" ".join(words)) == words
+
+
+@FUZZ
+@given(line=LINES)
+def test_split_args_raises_only_qlora_error(line):
+    from qlora_nb.textsplit import split_args
+
+    try:
+        out = split_args(line, where="%qlora_save")
+    except QloraError as exc:
+        assert "quot" in str(exc)
+    else:
+        assert all(isinstance(w, str) for w in out)
+
+
+@FUZZ
+@given(items=st.lists(_WORD, max_size=6))
+def test_split_list_round_trips_quoted_items(items):
+    from qlora_nb.textsplit import split_list
+
+    text = ", ".join('"' + i.replace('"', '""') + '"' for i in items)
+    assert split_list(text) == items
+
+
+@FUZZ
+@given(items=st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters=",'\""),
+                              max_size=10).map(str.strip).filter(bool), max_size=6))
+def test_split_list_splits_unquoted_items_on_every_comma(items):
+    from qlora_nb.textsplit import split_list
+
+    assert split_list(",".join(items)) == [i.strip(" \t") for i in items if i.strip(" \t")]
+
+
+@FUZZ
+@given(text=st.text(max_size=40))
+def test_split_list_raises_only_qlora_error(text):
+    from qlora_nb.textsplit import split_list
+
+    try:
+        assert all(isinstance(i, str) for i in split_list(text, "option"))
+    except QloraError as exc:
+        assert "option" in str(exc)
+
+
+_NS = {"x": object(), "df": [1, 2], "path": "a b/c", "n": 0, "_y": None}
+
+
+@FUZZ
+@given(value=st.one_of(st.text(max_size=20), st.text(max_size=12).map(lambda t: "$" + t),
+                       st.sampled_from(["$x", "$df", "$$x", "$nope", "$", "$$", "$1", "$class", "$x y", "$_y"])))
+def test_interpolation_is_exact_or_nothing(value):
+    import keyword
+
+    from qlora_nb.textsplit import interpolate
+
+    name = value[1:]
+    is_var = value.startswith("$") and not value.startswith("$$") and name.isidentifier() \
+        and not keyword.iskeyword(name)
+    try:
+        out = interpolate(value, _NS, "option")
+    except QloraError as exc:
+        assert is_var and name not in _NS and f"$${name}" in str(exc)
+        return
+    if value.startswith("$$"):
+        assert out == value[1:]
+    elif is_var:
+        assert out is _NS[name]
+    else:
+        assert out == value  # anything else stays exactly as written
+
+
+@pytest.mark.parametrize("name,meth", [m for m in MAGICS if m[0] in ("qlora_save", "qlora_load", "qlora_export")],
+                         ids=lambda v: v if isinstance(v, str) else "")
+@FUZZ
+@given(line=st.lists(st.one_of(_TOKEN, st.sampled_from(["$x", "$df", "$path", "$n", "$nope", "$$x", "$_y"])),
+                     max_size=6).map(" ".join))
+def test_parse_args_with_variables_raises_only_qlora_error(name, meth, line):
+    try:
+        args = parse_args(meth, line, name, _NS)
+    except QloraError as exc:
+        assert str(exc) and "Traceback" not in str(exc)
+    else:
+        assert all(not isinstance(v, (list, dict)) or k == "prompt" for k, v in vars(args).items())

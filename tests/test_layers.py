@@ -28,7 +28,8 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "qlora_nb"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("config", "options", "errors", "events", "units", "fileio", "_version", "precision"),
+    ("config", "options", "errors", "events", "units", "fileio", "_version", "precision", "textsplit", "overwrite",
+     "weightfiles"),
     ("data", "memory"),
     ("engine",),
     ("views",),

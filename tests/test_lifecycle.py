@@ -285,31 +285,56 @@ def test_interrupt_while_training_saves_its_adapter_keeps_the_previous_one(tiny_
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
+def _torn_at(pm, torn_calls: set[int]):
+    real, calls = pm.safe_save_file, {"n": 0}
+
+    def save(tensors, filename, metadata=None):
+        calls["n"] += 1
+        if calls["n"] in torn_calls:
+            return _torn_save(real)(tensors, filename, metadata=metadata)
+        return real(tensors, filename, metadata=metadata)
+
+    return save
+
+
 def test_interrupt_during_a_checkpoint_save_resumes_from_the_previous_one(tiny_session, tmp_path, monkeypatch):
-    """Ctrl-C while Trainer writes checkpoint-4: resume ignores the torn folder and continues from checkpoint-2."""
+    """Ctrl-C while Trainer writes checkpoint-4, and again while the engine rewrites it (issue 15): resume ignores
+    the torn folder and continues from checkpoint-2, and the run's note says so."""
     import peft.peft_model as pm
 
     from qlora_nb.engine.lifecycle import last_complete_checkpoint
 
-    real, calls = pm.safe_save_file, {"n": 0}
-
-    def second_save_torn(tensors, filename, metadata=None):
-        calls["n"] += 1
-        if calls["n"] == 2:  # checkpoint-2 is whole, checkpoint-4 is cut in the middle of its weights
-            return _torn_save(real)(tensors, filename, metadata=metadata)
-        return real(tensors, filename, metadata=metadata)
-
-    monkeypatch.setattr(pm, "safe_save_file", second_save_torn)
+    # save 1: checkpoint-2 whole; save 2: checkpoint-4 cut in the middle of its weights; save 3: the rewrite, cut too
+    monkeypatch.setattr(pm, "safe_save_file", _torn_at(pm, {2, 3}))
     out = tmp_path / "run"
     opts = dict(data=_rows(), batch_size=2, val_split=0, output_dir=str(out), cutoff_len=32, save_steps=2)
     first = tiny_session.train(max_steps=6, **opts)
     assert first.interrupted
     assert (out / "checkpoint-4").is_dir() and not (out / "checkpoint-4" / "trainer_state.json").exists()
     assert last_complete_checkpoint(out) == str(out / "checkpoint-2") == str(first.checkpoint)
+    assert "writing checkpoint-4 failed" in first.note and str(out / "checkpoint-2") in first.note
     monkeypatch.undo()
     resumed = tiny_session.train(max_steps=6, resume=True, **opts)
     steps = [h["step"] for h in resumed.history if "loss" in h]
     assert steps[0] == 3 and steps[-1] == 6 and not resumed.interrupted
+
+
+def test_interrupt_during_a_checkpoint_save_rewrites_that_checkpoint_whole(tiny_session, tmp_path, monkeypatch):
+    """Issue 15: the step had finished when its checkpoint save was interrupted, so the engine writes it again."""
+    import peft.peft_model as pm
+
+    from qlora_nb.engine.lifecycle import last_complete_checkpoint
+
+    monkeypatch.setattr(pm, "safe_save_file", _torn_at(pm, {2}))
+    out = tmp_path / "run"
+    opts = dict(data=_rows(), batch_size=2, val_split=0, output_dir=str(out), cutoff_len=32, save_steps=2)
+    first = tiny_session.train(max_steps=6, **opts)
+    assert first.interrupted and "checkpoint-4 was written" in first.note
+    assert last_complete_checkpoint(out) == str(out / "checkpoint-4") == str(first.checkpoint)
+    monkeypatch.undo()
+    resumed = tiny_session.train(max_steps=6, resume=True, **opts)
+    steps = [h["step"] for h in resumed.history if "loss" in h]
+    assert steps[0] == 5 and steps[-1] == 6 and not resumed.interrupted
 
 
 def test_atomic_text_write_interrupted_keeps_the_old_file(tmp_path, monkeypatch):

@@ -23,12 +23,22 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import QloraError
+from .integrity import (
+    DuplicateKey,
+    allow_long_cells,
+    check_swallowed_rows,
+    check_unique_columns,
+    duplicate_key_error,
+    unique_pairs,
+)
 
 WHERE = "train option 'data'"
 FILE_SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
@@ -116,8 +126,8 @@ def load_file(path: Path) -> RawData:
 
 
 def _json_loads(text: str):
-    """``json.loads`` that keeps numbers as the text they were written as."""
-    return json.loads(text, parse_int=str, parse_float=str, parse_constant=str)
+    """``json.loads`` that keeps numbers as the text they were written as and refuses repeated keys."""
+    return json.loads(text, parse_int=str, parse_float=str, parse_constant=str, object_pairs_hook=unique_pairs)
 
 
 def _literal_bools(value: Any) -> Any:
@@ -153,6 +163,8 @@ def parse_jsonl(text: str, name: str) -> RawData:
             obj = _json_loads(line)
         except json.JSONDecodeError as exc:
             raise _json_error(name, i, exc) from None
+        except DuplicateKey as dup:
+            raise duplicate_key_error(f"{name}, line {i}", dup.key) from None
         loc = f"{name}, line {i}"
         rows.append(_object_row(obj, loc, 'Write one object per line, e.g. {"instruction": "...", "output": "..."}.'))
         where.append(loc)
@@ -161,7 +173,7 @@ def parse_jsonl(text: str, name: str) -> RawData:
 
 def parse_json(text: str, name: str) -> RawData:
     """A JSON array of objects (line numbers kept), an object holding one such array, or JSON Lines."""
-    decoder = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=str)
+    decoder = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=str, object_pairs_hook=unique_pairs)
     idx = _skip_ws(text, 0)
     if idx < len(text) and text[idx] == "[":
         rows, where = [], []
@@ -173,6 +185,8 @@ def parse_json(text: str, name: str) -> RawData:
                 obj, idx = decoder.raw_decode(text, idx)
             except json.JSONDecodeError as exc:
                 raise _json_error(name, exc.lineno, exc) from None
+            except DuplicateKey as dup:
+                raise duplicate_key_error(f"{name}, line {line} (row {k + 1})", dup.key) from None
             k += 1
             loc = f"{name}, line {line} (row {k})"
             rows.append(_object_row(obj, loc, "The file must be a list of objects, one per example."))
@@ -185,6 +199,8 @@ def parse_json(text: str, name: str) -> RawData:
         return RawData(rows, where, name)
     try:
         obj = decoder.decode(text)
+    except DuplicateKey as dup:
+        raise duplicate_key_error(name, dup.key) from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # JSON Lines saved as .json
             return parse_jsonl(text, name)
@@ -212,15 +228,23 @@ def _json_kind(obj: Any) -> str:
 
 
 def parse_csv(text: str, name: str, delimiter: str = ",") -> RawData:
-    """Every cell as the file's text; each record located by the line it starts on."""
+    """Every cell as the file's text; each record located by the line it starts on.
+
+    The parse is ``strict`` (a quote must close before a delimiter or line end,
+    and the file must not end inside a quoted cell), and every record that
+    spans several lines is checked by :func:`~.integrity.check_swallowed_rows`,
+    so an unbalanced quote is an error naming its line, never fewer rows.
+    """
+    allow_long_cells()
     lines = text.splitlines(keepends=True)
-    reader = csv.reader(lines, delimiter=delimiter)
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except StopIteration:
         return RawData([], [], name)
     except csv.Error as exc:
-        raise QloraError(f"{name}, line 1: cannot read the header ({exc}).", where=WHERE) from None
+        raise QloraError(f"{name}, line 1: cannot read the header ({exc}).", where=WHERE,
+                         hint="Close every quoted cell.") from None
     header = [h.strip() for h in header]
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
@@ -234,8 +258,12 @@ def parse_csv(text: str, name: str, delimiter: str = ",") -> RawData:
         except StopIteration:
             break
         except csv.Error as exc:
-            raise QloraError(f"{name}, line {start}: {exc}.", where=WHERE, hint="Close every quoted cell.") from None
+            raise QloraError(f"{name}, line {start}: a quoted cell starting on this line is not closed properly "
+                             f"({exc}).", where=WHERE,
+                             hint='Close every quoted cell; a quote inside a quoted cell is written "".') from None
         loc = f"{name}, line {start}"
+        if reader.line_num > start:
+            check_swallowed_rows(name, start, lines[start - 1:reader.line_num], len(header), delimiter)
         start = reader.line_num + 1
         if not record or all(c == "" for c in record) and len(record) <= 1:
             continue
@@ -250,6 +278,12 @@ def parse_csv(text: str, name: str, delimiter: str = ",") -> RawData:
 def load_parquet(path: Path) -> RawData:
     import pyarrow.parquet as pq
 
+    try:
+        names = pq.read_schema(str(path)).names
+    except Exception as exc:
+        raise QloraError(f"{path.name} could not be read as parquet ({type(exc).__name__}: {exc}).",
+                         where=WHERE) from None
+    check_unique_columns(names, path.name)  # before reading: pyarrow's own error would not name the column
     try:
         table = pq.read_table(str(path))
     except Exception as exc:
@@ -278,6 +312,7 @@ def from_dataframe(df: Any) -> RawData:
     """A DataFrame's rows with their index labels; missing values (NaN/None) stay missing (None)."""
     import pandas as pd
 
+    check_unique_columns(df.columns, "the DataFrame")  # to_dict would keep one of two equal columns
     records = df.to_dict(orient="records")
     rows, where = [], []
     for label, r in zip(df.index, records, strict=True):
@@ -293,17 +328,65 @@ def _is_missing(v: Any, pd) -> bool:
         return False
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
 def load_hub(name: str) -> RawData:
-    """A hub dataset's train split (needs network access; the name is ``owner/dataset`` or ``dataset``)."""
+    """A hub dataset's train split (needs network access; the name is ``owner/dataset`` or ``dataset``).
+
+    Text that cannot be a hub id (spaces, a path) and any name while offline
+    fail at once with one line: ``datasets`` would otherwise retry for a minute
+    and print a page of connection warnings first.
+    """
+    local_hint = (f"Give an existing .json/.jsonl/.csv/.tsv/.parquet file (the current folder is {Path.cwd()}), "
+                  "'demo', a hub dataset name or a $variable.")
+    if not _HUB_ID.fullmatch(name):
+        raise QloraError(f"no data file {name!r}, and it is not a hub dataset name either.", where=WHERE,
+                         hint=local_hint)
+    if _offline():
+        raise QloraError(f"{name!r} is not a local file, and hub datasets cannot be downloaded offline "
+                         "(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set).", where=WHERE, hint=local_hint)
     try:
         import datasets
     except ImportError:  # pragma: no cover - datasets is a dependency
         raise QloraError("the datasets package is not installed.", where=WHERE) from None
     try:
-        ds = datasets.load_dataset(name, split="train")
+        with _quiet_hub():
+            ds = datasets.load_dataset(name, split="train")
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise QloraError(f"{name!r} is not a local file and could not be loaded from the hub ({first}).",
                          where=WHERE, hint="Check the path (relative to the notebook's folder) or the dataset "
                                            "name and your network access.") from None
     return from_records([dict(r) for r in ds], f"hub dataset {name}")
+
+
+class _quiet_hub:
+    """Retry and connection warnings from the hub libraries stay quiet; the one QloraError says it all."""
+
+    _NAMES = ("datasets", "huggingface_hub", "urllib3", "fsspec", "filelock")
+
+    def __enter__(self):
+        import logging
+        import warnings
+
+        self._levels = {n: logging.getLogger(n).level for n in self._NAMES}
+        for n in self._NAMES:
+            logging.getLogger(n).setLevel(logging.ERROR)
+        self._warn = warnings.catch_warnings()
+        self._warn.__enter__()
+        warnings.simplefilter("ignore")
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        import logging
+
+        for n, level in self._levels.items():
+            logging.getLogger(n).setLevel(level)
+        self._warn.__exit__(*exc)
+        return False

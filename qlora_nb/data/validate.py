@@ -68,6 +68,8 @@ def validate(raw: RawData, template: str | Template | None, tokenizer: Any = Non
         val = None
         if raw.val_rows is not None:
             val = [_chat_row(r, w, tokenizer) for r, w in zip(raw.val_rows, raw.val_where, strict=True)]
+        replies = [{"output": r["messages"][-1]["content"]} for r in raw.rows]  # the reply, without end tokens
+        _refuse_empty_completions(replies, Template.parse("{output}"), raw.source)
         return TextRows(rows, val, Template.parse("{prompt}{output}"), True, raw.source)
 
     missing = [f for f in dict.fromkeys(tpl.fields) if f not in columns]
@@ -83,7 +85,17 @@ def validate(raw: RawData, template: str | Template | None, tokenizer: Any = Non
     val = None
     if raw.val_rows is not None:
         val = [_text_row(r, w, tpl) for r, w in zip(raw.val_rows, raw.val_where, strict=True)]
+    _refuse_empty_completions(rows, tpl, raw.source)
     return TextRows(rows, val, tpl, False, raw.source)
+
+
+def _refuse_empty_completions(rows: list[dict[str, str]], tpl: Template, source: str) -> None:
+    """Every completion empty: training would only learn to stop, and report "done" (issue 15, class 5)."""
+    if rows and not any(str(r.get(tpl.output, "")).strip() for r in rows):
+        raise QloraError(f"{source}: every row's completion (the text after the prompt that the model learns) is "
+                         f"empty, so there is nothing to learn.", where=WHERE,
+                         hint="Check that the output column holds the answers (and is the one the template ends "
+                              "with), or that each conversation ends with a non-empty assistant turn.")
 
 
 def _text_row(row: dict[str, Any], where: str, tpl: Template) -> dict[str, str]:
@@ -93,6 +105,11 @@ def _text_row(row: dict[str, Any], where: str, tpl: Template) -> dict[str, str]:
             raise QloraError(f"{where}: field {f!r} is missing.", where=WHERE,
                              hint=f"Every row needs the template's fields: {', '.join(dict.fromkeys(tpl.fields))}.")
         value = row[f]
+        if value is None and where.startswith("the DataFrame"):
+            raise QloraError(f"{where}: field {f!r} is null/missing (None), not text.", where=WHERE,
+                             hint="pandas reads empty cells and text such as 'NA', 'null' or 'None' as NaN: read "
+                                  "the file with pd.read_csv(path, dtype=str, keep_default_na=False) to keep the "
+                                  "text as written, or fill the gaps with .fillna('').")
         if not isinstance(value, str):
             raise QloraError(f"{where}: field {f!r} is {_type_name(value)}, not text.", where=WHERE,
                              hint="Fields reach the prompt exactly as written, so they must be text: write it as a "

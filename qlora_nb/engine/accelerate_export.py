@@ -167,8 +167,10 @@ def export_script(session: Session, directory: str | Path, overwrite: bool = Fal
         load["model"] = str(model_path.resolve())
     if load.get("adapter"):
         load["adapter"] = str(Path(load["adapter"]).expanduser().resolve())
+    from .arguments import protected_folders
+
     target = Path(directory).expanduser()
-    with atomic_dir(target, overwrite=overwrite) as tmp:
+    with atomic_dir(target, overwrite=overwrite, kind="export", protected=protected_folders(session)) as tmp:
         data_note = "the data is named as in the notebook."
         data = train.get("data")
         if isinstance(data, str) and Path(data).expanduser().is_file():

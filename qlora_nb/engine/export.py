@@ -41,8 +41,10 @@ def save_adapter(session: Session, directory: str | Path, overwrite: bool = Fals
     name = adapter or session.active_adapter
     if name not in session.model.peft_config:
         raise no_adapter(name, session.model.peft_config, "--adapter")
+    from .arguments import protected_folders
+
     target = Path(directory).expanduser()
-    with atomic_dir(target, overwrite=overwrite) as tmp:
+    with atomic_dir(target, overwrite=overwrite, kind="adapter", protected=protected_folders(session)) as tmp:
         session.model.save_pretrained(str(tmp), selected_adapters=[name], safe_serialization=True)
         flatten_adapter_folder(tmp, name)
         if not (tmp / SAFE_WEIGHTS).is_file():
@@ -185,7 +187,11 @@ def check_adapter_dir(directory: str | Path, allow_pickle: bool = False) -> Path
     if not (path / CONFIG).is_file():
         raise QloraError(f"{str(path)!r} has no {CONFIG}, so it is not a PEFT adapter folder.", where="adapter",
                          hint="Pass a folder written by %qlora_save / Session.save or peft's save_pretrained.")
-    if not (path / SAFE_WEIGHTS).is_file():
+    if (path / SAFE_WEIGHTS).is_file():
+        from ..weightfiles import check_safetensors_file
+
+        check_safetensors_file(path / SAFE_WEIGHTS, "adapter")  # a torn copy is named, not a deserializer's error
+    else:
         if (path / PICKLE_WEIGHTS).is_file():
             if not allow_pickle:
                 raise QloraError(f"{str(path)!r} holds only a pickle ({PICKLE_WEIGHTS}); only safetensors are "

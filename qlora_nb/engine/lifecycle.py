@@ -226,6 +226,8 @@ def unload_from_shell(shell, name: str, session) -> str:
     cleared = clear_shell_references(shell, ids)  # what *holds* the session: results, widgets, tracebacks
     if detach_widgets(ids):
         cleared.append("widgets")
+    # other names the user bound to the same session: del_var clears them too, and the report says so
+    others = [k for k, v in shell.user_ns.items() if v is session and k != name and not k.startswith("_")]
     # IPython's del_var drops every name (user_ns, hidden names, Out) that *is* the session. It reads
     # last_execution_result last, which clear_shell_references may have dropped: nothing is left to do then.
     with contextlib.suppress(AttributeError):
@@ -235,6 +237,8 @@ def unload_from_shell(shell, name: str, session) -> str:
     _release_allocator()
     rss_after = rss_bytes()
     extra = f"; cleared {', '.join(cleared)}" if cleared else ""
+    if others:
+        extra += f"; also unbound {', '.join(others)} (the same session)"
     return (f"unloaded {name!r}: {human_bytes(freed)} of model tensors released (ledger); process RSS "
             f"{human_bytes(rss_before)} -> {human_bytes(rss_after)} ({human_bytes(max(0, rss_before - rss_after))} "
             f"returned){extra}.")

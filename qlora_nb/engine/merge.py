@@ -217,10 +217,10 @@ def merge(session: Session, directory: str | Path, dtype: str = "bfloat16", over
         raise QloraError(f"adapter {name!r} is untrained (every LoRA B matrix is zero), so a merge would only copy "
                          "the base model.", where="merge",
                          hint="Train it first (%%qlora_train), or load a trained one with %qlora_load_adapter.")
-    target = Path(directory).expanduser()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
-        raise QloraError(f"{str(target)!r} already exists and is not empty.", where="DIR",
-                         hint="Pass --overwrite (overwrite=True) to replace it, or choose another folder.")
+    from ..overwrite import check_target
+    from .arguments import protected_folders
+
+    target = check_target(directory, overwrite=overwrite, protected=protected_folders(session))  # before any work
     parts = merge_memory(session, name, dtype)
     need = sum(parts.values())
     where, free = _pick_device(session, need, available_bytes, device)
@@ -242,7 +242,7 @@ def merge(session: Session, directory: str | Path, dtype: str = "bfloat16", over
                          hint="Choose a folder on a disk with more space.")
     probes = list(probes or DEFAULT_PROBES)
     result = MergeResult(target, dtype, name, where, need, free, parts, probes=probes)
-    with atomic_dir(target, overwrite=overwrite) as tmp:
+    with atomic_dir(target, overwrite=overwrite, kind="merged model", protected=protected_folders(session)) as tmp:
         peft_copy = build_peft_copy(session, name, dtype, where)
         if verify:
             batch = _encode(session.tokenizer, probes, where)

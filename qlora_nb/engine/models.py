@@ -107,6 +107,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path, source_name: str | None = None)
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise QloraError(f"GGUF file not found: {gguf_path}.", where="model")
+    from ..weightfiles import check_gguf_file
+
+    check_gguf_file(gguf_path)
     tmp = _atomic_dir(out_dir)
     try:
         kw = {"gguf_file": gguf_path.name}

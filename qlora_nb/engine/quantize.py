@@ -87,6 +87,11 @@ def load_base(path: Path, cfg: LoadConfig, device: str):
     except ValueError as exc:
         raise QloraError(f"unsupported model config in {path}: {str(exc).splitlines()[0]}", where="MODEL",
                          hint="Pass trust_remote_code=True only if you trust the model's code.") from None
+    from ..weightfiles import check_weight_files
+    from .model_checks import check_model_kind
+
+    check_model_kind(hf_cfg, Path(path))
+    check_weight_files(Path(path))
     has_safetensors = any(Path(path).glob("*.safetensors"))
     if not has_safetensors and not cfg.allow_pickle:
         raise QloraError(f"{path} has no .safetensors weights.", where="MODEL",
@@ -149,6 +154,9 @@ def attach_lora(model, cfg: LoadConfig):
     import torch
     from peft import get_peft_model
 
+    from .model_checks import check_targets, warn_rank
+
+    check_targets(model, cfg.targets)
     torch.manual_seed(cfg.seed)
     try:
         peft_model = get_peft_model(model, lora_config(cfg), adapter_name=cfg.adapter_name)
@@ -157,6 +165,7 @@ def attach_lora(model, cfg: LoadConfig):
         raise QloraError(f"LoRA targets {cfg.targets} match no module ({str(exc).splitlines()[0]}).",
                          where="load option 'targets'",
                          hint=f"Use 'all-linear' or some of: {', '.join(names)}.") from None
+    warn_rank(peft_model, cfg.r, cfg.adapter_name)
     # Adapters train in fp32 (the QLoRA recipe): stable updates, compute still in compute_dtype.
     for p in peft_model.parameters():
         if p.requires_grad:

@@ -51,7 +51,7 @@ def save_run(session, cfg: TrainConfig, out: Path, metrics: dict[str, Any], prep
     target = out / "adapter"
     if not _is_main_process():  # under DDP (exported train.py) every rank holds the same adapter; rank 0 writes
         return target
-    with atomic_dir(target, overwrite=True) as tmp:
+    with atomic_dir(target, overwrite=True, kind="run adapter") as tmp:
         session.model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[name])
         flatten_adapter_folder(tmp, name)
         run = {"train": cfg.to_dict(), "load": session.config.to_dict(), "adapter_name": name,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import LoadConfig
+from ..errors import QloraError
 from ..events import EventBus
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class Session:
         return self.model.active_adapter
 
     def set_adapter(self, name: str) -> None:
-        if name not in self.adapters:
+        if not isinstance(name, str) or name not in self.adapters:
             from .adapters import no_adapter
 
             raise no_adapter(name, self.adapters)
@@ -86,41 +87,70 @@ class Session:
     # --------------------------------------------------------------- actions
     def train(self, data: Any = None, *, on_event=None, **options: Any):
         """Train the active adapter; see :class:`qlora_nb.config.TrainConfig` for options."""
+        from .rollback import rolled_back_on_error
         from .train import train
 
-        return train(self, data=data, on_event=on_event, **options)
+        with rolled_back_on_error(self):
+            return train(self, data=data, on_event=on_event, **options)
 
     def generate(self, prompt: str, *, adapter: str | None = None, **options: Any) -> str:
         """One generation; ``adapter=None`` uses the active adapter, ``"base"`` disables adapters."""
+        from .arguments import require_optional_name
         from .generate import generate_one
+        from .rollback import rolled_back_on_error
 
-        return generate_one(self, prompt, adapter=adapter, **options)
+        if not isinstance(prompt, str):
+            raise QloraError(f"prompt must be text, got {'None' if prompt is None else type(prompt).__name__}.",
+                             where="prompt", hint="Pass the prompt as a str (use compare() for several).")
+        with rolled_back_on_error(self):
+            return generate_one(self, prompt, adapter=require_optional_name(adapter, "adapter"), **options)
 
     def compare(self, prompts: Any, *, on_event=None, **options: Any):
         """Base vs adapted generations from the same weights; see :mod:`qlora_nb.engine.generate`."""
         from .generate import compare
+        from .rollback import rolled_back_on_error
 
-        return compare(self, prompts, on_event=on_event, **options)
+        if prompts is None:
+            raise QloraError("prompts must be a str or a list of str, got None.", where="prompts",
+                             hint='Pass e.g. "What is 2+2?" or ["first prompt", "second prompt"].')
+        with rolled_back_on_error(self):
+            return compare(self, prompts, on_event=on_event, **options)
 
     def save(self, directory: str | Path, *, overwrite: bool = False, adapter: str | None = None) -> Path:
+        from .arguments import require_bool, require_optional_name, require_path
         from .export import save_adapter
 
-        return save_adapter(self, directory, overwrite=overwrite, adapter=adapter)
+        directory = require_path(directory, "directory")
+        return save_adapter(self, directory, overwrite=require_bool(overwrite, "overwrite"),
+                            adapter=require_optional_name(adapter, "adapter"))
 
     def load_adapter(self, directory: str | Path, *, name: str | None = None, allow_pickle: bool = False) -> str:
+        from .arguments import require_bool, require_optional_name, require_path
         from .export import load_adapter
+        from .rollback import rolled_back_on_error
 
-        return load_adapter(self, directory, name=name, allow_pickle=allow_pickle)
+        directory = require_path(directory, "directory", "an adapter folder path")
+        name, allow_pickle = require_optional_name(name, "name"), require_bool(allow_pickle, "allow_pickle")
+        with rolled_back_on_error(self):  # a failure inside peft leaves the adapters as they were
+            return load_adapter(self, directory, name=name, allow_pickle=allow_pickle)
 
     def merge(self, directory: str | Path, *, dtype: str = "bfloat16", overwrite: bool = False, **options: Any):
+        from .arguments import require_bool, require_path
         from .merge import merge
+        from .rollback import rolled_back_on_error
 
-        return merge(self, directory, dtype=dtype, overwrite=overwrite, **options)
+        directory = require_path(directory, "directory")
+        if not isinstance(dtype, str):
+            raise QloraError(f"dtype must be text such as 'bf16', got a {type(dtype).__name__}.", where="dtype")
+        with rolled_back_on_error(self):
+            return merge(self, directory, dtype=dtype, overwrite=require_bool(overwrite, "overwrite"), **options)
 
     def export(self, directory: str | Path, *, overwrite: bool = False, **options: Any) -> Path:
         from .accelerate_export import export_script
+        from .arguments import require_bool, require_path
 
-        return export_script(self, directory, overwrite=overwrite, **options)
+        directory = require_path(directory, "directory")
+        return export_script(self, directory, overwrite=require_bool(overwrite, "overwrite"), **options)
 
     def plan(self, **options: Any):
         """The planner's prediction for this session's model and settings."""
@@ -159,9 +189,12 @@ def load(model: str | None = None, **options: Any) -> Session:
     device = pick_device(cfg)
     resolve_dtype(cfg, device)  # 'auto' -> bf16 (CPU, sm80+) or fp16 (T4/V100): one dtype for load, bnb and Trainer
     path = resolve_model(cfg.model)
+    from .interrupts import interrupted_as_error
     from .lifecycle import oom_guard
 
-    with quiet_libraries(), oom_guard("qlora_nb.load"):  # out of memory: one QloraOOMError with advice
+    with interrupted_as_error(f"loading {cfg.model}", "qlora_nb.load",
+                              "No new session was made; a session loaded before is kept."), \
+            quiet_libraries(), oom_guard("qlora_nb.load"):  # out of memory: one QloraOOMError with advice
         tokenizer = load_tokenizer(path, cfg)
         base = load_base(path, cfg, device)
         if cfg.adapter:

@@ -11,7 +11,8 @@ Interrupts: during ``train()`` a temporary SIGINT handler only sets a flag, so
 a kernel interrupt (or ``session.request_stop()``, the dashboard's Stop button)
 ends training at the next step boundary with a full checkpoint (adapter,
 optimizer, scheduler, RNG), which ``resume=True`` continues with the same
-schedule. A second interrupt raises ``KeyboardInterrupt`` at once.
+schedule. A second interrupt still leaves a checkpoint (see
+:mod:`qlora_nb.engine.interrupts`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from ..config import TrainConfig
 from ..errors import QloraError
 from .run_output import find_checkpoint, output_dir, save_run
-from .train_events import InterruptFlag, PeakRssSampler, make_callback
+from .train_events import PeakRssSampler, make_callback
 
 OPTIM_NAMES = {  # TrainingArguments names; bitsandbytes falls back to unpaged state on CPU by itself
     "adamw": "adamw_torch",
@@ -49,6 +50,7 @@ class TrainResult:
     output_dir: Path | None = None
     checkpoint: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    note: str = ""  # what an interrupt left behind and how to continue
 
     @property
     def losses(self) -> list[float]:
@@ -194,23 +196,32 @@ def train(session, data: Any = None, on_event=None, **options: Any) -> TrainResu
     """Train the session's active adapter; options are :class:`~qlora_nb.config.TrainConfig` fields."""
     if data is not None:
         options["data"] = data
-    cfg = TrainConfig.from_options(options)
-    prep = prepare(session, cfg)
-    out, name = output_dir(session, cfg)
-    resume_from = find_checkpoint(out) if cfg.resume else None
-    if not cfg.resume and out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise QloraError(f"output_dir {str(out)!r} already holds a run.", where="train option 'output_dir'",
-                             hint="Use resume: true to continue it, overwrite: true to replace it, or another "
-                                  "output_dir/run_name.")
-        import shutil
+    from . import preflight
 
-        for old in out.glob("checkpoint-*"):  # a fresh run must never resume or report the old run's checkpoints
-            shutil.rmtree(old, ignore_errors=True)
+    cfg = TrainConfig.from_options(options)
+    preflight.check_probes(cfg)
+    out, name = output_dir(session, cfg)
+    preflight.prepare_output_dir(session, cfg, out)  # a file, unwritable, or not ours: before the data work
+    from .interrupts import interrupted_as_error
+
+    with interrupted_as_error("reading and checking the training data", "train option 'data'",
+                              "Nothing was trained and the session is unchanged; run it again."):
+        prep = prepare(session, cfg)
+    resume_from = find_checkpoint(out) if cfg.resume else None
     if cfg.early_stopping_patience and not prep.val:
         raise QloraError("early_stopping_patience needs held-out rows to evaluate.",
                          where="train option 'early_stopping_patience'", hint="Set val_split > 0.")
     planned = _planned_steps(cfg, len(prep.train))
+    cfg = preflight.check_schedule(cfg, planned, warmup_given="warmup_steps" in options)
+    fingerprint = preflight.data_fingerprint(prep.train_rows, prep.val_rows)
+    if resume_from is not None:
+        preflight.check_resume(out, resume_from, fingerprint, planned)
+    if not cfg.resume and out.exists() and any(out.iterdir()):
+        import shutil
+
+        for old in out.glob("checkpoint-*"):  # a fresh run must never resume or report the old run's checkpoints
+            shutil.rmtree(old, ignore_errors=True)
+    preflight.mark_run(out, fingerprint, cfg)
     eval_steps = cfg.eval_steps or max(1, planned // 5)
 
     unsubscribe = session.events.subscribe(on_event) if on_event is not None else None
@@ -237,6 +248,8 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     session.template, session.val_rows, session.chat_format = prep.template, prep.val_rows, prep.chat
     history: list[dict[str, Any]] = []
     state: dict[str, Any] = {"step_time": 0.0, "interrupted": False, "max_steps": planned, "resume_from": resume_from}
+    from .interrupts import InterruptFlag, checkpoint_after_abort
+
     flag = InterruptFlag()
     with quiet_libraries():
         args = _training_args(session, cfg, out, name, bool(prep.val), eval_steps)
@@ -265,7 +278,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
             try:
                 output = trainer.train(resume_from_checkpoint=resume_from)
                 metrics = dict(output.metrics)
-            except KeyboardInterrupt:  # a second interrupt: stop now, keep the weights as they are
+            except KeyboardInterrupt:  # a second interrupt outside a step's critical part: drop the step
                 aborted, metrics = True, {}
                 model.zero_grad(set_to_none=True)
             except Exception as exc:  # out of memory: stop cleanly, keep the checkpoints, explain (issue 9)
@@ -285,6 +298,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
         from .lifecycle import oom_during_training
 
         raise oom_during_training(session, trainer, cfg.to_dict(), out, oom)
+    note = checkpoint_after_abort(trainer, out)[1] if aborted else ""
     session.optimizer = trainer.optimizer
     interrupted = aborted or state["interrupted"]
     st = trainer.state
@@ -304,7 +318,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     checkpoint = Path(last) if last else None
     result = TrainResult(history=history, adapter_dir=adapter_dir, metrics=metrics, interrupted=interrupted,
                          stopped_early=stopped_early, truncated_rows=prep.truncated, output_dir=out,
-                         checkpoint=checkpoint, config=cfg.to_dict())
+                         checkpoint=checkpoint, config=cfg.to_dict(), note=note)
     session.adapters.setdefault(session.active_adapter, {}).update(
         {"source": "trained", "adapter_dir": str(adapter_dir), "run_name": name})
     session.runs.append(result)

@@ -7,12 +7,12 @@ printer and tests subscribe to them. The engine never imports a view.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from typing import Any
 
 from ..config import TrainConfig
+from .interrupts import InterruptFlag
 from .probes import generate_batch
 
 
@@ -45,28 +45,6 @@ class PeakRssSampler:
         self.session.peak_rss = max(self.peak, self._rss())
 
 
-class InterruptFlag:
-    """A SIGINT handler for the duration of a run: the first interrupt asks for a stop, a second one aborts."""
-
-    def __init__(self) -> None:
-        self.hit = False
-        self._old: Any = None
-
-    def _handle(self, signum, frame) -> None:
-        if self.hit:
-            raise KeyboardInterrupt
-        self.hit = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
 def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, history: list, state: dict):
     from transformers import TrainerCallback
 
@@ -91,6 +69,9 @@ def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, his
                         output_dir=args.output_dir, resumed_from=state.get("resume_from"),
                         config=cfg.to_dict())
 
+        def on_pre_optimizer_step(self, args, st, control, **kw):
+            flag.critical = True  # a second interrupt now waits for the step (see engine.interrupts)
+
         def on_step_begin(self, args, st, control, **kw):
             state["t_step"] = time.perf_counter()
             state["tokens_at_step"] = state["trainer"].tokens
@@ -101,10 +82,12 @@ def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, his
             state["step_time"] += dt
             state["last"] = {"tokens": tokens, "dt": dt}
             events.emit("poll", step=st.global_step)
+            flag.critical = False
             if flag.hit or session.stop_requested:
                 state["interrupted"] = True
                 control.should_training_stop = True
                 control.should_save = True
+                flag.critical = True  # the final checkpoint is written next: let it finish
 
         def on_optimizer_step(self, args, st, control, **kw):
             # After optimizer.step() and before zero_grad(): gradients and optimizer state both exist.

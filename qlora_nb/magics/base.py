@@ -6,29 +6,71 @@ bind the result in the user namespace, display it.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from IPython.core.magic import Magics
-from IPython.core.magic_arguments import parse_argstring
+from IPython.core.magic import Magics, no_var_expand
 
 from ..errors import QloraError
+from ..textsplit import interpolate, split_args
+from .names import check_bind
 
 DEFAULT_SESSION = "qlora"
 
 
-def parse_args(func, line: str, magic: str):
-    """``parse_argstring`` with IPython's ``UsageError`` (what ``MagicArgumentParser.error`` raises) as a QloraError."""
+def parse_args(func, line: str, magic: str, namespace: Mapping[str, Any] | None = None, *,
+               keep_quotes: bool = False):
+    """Split ``line`` like a shell (:func:`qlora_nb.textsplit.split_args`) and parse it; errors name the flag.
+
+    IPython's ``UsageError`` (what ``MagicArgumentParser.error`` raises) becomes a QloraError.
+    With ``namespace``, a word that is exactly ``$name`` becomes that variable's
+    text, and ``$$word`` the literal ``$word``: the magics turn off IPython's own
+    ``$``/``{}`` expansion, which pastes a variable's text into the line where a
+    path with spaces splits in two. ``keep_quotes``: IPython's splitter, which
+    keeps quotes (``%qlora_compare`` reads quoted prompts as Python string
+    literals, escapes included, and resolves its own ``$list`` prompts).
+    """
+    import argparse
+
     from IPython.core.error import UsageError
 
     try:
-        return parse_argstring(func, line)
-    except UsageError as exc:
+        if keep_quotes:
+            from IPython.utils.process import arg_split
+
+            argv = arg_split(line or "")
+        else:
+            argv = split_args(line, where=f"%{magic}")
+        if namespace is not None:
+            argv = [_word_value(w, argv[i - 1] if i else magic, namespace, magic) for i, w in enumerate(argv)]
+        return func.parser.parse_args(argv)
+    except (UsageError, argparse.ArgumentError) as exc:
         raise QloraError(f"{exc}.", where=f"%{magic}", hint=f"See %{magic}? for the accepted flags.") from None
     except ValueError as exc:  # shlex: unbalanced quotes
         raise QloraError(f"could not split the arguments ({exc}).", where=f"%{magic}",
                          hint="Close every quote.") from None
+
+
+def _word_value(word: str, before: str, namespace: Mapping[str, Any], magic: str) -> str:
+    """``$name`` -> the variable as text (paths, numbers); other objects are refused with what to do."""
+    from pathlib import PurePath
+
+    value = interpolate(word, namespace, f"%{magic}")
+    if value is word or isinstance(value, str):
+        return value
+    if isinstance(value, (PurePath, int, float)) and not isinstance(value, bool):
+        return str(value)
+    flag = before if before.startswith("-") else "a positional argument"
+    hint = "Pass a path or a value, or call the Python twin with the object."
+    if _is_table(value):
+        hint = (f"A magic line takes text; save the rows first, e.g. {word[1:]}.to_json('data.jsonl', "
+                "orient='records', lines=True), and pass data.jsonl, or call the Python twin with the object.")
+    raise QloraError(f"{word} is a {type(value).__name__}, but {flag} takes text (a path or a value).",
+                     where=f"%{magic} {flag}", hint=hint)
+
+
+def _is_table(value: Any) -> bool:
+    return type(value).__name__ in ("DataFrame", "Dataset", "list", "tuple", "dict")
 
 
 def parse_yaml_body(body: str, magic: str) -> dict[str, Any]:
@@ -75,7 +117,24 @@ def _make_text_loader():
     import yaml
 
     class TextLoader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):
+            """PyYAML keeps the last of two equal keys; a repeated option must be refused, not dropped."""
+            seen: dict[Any, int] = {}
+            for key_node, _ in getattr(node, "value", []):
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeConstructor reports it
+                    continue
+                if first is None:
+                    seen[key] = key_node.start_mark.line + 1
+                else:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} appears twice (first on line {first}); keep one",
+                        key_node.start_mark)
+            return super().construct_mapping(node, deep)
 
     TextLoader.yaml_implicit_resolvers = {
         k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
@@ -98,25 +157,16 @@ class _LazyLoader:
 _TextLoader = _LazyLoader()
 
 
-def split_line(line: str) -> list[str]:
-    try:
-        return shlex.split(line)
-    except ValueError as exc:
-        raise QloraError(f"could not split the arguments ({exc}).", hint="Close every quote.") from None
-
-
 class QloraMagicsBase(Magics):
     """Shared helpers for the magics classes."""
 
+    @property
+    def ns(self) -> dict[str, Any]:
+        return self.shell.user_ns
+
     def resolve_value(self, value: Any, where: str) -> Any:
-        """``$name`` refers to a variable in the notebook namespace."""
-        if isinstance(value, str) and value.startswith("$") and len(value) > 1:
-            name = value[1:]
-            if name not in self.shell.user_ns:
-                raise QloraError(f"no variable named {name!r} in the notebook.", where=where,
-                                 hint="Define it in a cell above, or pass a file path instead.")
-            return self.shell.user_ns[name]
-        return value
+        """A value that is exactly ``$name`` is that notebook variable; ``$$text`` is the text ``$text``."""
+        return interpolate(value, self.shell.user_ns, where)
 
     def resolve_values(self, options: dict[str, Any], where: str) -> dict[str, Any]:
         return {k: self.resolve_value(v, f"{where} option {k!r}") for k, v in options.items()}
@@ -134,10 +184,14 @@ class QloraMagicsBase(Magics):
                              hint="Run %qlora_load, or pass --session NAME.")
         return obj
 
-    def bind(self, name: str, value: Any) -> None:
-        if not name.isidentifier():
-            raise QloraError(f"{name!r} is not a valid Python name.", where="--name/-o",
-                             hint="Use letters, digits and underscores.")
+    def check_bind(self, name: str, what: str, *, flag: str, force: bool = False,
+                   replaces_session: bool = False) -> None:
+        """Refuse, before any work, a name that would hide a builtin or replace the user's object."""
+        check_bind(self.shell.user_ns, name, flag=flag, what=what, force=force, replaces_session=replaces_session)
+
+    def bind(self, name: str, value: Any, *, flag: str = "--name/-o", force: bool = False) -> None:
+        check_bind(self.shell.user_ns, name, flag=flag, what=type(value).__name__, force=force,
+                   replaces_session=type(value).__name__ == "Session")
         self.shell.user_ns[name] = value
 
 
@@ -183,6 +237,7 @@ def friendly(magic: str):
             # session its traceback holds) is not kept alive as __context__ of the error users see.
             raise error
 
+        no_var_expand(inner)  # `$name` is resolved by parse_args / resolve_value, as one word
         return inner
 
     return wrap

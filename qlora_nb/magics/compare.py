@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from IPython.core.magic import line_magic, magics_class, no_var_expand
+from IPython.core.magic import line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..config import GenerateConfig
@@ -25,33 +25,32 @@ class CompareMagics(QloraMagicsBase):
     @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
     @argument("-o", dest="output", default="compare_result", help="Bind the CompareResult to this name.")
     @option_flags(GenerateConfig, "generation options (also keyword arguments of Session.compare)")
+    @argument("--force", action="store_true", help="Bind the result even over a Session, your own variable or "
+                                                   "a builtin of that name.")
     @line_magic
-    @no_var_expand  # $variable is resolved here (a list stays a list), not pasted in as text by IPython
     @friendly("qlora_compare")
     def qlora_compare(self, line: str = ""):
         """Generate from the base (adapters disabled) and each adapter on the same weights, seed and settings."""
-        args = parse_args(self.qlora_compare, line, "qlora_compare")
+        args = parse_args(self.qlora_compare, line, "qlora_compare", keep_quotes=True)
         for key, value in vars(args).items():  # IPython's argument splitter keeps quotes
             setattr(args, key, [_unquote(v) for v in value] if isinstance(value, list) else _unquote(value))
         options: dict[str, Any] = options_from_args(args, GenerateConfig)
         GenerateConfig.from_options(options)  # bad flags fail before any heavy import
         session = self.session(args.session)
         prompts = self._prompts(args, session)
-        if not args.output.isidentifier():
-            raise QloraError(f"{args.output!r} is not a valid Python name.", where="-o",
-                             hint="Use letters, digits and underscores.")
+        self.check_bind(args.output, "CompareResult", flag="-o", force=args.force)
         widget = self._widget(session) if getattr(self.shell, "kernel", None) is not None else None
         handle = _display(widget)
         try:
             result = session.compare(prompts, logprobs=args.logprobs, **options)
-        except BaseException:
+        except BaseException as exc:
             if widget is not None:
-                widget.status = "stopped"
+                _withdraw(widget, handle, exc)
             raise
         finally:
             if widget is not None and widget._unsubscribe is not None:
                 widget._unsubscribe()
-        self.bind(args.output, result)
+        self.bind(args.output, result, flag="-o", force=args.force)
         if handle is not None:
             handle.update(widget)  # the finished text/plain for front ends without widgets
         else:
@@ -104,6 +103,16 @@ def _unquote(value: Any) -> Any:
     except (ValueError, SyntaxError):
         return value[1:-1]
     return out if isinstance(out, str) else value[1:-1]
+
+
+def _withdraw(widget, handle, exc: BaseException) -> None:
+    """A failed compare leaves no empty widget: an interrupt keeps what streamed, an error removes the view."""
+    if isinstance(exc, KeyboardInterrupt) and getattr(widget, "rows", None):
+        widget.status = "stopped"
+        return
+    if handle is not None:
+        handle.update({"text/plain": ""}, raw=True)  # the QloraError paragraph below says what happened
+    widget.close()
 
 
 def _display(widget):

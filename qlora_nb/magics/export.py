@@ -19,7 +19,7 @@ class ExportMagics(QloraMagicsBase):
     @friendly("qlora_save")
     def qlora_save(self, line: str = ""):
         """Save an adapter as a standard PEFT folder (plain peft loads it) plus qlora_nb.json and a model card."""
-        args = parse_args(self.qlora_save, line, "qlora_save")
+        args = parse_args(self.qlora_save, line, "qlora_save", self.ns)
         session = self.session(args.session)
         out = session.save(args.directory, overwrite=args.overwrite, adapter=args.adapter)
         size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
@@ -35,19 +35,23 @@ class ExportMagics(QloraMagicsBase):
     @argument("--adapter", default=None, help="Adapter to merge (default: the active one).")
     @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
     @argument("-o", dest="output", default=None, help="Bind the MergeResult to this variable.")
+    @argument("--force", action="store_true", help="Bind the result even over a Session, your own variable or "
+                                                   "a builtin of that name.")
     @line_magic
     @friendly("qlora_merge")
     def qlora_merge(self, line: str = ""):
         """Merge an adapter into a 16/32-bit copy of the base, after a memory check, and verify the result."""
         from ..engine.merge import normalize_dtype
 
-        args = parse_args(self.qlora_merge, line, "qlora_merge")
+        args = parse_args(self.qlora_merge, line, "qlora_merge", self.ns)
         dtype = normalize_dtype(args.dtype)  # refuse bad flags before touching the session
         session = self.session(args.session)
+        if args.output:
+            self.check_bind(args.output, "MergeResult", flag="-o", force=args.force)
         result = session.merge(args.directory, dtype=dtype, overwrite=args.overwrite, verify=args.verify,
                                adapter=args.adapter, verbose=True)
         if args.output:
-            self.bind(args.output, result)
+            self.bind(args.output, result, flag="-o", force=args.force)
 
     @magic_arguments()
     @argument("directory", help="Folder for train.py, its config, accelerate configs and a README.")
@@ -61,11 +65,11 @@ class ExportMagics(QloraMagicsBase):
     @friendly("qlora_export")
     def qlora_export(self, line: str = ""):
         """Export this session's run as a standalone train.py + config for `accelerate launch` (DDP or FSDP-QLoRA)."""
-        args = parse_args(self.qlora_export, line, "qlora_export")
+        args = parse_args(self.qlora_export, line, "qlora_export", self.ns)
         session = self.session(args.session)
         options = {"fsdp": args.fsdp}
         if args.data is not None:
-            options["data"] = self.resolve_value(args.data, "--data")
+            options["data"] = args.data  # `$name` was resolved to text by parse_args (objects are refused there)
         if args.num_processes is not None:
             options["num_processes"] = args.num_processes
         out = session.export(args.directory, overwrite=args.overwrite, **options)

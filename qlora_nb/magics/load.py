@@ -17,17 +17,20 @@ class LoadMagics(QloraMagicsBase):
     @argument("--name", default=DEFAULT_SESSION, help="Variable the Session is bound to (default: qlora).")
     @argument("--quiet", action="store_true", help="Bind the session without displaying the breakdown.")
     @option_flags(LoadConfig, "load options (also keyword arguments of qlora_nb.load)", exclude=("model",))
+    @argument("--force", action="store_true", help="Bind the result even over a Session, your own variable or "
+                                                   "a builtin of that name.")
     @line_magic
     @friendly("qlora_load")
     def qlora_load(self, line: str = ""):
         """Load MODEL quantized (NF4 + double quantization by default), attach LoRA, show the breakdown."""
         from ..engine.session import load
 
-        args = parse_args(self.qlora_load, line, "qlora_load")
+        args = parse_args(self.qlora_load, line, "qlora_load", self.ns)
         options = options_from_args(args, LoadConfig)
         LoadConfig.from_options(options)  # validate flags before any heavy import
+        self.check_bind(args.name, "Session", flag="--name", force=args.force, replaces_session=True)
         session = load(**options)
-        self.bind(args.name, session)
+        self.bind(args.name, session, flag="--name", force=args.force)
         if not args.quiet:
             self._show_breakdown(session)
 
@@ -45,7 +48,7 @@ class LoadMagics(QloraMagicsBase):
     @friendly("qlora_load_adapter")
     def qlora_load_adapter(self, line: str = ""):
         """Load a saved adapter into the session under a name (compare with %qlora_compare --adapters)."""
-        args = parse_args(self.qlora_load_adapter, line, "qlora_load_adapter")
+        args = parse_args(self.qlora_load_adapter, line, "qlora_load_adapter", self.ns)
         session = self.session(args.session)
         name = session.load_adapter(args.directory, name=args.name, allow_pickle=args.allow_pickle)
         print(f"adapter {name!r} loaded from {args.directory}; adapters: {', '.join(session.adapters)}")
@@ -53,14 +56,17 @@ class LoadMagics(QloraMagicsBase):
     @magic_arguments()
     @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
     @argument("-o", dest="output", default=None, help="Bind the Ledger to this variable.")
+    @argument("--force", action="store_true", help="Bind the result even over a Session, your own variable or "
+                                                   "a builtin of that name.")
     @line_magic
     @friendly("qlora_ledger")
     def qlora_ledger(self, line: str = ""):
         """Show the memory ledger (bytes by component) of a session."""
-        args = parse_args(self.qlora_ledger, line, "qlora_ledger")
+        args = parse_args(self.qlora_ledger, line, "qlora_ledger", self.ns)
         session = self.session(args.session)
         if args.output:
-            self.bind(args.output, session.ledger())
+            self.check_bind(args.output, "Ledger", flag="-o", force=args.force)
+            self.bind(args.output, session.ledger(), flag="-o", force=args.force)
         self._show_breakdown(session)
 
     @magic_arguments()
@@ -71,7 +77,7 @@ class LoadMagics(QloraMagicsBase):
         """Free the session's model: drop references (also in Out/_ and the last traceback), gc, empty caches."""
         from ..engine.lifecycle import unload_from_shell
 
-        args = parse_args(self.qlora_unload, line, "qlora_unload")
+        args = parse_args(self.qlora_unload, line, "qlora_unload", self.ns)
         session = self.session(args.session)
         report = unload_from_shell(self.shell, args.session, session)
         print(report)

@@ -20,12 +20,16 @@ class PlanMagics(QloraMagicsBase):
     @argument("--text", action="store_true", help="Print the plan as text instead of the widget.")
     @argument("-o", dest="output", default=None, help="Bind the Plan to this variable.")
     @option_flags(PlanConfig, "plan options (also keyword arguments of qlora_nb.plan)", exclude=("model",))
+    @argument("--force", action="store_true", help="Bind the result even over a Session, your own variable or "
+                                                   "a builtin of that name.")
     @line_magic
     @friendly("qlora_plan")
     def qlora_plan(self, line: str = ""):
         """Predict training memory by component and say whether it fits (the Python twin is qlora_nb.plan)."""
-        args = parse_args(self.qlora_plan, line, "qlora_plan")
+        args = parse_args(self.qlora_plan, line, "qlora_plan", self.ns)
         options = options_from_args(args, PlanConfig, exclude=("model",))
+        if args.output:
+            self.check_bind(args.output, "Plan", flag="-o", force=args.force)
         if args.model is None:
             from ..memory.planner import plan_session
 
@@ -36,7 +40,7 @@ class PlanMagics(QloraMagicsBase):
             PlanConfig.from_options(options)  # flag errors before anything is resolved
             result = plan(args.model, **options)
         if args.output:
-            self.bind(args.output, result)
+            self.bind(args.output, result, flag="-o", force=args.force)
         if args.text:
             print(result)
             return
@@ -52,14 +56,18 @@ class PlanMagics(QloraMagicsBase):
     @argument("--no-perplexity", dest="perplexity", action="store_false",
               help="Skip the 4-bit vs 16-bit perplexity (no 16-bit copy is loaded).")
     @argument("-o", dest="output", default=None, help="Bind the QuantReport to this variable.")
+    @argument("--force", action="store_true", help="Bind the result even over a Session, your own variable or "
+                                                   "a builtin of that name.")
     @line_magic
     @friendly("qlora_quant_report")
     def qlora_quant_report(self, line: str = ""):
         """NF4 vs FP4 vs Int4 reconstruction error per layer, and 4-bit vs 16-bit perplexity, as plots."""
         from ..errors import QloraError
 
-        args = parse_args(self.qlora_quant_report, line, "qlora_quant_report")
+        args = parse_args(self.qlora_quant_report, line, "qlora_quant_report", self.ns)
         session = self.session(args.session)
+        if args.output:
+            self.check_bind(args.output, "QuantReport", flag="-o", force=args.force)
         try:
             sample = None if str(args.sample).lower() in ("all", "none") else int(args.sample)
             max_tokens = int(args.max_tokens)
@@ -71,7 +79,7 @@ class PlanMagics(QloraMagicsBase):
                              hint="Use at least 2.")
         report = session.quant_report(sample=sample, max_tokens=max_tokens, perplexity_check=args.perplexity)
         if args.output:
-            self.bind(args.output, report)
+            self.bind(args.output, report, flag="-o", force=args.force)
         print(report)
         from ..views.quant_report import report_figures
 

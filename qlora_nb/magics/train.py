@@ -6,7 +6,6 @@ from IPython.core.magic import cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..config import TrainConfig
-from ..errors import QloraError
 from .base import DEFAULT_SESSION, QloraMagicsBase, friendly, parse_args, parse_yaml_body
 from .flags import options_doc
 
@@ -31,6 +30,8 @@ class TrainMagics(QloraMagicsBase):
     @argument("--resume", action="store_true", help="Continue from the last checkpoint in output_dir.")
     @argument("--quiet", action="store_true", help="No dashboard or progress lines.")
     @options_doc(TrainConfig, "Options (one `name: value` per line of the body; aliases after the name):")
+    @argument("--force", action="store_true", help="Bind the result even over a Session, your own variable or "
+                                                   "a builtin of that name.")
     @cell_magic
     @friendly("qlora_train")
     def qlora_train(self, line: str = "", cell: str = ""):
@@ -39,18 +40,18 @@ class TrainMagics(QloraMagicsBase):
         ``$name`` values come from the notebook (e.g. ``data: $df``).
         Python twin: ``session.train(data=..., **options)``.
         """
-        args = parse_args(self.qlora_train, line, "qlora_train")
+        args = parse_args(self.qlora_train, line, "qlora_train", self.ns)
         options = self.resolve_values(parse_yaml_body(cell, "qlora_train"), "%%qlora_train")
         if args.resume:
             options["resume"] = True
         cfg = TrainConfig.from_options(options)  # unknown keys / bad values fail before anything heavy
-        if not args.output.isidentifier():
-            raise QloraError(f"{args.output!r} is not a valid Python name.", where="-o",
-                             hint="Use letters, digits and underscores.")
+        self.check_bind(args.output, "TrainResult", flag="-o", force=args.force)
         session = self.session(args.session)
         with _live_view(session, cfg, args.quiet):
             result = session.train(**options)
-        self.bind(args.output, result)
+        self.bind(args.output, result, flag="-o", force=args.force)
+        if result.note:  # a second interrupt: which checkpoint exists and how to continue
+            print(result.note)
         if result.truncated_rows:  # not an error, but the user must know how much text was cut
             rows = result.metrics.get("train_rows", 0) + result.metrics.get("val_rows", 0)
             print(f"note: {result.truncated_rows} of {rows} rows were longer than cutoff_len={cfg.cutoff_len} "

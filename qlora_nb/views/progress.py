@@ -64,7 +64,9 @@ class TextProgress:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._unsubscribe is not None and exc_type is not None:
+        began = self._started is not None or bool(self._last)
+        if self._unsubscribe is not None and exc_type is not None and began:
+            # (failed or interrupted before training began: the error's one line says it all)
             if issubclass(exc_type, KeyboardInterrupt):
                 self.on_event({"kind": "train_end", "interrupted": True})
             else:
