@@ -233,3 +233,30 @@ def test_engine_does_not_import_the_workbench_views():
     upward = re.compile(r"(from|import)\s+[.\w]*\b(widgets|views|magics)\b")
     for path in (root / "engine" / "stream.py", root / "data" / "preview.py"):
         assert not upward.search(path.read_text(encoding="utf-8")), path
+
+
+def test_without_subshells_the_kernel_interrupt_stops_a_studio_run(tiny_session, tmp_path, monkeypatch):
+    """ipykernel < 7 (no subshells): the panel says Stop needs the Interrupt, and the Interrupt (SIGINT on the
+    main thread, where a Train click runs) stops at a step boundary with a checkpoint that Resume continues."""
+    import signal
+
+    from qlora_nb.widgets import kernel_comm
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(kernel_comm, "current_kernel", lambda: SimpleNamespace())  # a kernel without subshells
+    st = _studio(tiny_session, data="rows")
+    st.template = TEMPLATE
+    _set(st, max_steps=5, batch_size=4, cutoff_len=64, val_split=0)
+    assert st.in_kernel
+
+    def interrupt_at_2(event):
+        if event.get("kind") == "step" and event.get("step") == 2:
+            signal.raise_signal(signal.SIGINT)  # what the kernel's ■ Interrupt delivers
+
+    off = tiny_session.events.subscribe(interrupt_at_2)
+    st.train()
+    off()
+    assert not st.stop_live and "interrupt" in st.dashboard.message
+    assert st.status == "stopped" and st.can_resume and st.run["checkpoint_step"] >= 2
+    st.train(resume=True)
+    assert st.status == "done" and st.run["first_step"] == st.run["resumed_from"] + 1

@@ -49,6 +49,11 @@ function renderPreview(node, p, error) {
   });
 }
 
+// the planner's components beyond the ledger's (activations are split into activations, logits and runtime overhead)
+const EXTRA = { activations: ["activations", "#a78bfa"], logits: ["logits", "#c4b5fd"], overhead: ["runtime overhead", "#cbd5e1"] };
+const colour = (k) => COLORS[k] || (EXTRA[k] || [])[1] || "#999";
+const label = (k) => LABELS[k] || (EXTRA[k] || [])[0] || k;
+
 function renderForecast(node, f) {
   node.replaceChildren(el("div", { class: "qn-title" }, "memory forecast"));
   if (!f || f.error) { node.append(el("div", { class: "qn-muted" }, f && f.error ? f.error : "–")); return; }
@@ -58,8 +63,8 @@ function renderForecast(node, f) {
   const legend = el("div", { class: "qn-legend" });
   for (const [k, v] of Object.entries(f.components || {})) {
     if (!v) continue;
-    bar.append(el("div", { style: `width:${(100 * v) / scale}%;background:${COLORS[k] || "#999"}`, title: `${LABELS[k] || k}: ${bytes(v)}` }));
-    legend.append(el("span", {}, el("span", { class: "qn-swatch", style: `background:${COLORS[k] || "#999"}` }), `${LABELS[k] || k} ${bytes(v)}`));
+    bar.append(el("div", { style: `width:${(100 * v) / scale}%;background:${colour(k)}`, title: `${label(k)}: ${bytes(v)}` }));
+    legend.append(el("span", {}, el("span", { class: "qn-swatch", style: `background:${colour(k)}` }), `${label(k)} ${bytes(v)}`));
   }
   const fits = f.verdict === "fits";
   node.append(el("div", { class: "qn-row" },
