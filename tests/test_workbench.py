@@ -42,7 +42,7 @@ def _perturb(session, std=0.5):
 
 # ------------------------------------------------------------------ options
 def test_options_come_from_train_config_metadata():
-    from qlora_nb.widgets.studio import OPTIONS, option_specs
+    from qlora_nb.widgets.workbench import OPTIONS, option_specs
 
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     specs = {s["name"]: s for s in option_specs()}
@@ -128,10 +128,18 @@ def test_train_stop_resume_continues_from_the_checkpoint(tiny_session, tmp_path,
     ckpt = st.run["checkpoint_step"]  # the step boundary after the click (the flag is read at step end)
     assert 2 <= ckpt < 6 and f"stopped at step {ckpt}" in st.message and first.metrics["steps"] == ckpt
     assert ns["train_result"] is first and st.dashboard is not None and st.dashboard_id
+    from qlora_nb.widgets.playground import Playground
+
+    pg = Playground(tiny_session)  # during the training pause: generation leaves the run resumable
+    pg.options = {**pg.options, "max_new_tokens": "4"}
+    assert pg.generate("Q: 1 plus 1") is not None and pg.columns == ["base", "default"], pg.error
     done = st.train(resume=True)
     assert st.status == "done" and not st.can_resume
     assert st.run["resumed_from"] == ckpt and st.run["first_step"] == ckpt + 1 and done.metrics["steps"] == 6
     assert st.dashboard.steps == list(range(1, 7))  # the resumed curve continues the stopped one
+    tiny_session.load_adapter(done.adapter_dir, name="again")  # %qlora_load_adapter: a new column, no reload
+    pg.generate("Q: 1 plus 1")
+    assert pg.available == ["default", "again"] and pg.columns == ["base", "default", "again"]
 
 
 def test_engine_error_is_one_paragraph(tiny_session, tmp_path, monkeypatch):
@@ -224,7 +232,7 @@ def test_magics_and_python_twins(tiny_session):
         assert shell.user_ns["playground"].prompt == "Q: 1 plus 1"
     finally:
         InteractiveShell.clear_instance()
-    assert isinstance(qlora_nb.studio(tiny_session), Studio)
+    assert "data: $rows\n" in qlora_nb.studio(tiny_session, data=ROWS, user_ns={"rows": ROWS}).to_code()
     assert isinstance(qlora_nb.playground(tiny_session), Playground)
 
 

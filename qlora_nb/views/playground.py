@@ -20,7 +20,7 @@ import traitlets
 
 from ..config import GenerateConfig
 from .base import QloraWidget, esm
-from .studio import error_text, workbench_css
+from .workbench import error_text, workbench_css
 
 MAX_HISTORY = 20
 

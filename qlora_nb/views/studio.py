@@ -20,8 +20,6 @@ stop at the next step boundary with a checkpoint).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
 from typing import Any
 
@@ -29,67 +27,10 @@ import traitlets
 
 from ..config import TrainConfig
 from ..errors import QloraError
-from .base import QloraWidget, asset, esm
+from .base import QloraWidget, esm
+from .workbench import default_values, error_text, option_specs, workbench_css, yaml_value
 
-
-def workbench_css() -> str:
-    """The shared widget styles plus the studio/playground ones (one stylesheet string for anywidget)."""
-    return asset("qlora.css").read_text(encoding="utf-8") + "\n" + asset("workbench.css").read_text(encoding="utf-8")
-
-OPTIONS = ("max_steps", "epochs", "learning_rate", "batch_size", "gradient_accumulation_steps", "cutoff_len",
-           "val_split", "eval_steps", "optimizer", "gradient_checkpointing", "packing")
 PREVIEW_ROWS = 3
-
-
-def option_specs(names: tuple[str, ...] = OPTIONS) -> list[dict[str, Any]]:
-    """One control description per option, read from TrainConfig's fields (name, kind, default, help, range)."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    specs = []
-    for name in names:
-        f = fields[name]
-        meta = f.metadata
-        default = f.default
-        tp = str(f.type)
-        kind = ("choice" if meta.get("choices") else "bool" if isinstance(default, bool)
-                else "int" if tp.startswith("int") else "float")
-        specs.append({"name": name, "kind": kind, "default": default, "help": meta.get("help", ""),
-                      "choices": list(meta["choices"]) if meta.get("choices") else None,
-                      "min": meta.get("min"), "max": meta.get("max"), "optional": "None" in tp})
-    return specs
-
-
-def _default_values() -> dict[str, Any]:
-    return {s["name"]: s["default"] for s in option_specs()}
-
-
-def yaml_value(value: Any) -> str:
-    """A value as ``%%qlora_train``'s YAML body reads it back (text stays text, JSON quoting where needed)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    text = str(value)
-    if re.fullmatch(r"[\w./$~-]+", text) and text.lower() not in ("null", "true", "false", "yes", "no", "~"):
-        return text
-    return json.dumps(text)
-
-
-def error_text(exc: BaseException, where: str = "%qlora_studio") -> str:
-    """The one paragraph the magics print for ``exc`` (a QloraError as is, an OOM with advice, else one line)."""
-    if isinstance(exc, QloraError):
-        return str(exc)
-    from ..engine.lifecycle import explain_oom
-
-    oom = explain_oom(exc, where)
-    if oom is not None:
-        return str(oom)
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return str(QloraError(f"{type(exc).__name__}: {first}".rstrip(": ") + ".", where=where,
-                          hint="This looks like a bug or an unsupported setting; run the copied cell with "
-                               "--debug to see the traceback."))
-
 
 class Studio(QloraWidget):
     """Data, options, memory forecast and Train/Stop/Resume for one session; ``view`` embeds the dashboard."""
@@ -135,7 +76,7 @@ class Studio(QloraWidget):
         self.title = f"studio · {getattr(getattr(session, 'config', None), 'model', '')}"
         with self.hold_trait_notifications():
             self.specs = option_specs()
-            self.values = _default_values()
+            self.values = default_values()
             if data is not None:
                 self.data = data if isinstance(data, str) else ""
                 if not isinstance(data, str):
@@ -163,7 +104,7 @@ class Studio(QloraWidget):
     def typed_options(self) -> dict[str, Any]:
         """The options that differ from TrainConfig's defaults, typed and validated one by one."""
         out, errors = {}, {}
-        defaults = _default_values()
+        defaults = default_values()
         for name, raw in self.values.items():
             value = None if raw == "" else raw
             try:
@@ -191,6 +132,9 @@ class Studio(QloraWidget):
         if self.session_name != "qlora":
             line += f" --session {self.session_name}"
         text = self.data.strip()
+        if not text and self._data_object is not None:  # passed as an object: name the variable holding it
+            text = next((f"${k}" for k, v in self.user_ns.items() if v is self._data_object and k.isidentifier()
+                         and not k.startswith("_")), "$data")
         data = f"${text.lstrip('$')}" if text and self._is_variable(text) else text or "$data"
         body = [f"data: {yaml_value(data) if not data.startswith('$') else data}"]
         if self.template.strip():
@@ -244,7 +188,7 @@ class Studio(QloraWidget):
         from ..engine.generate import token_pieces
 
         p, tok = self._preview, self.session.tokenizer
-        completion_only = True
+        completion_only = TrainConfig.completion_only  # not a studio control: the %%qlora_train default
         rows = []
         for ex in p.examples(tok, cutoff, completion_only, PREVIEW_ROWS):
             rows.append({"pieces": token_pieces(tok, ex["ids"]), "learned": ex["learned"],
