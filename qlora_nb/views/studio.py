@@ -212,7 +212,12 @@ class Studio(QloraWidget):
     def _on_front_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         if not isinstance(content, dict):
             return
-        event = content.get("event")
+        try:
+            self._handle(content.get("event"))
+        except Exception as exc:  # shown in the panel: a comm handler's exception would only reach the kernel log
+            self.status, self.error = "error", error_text(exc)
+
+    def _handle(self, event: Any) -> None:
         if event == "train":
             self.train()
         elif event == "resume":
@@ -247,7 +252,11 @@ class Studio(QloraWidget):
                 self.status, self.error = "error", "studio: nothing to resume yet. Press Train first."
                 return None
             options.update(resume=True, output_dir=str(previous.output_dir))
-        dash = self._new_dashboard(cfg, previous if resume else None)
+        try:
+            dash = self._new_dashboard(cfg, previous if resume else None)
+        except Exception as exc:  # a click must always end in a visible state, never a silent comm-handler error
+            self.status, self.error = "error", error_text(exc)
+            return None
         run: dict[str, Any] = {"resumed_from": self.run.get("checkpoint_step") if resume else None}
         unsubscribe = self.session.events.subscribe(lambda e: _track(run, e))
         self.status, self.can_resume = "running", False
