@@ -28,7 +28,7 @@ CELL = r"""
 import json, statistics, time
 from types import SimpleNamespace
 from qlora_nb.events import EventBus
-from qlora_nb.widgets.studio import Studio
+from qlora_nb.views.studio import Studio
 
 LEDGER = {"components": {k: 1000 * i for i, k in enumerate(["quantized_weights", "quant_constants", "other_weights",
           "adapters", "gradients", "optimizer_states", "activations_and_other"])},

@@ -21,7 +21,7 @@ TEMPLATE = "Q: {q}\nA: {output}"
 
 
 def _studio(session, **kw):
-    from qlora_nb.widgets.studio import Studio
+    from qlora_nb.views.studio import Studio
 
     return Studio(session, user_ns=kw.pop("user_ns", {"rows": ROWS}), **kw)
 
@@ -42,7 +42,7 @@ def _perturb(session, std=0.5):
 
 # ------------------------------------------------------------------ options
 def test_options_come_from_train_config_metadata():
-    from qlora_nb.widgets.workbench import OPTIONS, option_specs
+    from qlora_nb.views.workbench import OPTIONS, option_specs
 
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     specs = {s["name"]: s for s in option_specs()}
@@ -128,7 +128,7 @@ def test_train_stop_resume_continues_from_the_checkpoint(tiny_session, tmp_path,
     ckpt = st.run["checkpoint_step"]  # the step boundary after the click (the flag is read at step end)
     assert 2 <= ckpt < 6 and f"stopped at step {ckpt}" in st.message and first.metrics["steps"] == ckpt
     assert ns["train_result"] is first and st.dashboard is not None and st.dashboard_id
-    from qlora_nb.widgets.playground import Playground
+    from qlora_nb.views.playground import Playground
 
     pg = Playground(tiny_session)  # during the training pause: generation leaves the run resumable
     pg.options = {**pg.options, "max_new_tokens": "4"}
@@ -182,7 +182,7 @@ def test_copied_cell_reproduces_the_configuration_in_a_fresh_shell(tiny_session)
 
 # ------------------------------------------------------------------ playground
 def test_playground_streams_every_column_from_one_model(tiny_session):
-    from qlora_nb.widgets.playground import Playground
+    from qlora_nb.views.playground import Playground
 
     pg = Playground(tiny_session)
     pg.generate("Q: 3 plus 3")
@@ -209,7 +209,7 @@ def test_playground_streams_every_column_from_one_model(tiny_session):
 
 
 def test_playground_error_is_shown_not_raised(tiny_session):
-    from qlora_nb.widgets.playground import Playground
+    from qlora_nb.views.playground import Playground
 
     pg = Playground(tiny_session)
     assert pg.generate("   ") is None and pg.status == "error" and pg.error.startswith("prompt: the prompt is empty")
@@ -219,8 +219,8 @@ def test_playground_error_is_shown_not_raised(tiny_session):
 def test_magics_and_python_twins(tiny_session):
     from IPython.core.interactiveshell import InteractiveShell
 
-    from qlora_nb.widgets.playground import Playground
-    from qlora_nb.widgets.studio import Studio
+    from qlora_nb.views.playground import Playground
+    from qlora_nb.views.studio import Studio
 
     shell = InteractiveShell()
     try:
@@ -248,7 +248,7 @@ def test_without_subshells_the_kernel_interrupt_stops_a_studio_run(tiny_session,
     main thread, where a Train click runs) stops at a step boundary with a checkpoint that Resume continues."""
     import signal
 
-    from qlora_nb.widgets import kernel_comm
+    from qlora_nb.views import kernel_comm
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(kernel_comm, "current_kernel", lambda: SimpleNamespace())  # a kernel without subshells

@@ -4,7 +4,7 @@ This is the engine call behind the playground (``%qlora_playground``). It is
 ``compare`` for a single free-text prompt, plus what a person typing prompts
 wants to read per column: the tokens as they come, tokens/s and (optionally)
 the mean log-probability of the column's own tokens. It reuses the comparison
-helpers (:mod:`qlora_nb.engine.generate`): the base column runs inside peft's
+helpers (:mod:`qlora_nb.engine.generate`, :mod:`qlora_nb.engine.adapters`): the base column runs inside peft's
 ``disable_adapter()``, each adapter column after ``set_adapter``, the seed is
 set before every column, and every flag is restored afterwards, so it is safe
 between a Stop and a Resume of a training run.
@@ -27,21 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import GenerateConfig
-from .generate import (
-    BASE,
-    _generate,
-    _make_streamer,
-    _token_logprobs,
-    choose_columns,
-    diff_mask,
-    diverge_index,
-    encode,
-    format_prompt,
-    generating,
-    side_by_side,
-    token_pieces,
-    use_column,
-)
+from .adapters import BASE, evaluating, use_adapter
+from .compare_result import side_by_side
+from .generate import _generate, _make_streamer, _token_logprobs, choose_columns, diff_mask, diverge_index, token_pieces
+from .prompts import encode, format_prompt
 
 
 @dataclass
@@ -119,12 +108,12 @@ def stream(session, prompt: str, *, columns: list[str] | None = None, logprobs: 
     emit("stream_begin", prompt=p.shown, formatted=p.formatted, columns=list(chosen), notes=list(notes), options=opts)
     tok = session.tokenizer
     cells: dict[str, dict[str, Any]] = {}
-    with generating(session) as state:
+    with evaluating(session.model) as state:
         for column in chosen:
             def on_token(new_ids, text, delta, _col=column):
                 emit("stream_token", column=_col, text=text, delta=delta, ids=list(new_ids), n_tokens=len(new_ids))
 
-            with use_column(session.model, column, state):
+            with use_adapter(session.model, column, state):
                 started = time.perf_counter()
                 out = _generate(session, ids, cfg, _make_streamer(tok, on_token))
                 seconds = time.perf_counter() - started

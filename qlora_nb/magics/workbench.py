@@ -25,7 +25,7 @@ class WorkbenchMagics(QloraMagicsBase):
 
         ``studio.to_code()`` (or the panel's "Copy as cell") gives the ``%%qlora_train`` cell for the settings.
         """
-        from ..widgets.studio import Studio
+        from ..views.studio import Studio
 
         args = parse_args(self.qlora_studio, line, "qlora_studio")
         session = self.session(args.session)
@@ -43,7 +43,7 @@ class WorkbenchMagics(QloraMagicsBase):
     @friendly("qlora_playground")
     def qlora_playground(self, line: str = ""):
         """Type a prompt and watch the base and every adapter answer side by side, token by token."""
-        from ..widgets.playground import Playground
+        from ..views.playground import Playground
 
         args = parse_args(self.qlora_playground, line, "qlora_playground")
         session = self.session(args.session)

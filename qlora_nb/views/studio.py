@@ -11,9 +11,9 @@ the ``%%qlora_train`` cell that reproduces the configuration.
 Threads: Train and Resume run on the kernel's main thread (a click is a comm
 message, handled there when no cell is running), so the engine's SIGINT
 handling and the CPU guards behave as in a cell. Stop is the embedded
-:class:`~qlora_nb.widgets.dashboard.TrainingDashboard`'s stop: its comm is
+:class:`~qlora_nb.views.dashboard.TrainingDashboard`'s stop: its comm is
 routed to a kernel subshell where ipykernel ≥ 7.4 allows it
-(:mod:`qlora_nb.widgets.kernel_comm`); elsewhere the panel says that Stop needs
+(:mod:`qlora_nb.views.kernel_comm`); elsewhere the panel says that Stop needs
 the kernel's Interrupt while the run is busy (which the engine turns into a
 stop at the next step boundary with a checkpoint).
 """
