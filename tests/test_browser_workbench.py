@@ -182,10 +182,11 @@ def test_studio_train_stop_resume(bench):
     bench.shot("studio-stopped", '[data-testid="qlora-studio"]')
     bench.studio("studio-resume").click()
     s = bench.until("the resumed run to finish", lambda s: s["status"] == "done")
+    bench.shot("studio-resumed", '[data-testid="qlora-studio"]')
+    s = bench.until("the curve to be drawn to the last step", lambda s: s["lastX"] == STEPS, timeout=30)
     assert int(s["resumedFrom"]) == ckpt and int(s["firstStep"]) == ckpt + 1, s  # continued from the checkpoint
     assert s["dashStatus"] == "done" and s["points"] == STEPS and s["lastX"] == STEPS, s
-    assert not s["resume"] and s["train"], s
-    bench.shot("studio-resumed", '[data-testid="qlora-studio"]')
+    assert s["curve"] == STEPS and not s["resume"] and s["train"], s
 
 
 def test_playground_streams_two_columns_with_differences(bench):

@@ -304,10 +304,11 @@ class Studio(QloraWidget):
                 if "eval_loss" in h:
                     dash.eval_steps.append(int(h["step"]))
                     dash.eval_losses.append(float(h["eval_loss"]))
-            dash.flush()
         if self._slot is None:
             self._slot = ipywidgets.VBox([])
         self._slot.children = (dash.view,)
+        if previous is not None:
+            dash.flush()  # drawn once the figure is in the slot (its first redraw, then every new step redraws it all)
         if self.dashboard is not None and self.dashboard is not dash:
             self.dashboard.detach()
         self.dashboard = dash
