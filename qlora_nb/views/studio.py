@@ -307,8 +307,8 @@ class Studio(QloraWidget):
         if self._slot is None:
             self._slot = ipywidgets.VBox([])
         self._slot.children = (dash.view,)
-        if previous is not None:
-            dash.flush()  # drawn once the figure is in the slot (its first redraw, then every new step redraws it all)
+        # No explicit redraw of the prefilled curve here: the first step's redraw sends the whole arrays, as on a fresh
+        # Train (an update sent while the front end is still creating the plotly view left the figure blank).
         if self.dashboard is not None and self.dashboard is not dash:
             self.dashboard.detach()
         self.dashboard = dash
