@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 from .errors import QloraError
 
-__all__ = ["QloraError", "Session", "load", "plan", "__version__"]
+__all__ = ["QloraError", "Session", "load", "plan", "playground", "studio", "__version__"]
 
 if TYPE_CHECKING:
     from .engine.session import Session, load
@@ -29,6 +29,24 @@ def __getattr__(name: str) -> Any:  # PEP 562: heavy parts load on first use
 
         return plan
     raise AttributeError(f"module 'qlora_nb' has no attribute {name!r}")
+
+
+def studio(session: Session, data: Any = None, **kwargs: Any):
+    """The studio panel for ``session`` (Python twin of ``%qlora_studio``); display it, or call ``.train()``.
+
+    A function here rather than ``Session.studio()``: the engine must not import its views (layering), and the
+    package façade is the one place that sits above both.
+    """
+    from .views.studio import Studio
+
+    return Studio(session, data=data, **kwargs)
+
+
+def playground(session: Session, prompt: str = "", **kwargs: Any):
+    """The playground for ``session`` (Python twin of ``%qlora_playground``); ``.generate("...")`` streams."""
+    from .views.playground import Playground
+
+    return Playground(session, prompt=prompt, **kwargs)
 
 
 def load_ipython_extension(ipython) -> None:

@@ -11,8 +11,9 @@ def magic_classes() -> list[type]:
     from .load import LoadMagics
     from .plan import PlanMagics
     from .train import TrainMagics
+    from .workbench import WorkbenchMagics
 
-    return [LoadMagics, TrainMagics, CompareMagics, PlanMagics, ExportMagics]
+    return [LoadMagics, TrainMagics, CompareMagics, PlanMagics, ExportMagics, WorkbenchMagics]
 
 
 def _show_qlora_error(shell, etype, value, tb, tb_offset=None):

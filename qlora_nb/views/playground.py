@@ -1,0 +1,150 @@
+"""The playground: type a prompt, see the base and each adapter answer side by side, token by token.
+
+A subscriber of ``session.events`` around one call of
+:func:`qlora_nb.engine.stream.stream` (the engine never imports this module).
+Every column comes from the same weights in memory (adapters switched or
+disabled in place). Tokens are pushed to the front end at most every
+``interval`` seconds and whenever a column ends, so a fast model does not flood
+the comm channel. Earlier prompts stay listed and can be run again (after more
+training, or after ``%qlora_load_adapter``: the column choices are re-read from
+the session on every Generate).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import traitlets
+
+from ..config import GenerateConfig
+from .base import QloraWidget, esm
+from .workbench import error_text, workbench_css
+
+MAX_HISTORY = 20
+
+
+def _generation_defaults() -> dict[str, Any]:
+    d = GenerateConfig()
+    return {"max_new_tokens": d.max_new_tokens, "sample": d.sample, "temperature": d.temperature, "seed": d.seed,
+            "logprobs": False}
+
+
+class Playground(QloraWidget):
+    """Prompt box, generation options, one streamed column per model (base first), prompt history."""
+
+    _esm = esm("playground.js")
+    _css = workbench_css()
+
+    title = traitlets.Unicode("playground").tag(sync=True)
+    prompt = traitlets.Unicode("").tag(sync=True)
+    options = traitlets.Dict().tag(sync=True)
+    available = traitlets.List().tag(sync=True)  # adapter names in the session (base is always shown)
+    chosen = traitlets.List().tag(sync=True)  # adapters ticked (empty: all trained ones)
+    columns = traitlets.List().tag(sync=True)
+    cells = traitlets.Dict().tag(sync=True)  # column -> text, ids, tokens, diff, n_tokens, tokens_per_s, ...
+    notes = traitlets.List().tag(sync=True)
+    history = traitlets.List().tag(sync=True)
+    status = traitlets.Unicode("idle").tag(sync=True)  # idle, generating, done, error
+    error = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, session: Any, *, prompt: str = "", interval: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.session = session
+        self.interval = interval
+        self._cells: dict[str, dict[str, Any]] = {}
+        self._last_push = 0.0
+        self.title = f"playground · {getattr(getattr(session, 'config', None), 'model', '')}"
+        self.options = _generation_defaults()
+        self.prompt = prompt
+        self.refresh_adapters()
+        self.on_msg(self._on_front_msg)
+
+    def refresh_adapters(self) -> None:
+        """Re-read the session's adapters (after ``%qlora_load_adapter`` or more training)."""
+        self.available = [n for n in self.session.adapters if n in getattr(self.session.model, "peft_config", {})]
+
+    # -------------------------------------------------------------- actions
+    def _on_front_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        if not isinstance(content, dict):
+            return
+        if content.get("event") == "generate":
+            self.generate(content.get("prompt", self.prompt))
+        elif content.get("event") == "refresh":
+            self.refresh_adapters()
+
+    def generate(self, prompt: str | None = None) -> Any:
+        """Stream ``prompt`` (default: the prompt box) through the base and the chosen adapters."""
+        from ..engine.stream import stream
+
+        if self.status == "generating":
+            return None
+        prompt = self.prompt if prompt is None else prompt
+        self.prompt = prompt
+        self.error = ""
+        self.refresh_adapters()
+        opts = dict(self.options)
+        logprobs = bool(opts.pop("logprobs", False))
+        chosen = [c for c in self.chosen if c in self.available]
+        self.status = "generating"
+        try:
+            result = stream(self.session, prompt, columns=chosen or None, logprobs=logprobs, on_event=self.on_event,
+                            **opts)
+        except BaseException as exc:
+            self.status, self.error = "error", error_text(exc, "%qlora_playground")
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return None
+        hist = [h for h in self.history if h != prompt]
+        self.history = ([prompt] + hist)[:MAX_HISTORY]
+        self.status = "done"
+        return result
+
+    # --------------------------------------------------------------- events
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == "stream_begin":
+            self._cells = {c: {"text": "", "ids": [], "pieces": [], "n_tokens": 0, "done": False}
+                           for c in event["columns"]}
+            with self.hold_sync():
+                self.columns = list(event["columns"])
+                self.notes = list(event.get("notes") or [])
+                self._push(force=True)
+        elif kind == "stream_token":
+            cell = self._cells.setdefault(event["column"], {})
+            pieces = cell.setdefault("pieces", [])
+            if event["n_tokens"] == len(pieces) and pieces:  # the end flush of an unfinished character
+                pieces[-1] += event.get("delta", "")
+            else:
+                pieces.append(event.get("delta", ""))
+            cell.update(text=event["text"], ids=event["ids"], n_tokens=event["n_tokens"])
+            base = self._cells.get("base", {})
+            if event["column"] != "base" and base.get("done"):  # live: where this column left the base so far
+                cell["diverge_at"] = _diverge(event["ids"], base.get("ids") or [])
+            self._push()
+        elif kind == "stream_column":
+            self._cells[event["column"]] = {**event["cell"], "done": True}
+            self._push(force=True)
+
+    def _push(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_push >= self.interval:
+            self._last_push = now
+            self.cells = copy.deepcopy(self._cells)
+
+    # ---------------------------------------------------------------- text
+    def text(self) -> str:
+        from ..engine.stream import render_stream_text
+
+        if not self.columns:
+            return f"{self.title}: type a prompt and press Generate (Python: playground.generate('...'))."
+        return render_stream_text({"prompt": self.prompt, "columns": self.columns, "cells": self._cells,
+                                   "notes": self.notes})
+
+
+def _diverge(ids: list[int], base: list[int]) -> int | None:
+    for i, (a, b) in enumerate(zip(ids, base, strict=False)):
+        if a != b:
+            return i
+    return len(base) if len(ids) > len(base) else None

@@ -1,0 +1,78 @@
+"""What the studio and the playground share: the option controls from TrainConfig, YAML values, error text, CSS.
+
+Kept apart from the widget classes so the option metadata and the one-paragraph error text can be used (and
+tested) without a front-end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any
+
+from ..config import TrainConfig
+from ..errors import QloraError
+from .base import asset
+
+OPTIONS = ("max_steps", "epochs", "learning_rate", "batch_size", "gradient_accumulation_steps", "cutoff_len",
+           "val_split", "eval_steps", "optimizer", "gradient_checkpointing", "packing")
+
+
+def workbench_css() -> str:
+    """The shared widget styles plus the studio/playground ones (one stylesheet string for anywidget)."""
+    return asset("qlora.css").read_text(encoding="utf-8") + "\n" + asset("workbench.css").read_text(encoding="utf-8")
+
+OPTIONS = ("max_steps", "epochs", "learning_rate", "batch_size", "gradient_accumulation_steps", "cutoff_len",
+           "val_split", "eval_steps", "optimizer", "gradient_checkpointing", "packing")
+PREVIEW_ROWS = 3
+
+
+def option_specs(names: tuple[str, ...] = OPTIONS) -> list[dict[str, Any]]:
+    """One control description per option, read from TrainConfig's fields (name, kind, default, help, range)."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    specs = []
+    for name in names:
+        f = fields[name]
+        meta = f.metadata
+        default = f.default
+        tp = str(f.type)
+        kind = ("choice" if meta.get("choices") else "bool" if isinstance(default, bool)
+                else "int" if tp.startswith("int") else "float")
+        specs.append({"name": name, "kind": kind, "default": default, "help": meta.get("help", ""),
+                      "choices": list(meta["choices"]) if meta.get("choices") else None,
+                      "min": meta.get("min"), "max": meta.get("max"), "optional": "None" in tp})
+    return specs
+
+
+def default_values() -> dict[str, Any]:
+    return {s["name"]: s["default"] for s in option_specs()}
+
+
+def yaml_value(value: Any) -> str:
+    """A value as ``%%qlora_train``'s YAML body reads it back (text stays text, JSON quoting where needed)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    if re.fullmatch(r"[\w./$~-]+", text) and text.lower() not in ("null", "true", "false", "yes", "no", "~"):
+        return text
+    return json.dumps(text)
+
+
+def error_text(exc: BaseException, where: str = "%qlora_studio") -> str:
+    """The one paragraph the magics print for ``exc`` (a QloraError as is, an OOM with advice, else one line)."""
+    if isinstance(exc, QloraError):
+        return str(exc)
+    from ..engine.lifecycle import explain_oom
+
+    oom = explain_oom(exc, where)
+    if oom is not None:
+        return str(oom)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return str(QloraError(f"{type(exc).__name__}: {first}".rstrip(": ") + ".", where=where,
+                          hint="This looks like a bug or an unsupported setting; run the copied cell with "
+                               "--debug to see the traceback."))
