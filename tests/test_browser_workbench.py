@@ -50,8 +50,7 @@ _STATE = """() => {
   const run = q(studio, "studio-run");
   const dash = document.querySelector('[data-testid="qlora-dashboard"]');
   const lp = q(dash, "loss-points");
-  const out = dash ? dash.closest(".jp-OutputArea-output") : null;
-  const gd = out ? out.querySelector(".js-plotly-plot") : null;
+  const chart = q(dash, "loss-chart");
   const pg = document.querySelector('[data-testid="qlora-playground"]');
   return {
     status: q(studio, "studio-status") ? q(studio, "studio-status").getAttribute("data-status") : null,
@@ -66,8 +65,8 @@ _STATE = """() => {
     resumedFrom: run ? run.getAttribute("data-resumed-from") : "",
     dashStatus: q(dash, "train-status") ? q(dash, "train-status").getAttribute("data-status") : null,
     points: lp ? Number(lp.getAttribute("data-count")) : 0,
-    curve: gd && gd.data && gd.data.length ? (gd.data[0].x || []).length : 0,
-    lastX: gd && gd.data && gd.data.length && gd.data[0].x.length ? gd.data[0].x[gd.data[0].x.length - 1] : null,
+    curve: chart ? Number(chart.getAttribute("data-points")) : 0,
+    lastX: chart && chart.getAttribute("data-last-step") ? Number(chart.getAttribute("data-last-step")) : null,
     pgStatus: q(pg, "playground-status") ? q(pg, "playground-status").getAttribute("data-status") : null,
     columns: pg ? Array.from(pg.querySelectorAll('[data-testid="playground-column"]')).map((c) => ({
       name: c.getAttribute("data-column"), n: Number(c.getAttribute("data-n-tokens")), done: c.getAttribute("data-done") === "1",

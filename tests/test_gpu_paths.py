@@ -79,7 +79,9 @@ def _fake_model_dir(tmp_path):
 
     LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                 num_key_value_heads=1, vocab_size=32).save_pretrained(str(tmp_path))
-    (tmp_path / "model.safetensors").write_bytes(b"")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "model.safetensors"))  # valid file: load_base checks weights
     return tmp_path
 
 

@@ -165,7 +165,7 @@ def test_copied_cell_reproduces_the_configuration_in_a_fresh_shell(tiny_session)
 
     def record(**options):  # what %%qlora_train hands the engine; no need to train for that
         captured.update(options)
-        return SimpleNamespace(truncated_rows=0, metrics={})
+        return SimpleNamespace(truncated_rows=0, metrics={}, note="")
 
     try:
         shell.run_line_magic("load_ext", "qlora_nb")
@@ -264,7 +264,7 @@ def test_without_subshells_the_kernel_interrupt_stops_a_studio_run(tiny_session,
     off = tiny_session.events.subscribe(interrupt_at_2)
     st.train()
     off()
-    assert not st.stop_live and "interrupt" in st.dashboard.message
+    assert not st.stop_live and "interrupt" in st.dashboard.message.lower()
     assert st.status == "stopped" and st.can_resume and st.run["checkpoint_step"] >= 2
     st.train(resume=True)
     assert st.status == "done" and st.run["first_step"] == st.run["resumed_from"] + 1

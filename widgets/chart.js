@@ -25,7 +25,8 @@ export function lossChart(curve, maxSteps) {
   const steps = curve.steps || [], loss = curve.loss || [], lrs = curve.lr || [];
   const evS = curve.eval_steps || [], evL = curve.eval_loss || [];
   const svg = node("svg", { viewBox: `0 0 ${W} ${H}`, class: "qn-chart", "data-testid": "loss-chart",
-    "data-points": steps.length, "data-eval-points": evS.length, role: "img" });
+    "data-points": steps.length, "data-eval-points": evS.length,
+    "data-last-step": steps.length ? steps[steps.length - 1] : "", role: "img" });
   svg.append(node("title", {}, `loss curve: ${steps.length} train points, ${evS.length} eval points`));
   const xMax = Math.max(maxSteps || 0, ...steps, ...evS, 1);
   const ys = loss.concat(evL);

@@ -120,6 +120,21 @@ class TrainingDashboard(QloraWidget):
         w.flush()
         return w
 
+    def continue_from(self, history: list[dict[str, Any]]) -> None:
+        """Start the curve with an earlier run's logged history (a resumed run continues its curve).
+
+        The arrays go into the synced ``curve`` trait at once, so the view shows them from its first render.
+        """
+        for h in history:
+            if "loss" in h:
+                self.steps.append(int(h["step"]))
+                self.losses.append(float(h["loss"]))
+                self.lrs.append(float(h.get("learning_rate") or 0.0))
+            if "eval_loss" in h:
+                self.eval_steps.append(int(h["step"]))
+                self.eval_losses.append(float(h["eval_loss"]))
+        self.flush()
+
     def detach(self) -> None:
         """Stop listening to the session (the widget stays displayed with its final state)."""
         if self._unsubscribe is not None:

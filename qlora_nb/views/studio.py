@@ -296,19 +296,10 @@ class Studio(QloraWidget):
 
         dash = TrainingDashboard.for_session(self.session, cfg, title="training (studio)")
         if previous is not None:  # resuming: the curve continues where the stopped run left it
-            for h in previous.history:
-                if "loss" in h:
-                    dash.steps.append(int(h["step"]))
-                    dash.losses.append(float(h["loss"]))
-                    dash.lrs.append(float(h.get("learning_rate") or 0.0))
-                if "eval_loss" in h:
-                    dash.eval_steps.append(int(h["step"]))
-                    dash.eval_losses.append(float(h["eval_loss"]))
+            dash.continue_from(previous.history)
         if self._slot is None:
             self._slot = ipywidgets.VBox([])
         self._slot.children = (dash.view,)
-        # No explicit redraw of the prefilled curve here: the first step's redraw sends the whole arrays, as on a fresh
-        # Train (an update sent while the front end is still creating the plotly view left the figure blank).
         if self.dashboard is not None and self.dashboard is not dash:
             self.dashboard.detach()
         self.dashboard = dash
