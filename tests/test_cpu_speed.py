@@ -209,3 +209,11 @@ def test_step_events_carry_the_mfu(tiny_session, tmp_path):
                                 output_dir=str(tmp_path / "run"), peak_flops=1e9)
     assert len(steps) == 2 and all(0 < e["mfu"] for e in steps)
     assert result.metrics["train_flops"] > 0 and result.metrics["peak_flops"] == 1e9
+
+
+def test_progress_line_shows_the_mfu_when_the_event_has_it():
+    from qlora_nb.widgets.progress import step_fields
+
+    e = {"step": 3, "max_steps": 10, "loss": 1.0, "tokens_per_s": 250.0}
+    assert "MFU" not in " ".join(step_fields(e))
+    assert step_fields({**e, "mfu": 0.123})[-1] == "MFU 12.3%"
