@@ -212,7 +212,7 @@ def test_step_events_carry_the_mfu(tiny_session, tmp_path):
 
 
 def test_progress_line_shows_the_mfu_when_the_event_has_it():
-    from qlora_nb.widgets.progress import step_fields
+    from qlora_nb.views.progress import step_fields
 
     e = {"step": 3, "max_steps": 10, "loss": 1.0, "tokens_per_s": 250.0}
     assert "MFU" not in " ".join(step_fields(e))
