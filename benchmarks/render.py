@@ -17,6 +17,7 @@ ROW_TITLES = {
     "dashboard": "4. Dashboard overhead",
     "compare": "5. Comparison cost",
     "bits": "6. LoRA vs QLoRA vs 16-bit",
+    "roofline": "7. Roofline",
 }
 
 
@@ -60,7 +61,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 NAMES = {"toolkit": "qlora_nb (`Session.train`)", "plain": "plain recipe (Trainer, padded to cutoff_len)",
          "unsloth": "Unsloth", "dashboard": "qlora_nb + live dashboard", "bits8": "qlora_nb 8-bit",
-         "bits16": "qlora_nb 16-bit"}
+         "bits16": "qlora_nb 16-bit", "unfused": "qlora_nb without the fused CPU LoRA op (`fused_lora: false`)"}
 
 
 def _name(group: str) -> str:
@@ -119,6 +120,8 @@ def render_one(res: dict[str, Any]) -> list[str]:
             note = " (`%%qlora_train`'s default cutoff_len)" if cut == str(_default_cutoff_len()) else ""
             lines += ["", f"**Ratio toolkit / plain padded to cutoff_len {cut}{note} (same round): "
                           f"{fmt(t[k], 'x')}**"]
+    if t.get("ratio_fused_vs_unfused"):
+        lines += ["", f"**Fused CPU LoRA op on / off (`fused_lora`, same round): {fmt(t['ratio_fused_vs_unfused'], 'x')}**"]
     if t.get("ratio_toolkit_vs_unsloth"):
         lines += [f"**Ratio toolkit / Unsloth (same round): {fmt(t['ratio_toolkit_vs_unsloth'], 'x')}**"]
     m = rows["memory"]
@@ -185,11 +188,42 @@ def render_one(res: dict[str, Any]) -> list[str]:
     body = [[f"{b}-bit", fmt(v["peak_memory_bytes"], "B"), fmt(v["weight_bytes"], "B"), fmt(v["step_seconds"], "s"),
              fmt(v["tokens_per_s"])] for b, v in rows["bits"].items()]
     lines += _table(["base", "peak memory", "base weights (ledger)", "s/step", "tokens/s"], body)
+    lines += render_roofline(res.get("roofline"))
     pc = res.get("planner_check")
     if pc:
         lines += ["", "### Planner check (`benchmarks/planner_check.py`)", "", "```",
                   (pc.get("stdout") or "").strip() or f"(no output; stderr: {(pc.get('stderr') or '').strip()[-500:]})",
                   "```"]
+    return lines
+
+
+def render_roofline(r: dict[str, Any] | None) -> list[str]:
+    """Section 7: the matmul peak, the step's model FLOPs, MFU and the top ops of one profiled step."""
+    lines = ["", f"### {ROW_TITLES['roofline']}", ""]
+    if not r:
+        return lines + ["Not measured in this run (skipped, or the roofline run failed: see failed runs)."]
+
+    def tf(x: float | None) -> str:
+        return f"{x / 1e12:.3f} TFLOP/s" if x else "–"
+
+    shapes = ", ".join(f"{k}x{n}" for k, n in r.get("shapes") or [])
+    lines += [f"`F.linear` at the model's linear shapes ({r.get('peak_tokens')} tokens x {shapes}), best call, "
+              f"{r.get('threads')} threads; step FLOPs from `qlora_nb.engine.flops` (frozen linears forward + "
+              "input gradient, LoRA forward/backward, attention, output layer on labelled positions only); "
+              f"step time: {r.get('step_seconds_source')}.", ""]
+    lines += _table(["", "value"], [
+        ["bf16 matmul peak", tf(r.get("peak_bf16_flops"))], ["fp32 matmul peak", tf(r.get("peak_fp32_flops"))],
+        ["model FLOPs per step", f"{r['step_flops'] / 1e9:.1f} GFLOP" if r.get("step_flops") else "–"],
+        ["s/step", _num(r["step_seconds"], "s") if r.get("step_seconds") else "–"],
+        ["achieved", tf(r.get("achieved_flops"))],
+        ["**MFU (of the bf16 peak)**", f"**{_num(r['mfu'], '%')}**" if r.get("mfu") else "–"],
+        ["MFU of the fp32 peak", _num(r["mfu_fp32_peak"], "%") if r.get("mfu_fp32_peak") else "–"]])
+    if r.get("profile"):
+        lines += ["", f"Top ops of one training step (step {r.get('profiled_step')}, `torch.profiler`, self CPU time):",
+                  ""]
+        lines += _table(["op", "share", "self time", "calls"],
+                        [[f"`{o['op']}`", _num(o["share"], "%"), _num(o["self_seconds"], "s"), str(o["calls"])]
+                         for o in r["profile"]])
     return lines
 
 

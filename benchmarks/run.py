@@ -38,16 +38,20 @@ except ImportError:
     sys.path.insert(1, str(HERE.parent))
 
 from render import load_gpu_checks, render_results, stats  # noqa: E402
+from roofline import summary as roofline_summary  # noqa: E402
 
 MODES = {
     # reps: training rounds; steps/batch: per training run; compare: prompts x new tokens x reps in-process
     "smoke": dict(reps=1, steps=3, batch_size=2, startup_reps=1, compare_prompts=1, max_new_tokens=4,
-                  compare_reps=1, first_ever=False, planner=False, bits=(4, 8, 16), extra_cutoffs=(), timeout=300),
+                  compare_reps=1, first_ever=False, planner=False, bits=(4, 8, 16), extra_cutoffs=(), timeout=300,
+                  peak_seconds=0.05, unfused=False),
     "full": dict(reps=3, steps=8, batch_size=4, startup_reps=3, compare_prompts=3, max_new_tokens=24,
-                 compare_reps=2, first_ever=True, planner=True, bits=(4, 8, 16), extra_cutoffs=(256,), timeout=900),
+                 compare_reps=2, first_ever=True, planner=True, bits=(4, 8, 16), extra_cutoffs=(256,), timeout=900,
+                 peak_seconds=2.0, unfused=True),
 }
 
-SKIPPABLE = ("startup", "first_ever", "dashboard", "bits", "extra_cutoffs", "compare", "planner")
+SKIPPABLE = ("startup", "first_ever", "dashboard", "bits", "extra_cutoffs", "compare", "planner", "roofline",
+             "unfused")
 
 
 def machine_name(device: str) -> str:
@@ -254,6 +258,13 @@ def run_suite(args) -> dict[str, Any]:
         for bits in mode["bits"]:
             if bits != 4:
                 run("toolkit_worker.py", f"toolkit-{bits}bit", f"bits{bits}", i, bits=bits)
+        if mode["unfused"] and "unfused" not in skip:  # the A/B of the fused CPU LoRA op (engine/cpu_speed.py)
+            run("toolkit_worker.py", "toolkit-unfused", "unfused", i, bits=4, train_options={"fused_lora": False})
+
+    roof = None
+    if "roofline" not in skip:
+        print("roofline")
+        roof = run("roofline.py", "roofline", "roofline", 0, bits=4, peak_seconds=mode["peak_seconds"])
 
     print("comparison cost")
     if "compare" not in skip:
@@ -284,6 +295,8 @@ def run_suite(args) -> dict[str, Any]:
         "runs": run.runs, "planner_check": planner,
     }
     results["rows"] = summarize(run.runs)
+    toolkit_step = (results["rows"]["throughput"].get("toolkit") or {}).get("step_seconds") or {}
+    results["roofline"] = roofline_summary(roof, toolkit_step.get("median"))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return results
@@ -329,7 +342,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     failed = [{"label": r["label"], "round": r["round"], "error": r.get("error")} for r in runs if not r.get("ok")]
     reference = "unsloth" if "unsloth" in groups else "plain"
     extra = sorted((g for g in groups if g.startswith("plain@")), key=lambda g: int(g.split("@")[1]))
-    train_groups = [g for g in ("toolkit", "plain", *extra, "unsloth", "dashboard", "bits8", "bits16") if g in groups]
+    train_groups = [g for g in ("toolkit", "plain", *extra, "unsloth", "dashboard", "bits8", "bits16", "unfused")
+                    if g in groups]
     rows: dict[str, Any] = {"failed_runs": failed, "reference": reference}
     plain = [r for r in runs if r["group"] == "plain" and r.get("ok")]
     if plain:
@@ -342,9 +356,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "step_seconds": _group(runs, g, *step), "padding_fraction": _group(runs, g, "throughput",
                                                                                 "padding_fraction"),
             "train_call_seconds": _group(runs, g, "train_call_seconds")}
-        for g in train_groups if g in ("toolkit", "plain", "unsloth", *extra)
+        for g in train_groups if g in ("toolkit", "plain", "unsloth", "unfused", *extra)
     }
     rows["throughput"]["ratio_toolkit_vs_plain"] = stats(_paired(runs, "toolkit", "plain", *rate))
+    if "unfused" in groups:  # the fused CPU LoRA op on (toolkit) vs off, same round
+        rows["throughput"]["ratio_fused_vs_unfused"] = stats(_paired(runs, "toolkit", "unfused", *rate))
     rows["throughput"]["ratio_toolkit_vs_plain_cpu_time"] = stats(
         _paired(runs, "toolkit", "plain", "throughput", "steady_tokens_per_cpu_s"))
     for g in extra:

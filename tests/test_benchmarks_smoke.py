@@ -72,9 +72,12 @@ def test_smoke_run_writes_every_row(tmp_path, tiny_model_dir):
     runs = {r["group"]: r for r in res["runs"]}
     assert runs["plain"]["throughput"]["train_padded_tokens"] == 64 * 2 * 3
     assert runs["toolkit"]["throughput"]["train_padded_tokens"] <= 64 * 2 * 3
+    roof = res["roofline"]  # the roofline worker ran: peaks, step FLOPs, MFU and a profile of one step
+    assert roof["peak_bf16_flops"] > 0 and roof["peak_fp32_flops"] > 0 and roof["step_flops"] > 0
+    assert 0 < roof["mfu"] and roof["profile"] and {"op", "share", "calls"} <= set(roof["profile"][0])
     text = md.read_text()
     for title in ("1. Training throughput", "2. Peak memory", "3. Start-up", "4. Dashboard overhead",
-                  "5. Comparison cost", "6. LoRA vs QLoRA vs 16-bit", "GPU figures pending"):
+                  "5. Comparison cost", "6. LoRA vs QLoRA vs 16-bit", "7. Roofline", "GPU figures pending"):
         assert title in text
 
 

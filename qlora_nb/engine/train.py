@@ -126,12 +126,16 @@ def _trainer_class():
         labelled positions onto the vocabulary in training steps (:mod:`qlora_nb.engine.loss`)."""
 
         tokens = 0
+        flops = 0.0  # model FLOPs of the training steps so far (engine/flops.py), for the MFU
+        flops_model = None
         labelled_loss_ok: bool | None = None
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not model.training:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             self.tokens += real_tokens(inputs)
+            if self.flops_model is not None:
+                self.flops += self.flops_model.batch(inputs)
             if self.labelled_loss_ok is None:  # one process, no label smoothing or custom loss, a plain-head LM
                 self.labelled_loss_ok = (self.args.world_size == 1 and self.label_smoother is None
                                          and self.compute_loss_func is None and supports_labelled_loss(model))
@@ -191,6 +195,19 @@ def _training_args(session, cfg: TrainConfig, out: Path, name: str, has_val: boo
     )
 
 
+def _flops_and_peak(session, cfg: TrainConfig):
+    """The step-FLOPs model and the matmul peak (``cfg.peak_flops``, else measured once per process) for the MFU."""
+    from .flops import flops_model, matmul_peak
+
+    try:
+        fm = flops_model(session.model)
+    except (AttributeError, TypeError):  # an architecture whose config lacks the usual fields: no MFU
+        return None, None
+    if cfg.peak_flops:
+        return fm, float(cfg.peak_flops)
+    return fm, matmul_peak(fm.shapes, session.config.compute_dtype, str(session.device)) or None
+
+
 # --------------------------------------------------------------------------- train
 def train(session, data: Any = None, on_event=None, **options: Any) -> TrainResult:
     """Train the session's active adapter; options are :class:`~qlora_nb.config.TrainConfig` fields."""
@@ -238,6 +255,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from ..data.collate import ListDataset, make_collator
+    from .cpu_speed import fused_lora
     from .loss import training_attention
     from .quantize import guard_cpu_repack
     from .quiet import quiet_libraries
@@ -261,6 +279,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     state["trainer"] = trainer
+    trainer.flops_model, state["peak_flops"] = _flops_and_peak(session, cfg)
     trainer.add_callback(make_callback(session, cfg, prep, flag, history, state))
     early = None
     if cfg.early_stopping_patience:
@@ -276,7 +295,8 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     try:
         with quiet_libraries(), flag, PeakRssSampler(session):
             try:
-                output = trainer.train(resume_from_checkpoint=resume_from)
+                with fused_lora(model, cfg.fused_lora):
+                    output = trainer.train(resume_from_checkpoint=resume_from)
                 metrics = dict(output.metrics)
             except KeyboardInterrupt:  # a second interrupt outside a step's critical part: drop the step
                 aborted, metrics = True, {}
@@ -308,6 +328,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     metrics.update({"steps": st.global_step, "max_steps": st.max_steps, "train_tokens": tokens,
                     "tokens_per_s": tokens / state["step_time"] if state["step_time"] else 0.0,
                     "step_time_s": state["step_time"], "wall_s": time.perf_counter() - started,
+                    "train_flops": trainer.flops, "peak_flops": state["peak_flops"],
                     "train_rows": len(prep.train), "val_rows": len(prep.val), "peak_rss": session.peak_rss})
     if prep.val and not interrupted:
         metrics.setdefault("eval_loss", next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None))

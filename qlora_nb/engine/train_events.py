@@ -75,12 +75,13 @@ def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, his
         def on_step_begin(self, args, st, control, **kw):
             state["t_step"] = time.perf_counter()
             state["tokens_at_step"] = state["trainer"].tokens
+            state["flops_at_step"] = state["trainer"].flops
 
         def on_step_end(self, args, st, control, **kw):
             dt = time.perf_counter() - state["t_step"]
             tokens = state["trainer"].tokens - state["tokens_at_step"]
             state["step_time"] += dt
-            state["last"] = {"tokens": tokens, "dt": dt}
+            state["last"] = {"tokens": tokens, "dt": dt, "flops": state["trainer"].flops - state["flops_at_step"]}
             events.emit("poll", step=st.global_step)
             flag.critical = False
             if flag.hit or session.stop_requested:
@@ -110,6 +111,8 @@ def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, his
                      "epoch": float(st.epoch or 0.0), "max_steps": st.max_steps, "eta_s": eta}
             if "grad_norm" in logs:
                 entry["grad_norm"] = float(logs["grad_norm"])
+            if state.get("peak_flops") and last["dt"] > 0 and last["flops"]:
+                entry["mfu"] = last["flops"] / last["dt"] / state["peak_flops"]  # see engine/flops.py
             history.append(entry)
             events.emit("step", **entry)
 

@@ -28,7 +28,7 @@ def step_fields(e: dict[str, Any]) -> list[str]:
     """The step, loss, eval loss, learning rate and tokens/s that ``e`` holds, formatted (shared by both views)."""
     parts = [f"step {e.get('step')}/{e.get('max_steps') or '?'}"]
     for key, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval_loss {:.4f}"), ("learning_rate", "lr {:.1e}"),
-                     ("tokens_per_s", "{:.0f} tok/s")):
+                     ("tokens_per_s", "{:.0f} tok/s"), ("mfu", "MFU {:.1%}")):
         if e.get(key) is not None:
             parts.append(fmt.format(e[key]))
     return parts
