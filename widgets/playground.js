@@ -1,11 +1,7 @@
 // Playground: a prompt box, generation options, one streamed column per model (base first), tokens that depart
 // from the base highlighted, per-column token count / tokens/s / mean log-prob, and the list of earlier prompts.
-import { el } from "./format.js";
+import { el, isolateKeys, markLive } from "./format.js";
 
-const keep = (node) => {  // keys typed into the panel act on the panel, not on JupyterLab's notebook shortcuts
-  for (const type of ["keydown", "keyup", "keypress"]) node.addEventListener(type, (e) => e.stopPropagation());
-  return node;
-};
 
 function stats(cell) {
   const parts = [`${cell.n_tokens || 0} tokens`];
@@ -30,7 +26,9 @@ function body(column, cell, streaming) {
 }
 
 function render({ model, el: host }) {
-  const root = keep(el("div", { class: "qn-card qn-playground", "data-testid": "qlora-playground" }));
+  const root = el("div", { class: "qn-card qn-playground", "data-testid": "qlora-playground" });
+  isolateKeys(root);  // keys typed into the panel act on it, not on JupyterLab's shortcuts
+  markLive(root);  // the saved fallback output above hides itself once this live view renders
   host.append(root);
   const title = el("span", { class: "qn-title" });
   const status = el("span", { class: "qn-status", "data-testid": "playground-status" });

@@ -1,11 +1,7 @@
 // Studio panel: data + live preview, options (from TrainConfig's metadata), memory forecast, Train/Stop/Resume,
 // "Copy as cell". The live dashboard is a separate widget shown below this panel (see qlora_nb/widgets/studio.py).
-import { el, bytes, COLORS, LABELS } from "./format.js";
+import { el, bytes, COLORS, LABELS, isolateKeys, markLive } from "./format.js";
 
-const keep = (node) => {  // keys typed into the panel act on the panel, not on JupyterLab's notebook shortcuts
-  for (const type of ["keydown", "keyup", "keypress"]) node.addEventListener(type, (e) => e.stopPropagation());
-  return node;
-};
 
 function textInput(value, testid, onCommit, placeholder = "") {
   const input = el("input", { type: "text", class: "qn-input", value: value ?? "", placeholder, "data-testid": testid });
@@ -77,7 +73,9 @@ function renderForecast(node, f) {
 }
 
 function render({ model, el: host }) {
-  const root = keep(el("div", { class: "qn-card qn-studio", "data-testid": "qlora-studio" }));
+  const root = el("div", { class: "qn-card qn-studio", "data-testid": "qlora-studio" });
+  isolateKeys(root);  // keys typed into the panel act on it, not on JupyterLab's shortcuts
+  markLive(root);  // the saved fallback output above hides itself once this live view renders
   host.append(root);
   const title = el("span", { class: "qn-title" });
   const status = el("span", { class: "qn-status", "data-testid": "studio-status" });
