@@ -313,3 +313,11 @@ def test_components_scale_with_tokens():
     c2 = compute_components(a, PlanConfig(seq_len=256, batch_size=2))[0]
     assert c2["activations"] == 2 * c1["activations"] and c2["logits"] == 2 * c1["logits"]
     assert c2["quantized_weights"] == c1["quantized_weights"]
+
+
+def test_human_bytes_floor_keeps_one_unit_system():
+    from qlora_nb.units import human_bytes
+
+    assert human_bytes(19139 * 1024) == "18.7 MiB"
+    assert human_bytes(39 * 1024) == "39.0 KiB" and human_bytes(39 * 1024, floor="MiB") == "0.038 MiB"
+    assert human_bytes(3 * 2**30, floor="MiB") == "3.0 GiB" and human_bytes(500) == "500 B"
