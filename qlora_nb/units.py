@@ -32,11 +32,21 @@ def parse_memory(value: Any, where: str = "plan option 'gpu'") -> int:
     return int(num * _UNITS[unit])
 
 
-def human_bytes(n: float) -> str:
-    """Bytes in binary units (KiB, MiB, GiB…), one decimal above bytes."""
+def human_bytes(n: float, floor: str = "B") -> str:
+    """Bytes in binary units (KiB, MiB, GiB…), one decimal above bytes.
+
+    ``floor="MiB"`` never goes below MiB (``0.038 MiB``), so a cell that prints
+    several sizes (a merge, a save) reads them all in one unit system instead of
+    mixing ``19139 KiB`` with ``1.2 GiB``.
+    """
     n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    start = units.index(floor)
+    n /= 1024**start
+    for unit in units[start:]:
         if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            if unit == "B":
+                return f"{n:.0f} B"
+            return f"{n:.2g} {unit}" if 0 < abs(n) < 1 else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"

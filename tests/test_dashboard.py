@@ -360,6 +360,10 @@ def test_dashboard_follows_a_real_training_run(tiny_session, write_jsonl, tmp_pa
     assert list(zip(*figure_data(dash)["eval loss"], strict=True)) == evals
     assert dash.progress["step"] == 3 and dash.progress["max_steps"] == 3
     assert {r["step"] for r in dash.probes} == {s for s, _ in evals} and all(r["prompt"] for r in dash.probes)
+    for r in dash.probes:  # the probe input is the row's own field, the column is the adapter's name
+        assert r["input"].startswith("Add ") and r["input"] in r["prompt"] and r["input"] != r["prompt"]
+        assert r["adapter"] == "default" and set(r["truncated"]) == {"base", "adapted"}
+        assert all(isinstance(v, bool) for v in r["truncated"].values()) and r["max_new_tokens"] > 0
     assert dash.ledger["components"]["optimizer_states"] > 0  # optimizer state appeared during the run
     assert len(tiny_session.events) == 0
 
@@ -516,3 +520,30 @@ def test_breakdown_is_a_snapshot_unless_live():
     live = BreakdownWidget.for_session(s, subscribe=True)
     s.events.emit("ledger", ledger={**live.ledger, "components": dict.fromkeys(COMPONENTS, 99)})
     assert live.as_of == "live" and live.ledger["components"]["adapters"] == 99
+
+
+def test_probe_outputs_are_flagged_truncated_only_when_cut_at_max_new_tokens(tiny_session):
+    """`truncated` is True exactly when generation ran max_new_tokens without reaching EOS."""
+    from qlora_nb.engine.probes import generate_probes
+
+    s, tok = tiny_session, tiny_session.tokenizer
+    prompts = ["Hello there", "2+2="]
+    texts, cut = generate_probes(s, prompts, 4)
+    assert cut == [True, True] and all(texts)  # the random model never says <|im_end|> in 4 tokens
+    first = generate_probes(s, prompts[:1], 1)[0][0]
+    old = tok.eos_token
+    try:
+        tok.eos_token = tok.convert_ids_to_tokens(tok(first, add_special_tokens=False)["input_ids"][0])
+        texts, cut = generate_probes(s, prompts[:1], 4)  # EOS is now the first greedy token: stops at once
+        assert cut == [False] and texts == [first]  # one token, then EOS (kept: not a special token)
+    finally:
+        tok.eos_token = old
+
+
+def test_text_progress_marks_a_cut_probe():
+    s, out = FakeSession(), io.StringIO()
+    TextProgress.for_session(s, stream=out)
+    s.events.emit("probe", step=2, prompt="2+2=", adapted="4 and then", truncated={"adapted": True}, max_new_tokens=8)
+    s.events.emit("probe", step=2, prompt="3+3=", adapted="6", truncated={"adapted": False}, max_new_tokens=8)
+    lines = out.getvalue().splitlines()
+    assert lines[-2].endswith("… (cut at 8 tokens)") and "cut at" not in lines[-1]

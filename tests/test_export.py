@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 import qlora_nb
-from qlora_nb.errors import QloraError
+from qlora_nb.errors import QloraError, QloraWarning
 
 PROMPTS = ["Hello there, how are you?", "def add(a, b):"]
 
@@ -196,8 +197,9 @@ def test_merge_that_did_nothing_fails_loudly_and_saves_nothing(trained, tmp_path
     from qlora_nb.engine import merge as merge_mod
 
     monkeypatch.setattr(merge_mod, "merge_copy", lambda peft_copy, name: peft_copy.unload())
-    with pytest.raises(QloraError, match="merge did nothing"):
+    with pytest.raises(QloraError, match="merge did nothing") as err:
         trained.merge(tmp_path / "merged", dtype="fp32", verbose=False)
+    assert str(err.value).startswith("merge verification FAILED: ")  # the fail twin of the one pass line
     assert not (tmp_path / "merged").exists()
 
 
@@ -278,3 +280,58 @@ def test_magics_save_merge_export(trained, tmp_path, write_jsonl):
         assert (tmp_path / "job" / "accelerate_fsdp.yaml").is_file()
     finally:
         ip.run_line_magic("unload_ext", "qlora_nb")
+
+
+_SIZE = re.compile(r"\b\d+(?:\.\d+)? ?(B|KiB|MiB|GiB|TiB|KB|MB|GB)\b")
+
+
+def _assert_clean_cell(text: str, caught) -> None:
+    """No tqdm bar, no library warning (printed or raised), and every size in MiB or above."""
+    assert "it/s" not in text and "%|" not in text, text
+    assert "Warning" not in text and "warnings.warn" not in text, text
+    assert [str(w.message) for w in caught if not issubclass(w.category, QloraWarning)] == []
+    units = set(_SIZE.findall(text))
+    assert "MiB" in units and units <= {"MiB", "GiB"}, (units, text)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_save_and_merge_print_one_verdict_line_in_mib_without_library_noise(trained, tmp_path, capsys, dtype):
+    import warnings
+
+    from IPython.testing.globalipapp import get_ipython
+
+    ip = get_ipython()
+    ip.run_line_magic("load_ext", "qlora_nb")
+    try:
+        ip.user_ns["qlora"] = trained
+        capsys.readouterr()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ip.run_line_magic("qlora_save", f"{tmp_path / 'ad'}")
+            ip.run_line_magic("qlora_merge", f"{tmp_path / 'm'} --dtype {dtype}")
+        out = capsys.readouterr()
+    finally:
+        ip.run_line_magic("unload_ext", "qlora_nb")
+    text = out.out + out.err
+    _assert_clean_cell(text, caught)
+    saved = [ln for ln in text.splitlines() if ln.startswith("saved adapter 'default'")]
+    assert len(saved) == 1 and "MiB)" in saved[0]
+    verdicts = [ln for ln in text.splitlines() if "verif" in ln]
+    assert len(verdicts) == 1 and verdicts[0].startswith("merge verified: max |Δlogit| ") and "✓" in verdicts[0]
+    assert "on 3 prompts" in verdicts[0] and "14 merged matrices" in verdicts[0]
+    assert ("≤ 1e-02" in verdicts[0]) == (dtype == "fp32")
+    assert text.index("merge needs") < text.index("merge verified")
+
+
+def test_session_merge_and_save_are_quiet_and_say_no_verify(trained, tmp_path, capsys):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trained.save(tmp_path / "ad")
+        result = trained.merge(tmp_path / "m", dtype="fp32", verify=False)
+    out = capsys.readouterr()
+    _assert_clean_cell(out.out + out.err, caught)
+    assert not result.verified and str(result).startswith("merge NOT verified (--no-verify)")
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "m").iterdir())
+    assert 0.9 * on_disk < result.size_bytes <= on_disk  # all but the small metadata/marker files

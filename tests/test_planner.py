@@ -313,3 +313,70 @@ def test_components_scale_with_tokens():
     c2 = compute_components(a, PlanConfig(seq_len=256, batch_size=2))[0]
     assert c2["activations"] == 2 * c1["activations"] and c2["logits"] == 2 * c1["logits"]
     assert c2["quantized_weights"] == c1["quantized_weights"]
+
+
+def test_human_bytes_floor_keeps_one_unit_system():
+    from qlora_nb.units import human_bytes
+
+    assert human_bytes(19139 * 1024) == "18.7 MiB"
+    assert human_bytes(39 * 1024) == "39.0 KiB" and human_bytes(39 * 1024, floor="MiB") == "0.038 MiB"
+    assert human_bytes(3 * 2**30, floor="MiB") == "3.0 GiB" and human_bytes(500) == "500 B"
+
+
+# ------------------------------------------------------------------ context length (max_position_embeddings)
+def test_table_carries_each_checkpoints_context_and_splits_variants_that_differ():
+    from qlora_nb.memory.architectures import lookup
+
+    assert ARCHITECTURES["smollm2-135m"].context == 8192 and ARCHITECTURES["phi-3-mini"].context == 4096
+    assert lookup("llama-3-8b").context == 8192 and lookup("llama-3.1-8b-instruct").context == 131072
+    assert lookup("llama-3.3-70b").context == 131072 and lookup("phi-3-mini-128k").context == 131072
+    assert ARCHITECTURES["mistral-7b"].context == 32768 and ARCHITECTURES["gemma-2-9b"].context == 8192
+    assert ARCHITECTURES["llama-3.1-8b"].total_params() == ARCHITECTURES["llama-3-8b"].total_params()
+    unverified = [k for k, a in ARCHITECTURES.items() if a.context is None]
+    assert "qwen2.5-72b" in unverified and len(unverified) < len(ARCHITECTURES) // 2  # None, never a guess
+
+
+def test_context_is_read_from_a_local_config_and_absent_means_none(tmp_path):
+    from qlora_nb.memory.architectures import resolve_arch
+
+    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "vocab_size": 300}
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 256}))
+    assert resolve_arch(str(tmp_path))[0].context == 256
+    assert arch_from_config(cfg).context is None
+    assert arch_from_config({**cfg, "max_position_embeddings": "long"}).context is None
+    assert arch_from_config({"model_type": "gemma3", "text_config": {**cfg, "max_position_embeddings": 131072}}
+                            ).context == 131072
+
+
+def test_plan_warns_when_seq_len_exceeds_the_context(tmp_path):
+    over = qlora_nb.plan("phi-3-mini", gpu="24GB", seq_len=8192)
+    assert len(over.warnings) == 1 and "exceeds phi-3-mini's context of 4096 tokens" in over.warnings[0]
+    assert "warning: seq_len 8192 exceeds" in str(over) and over.as_dict()["warnings"] == over.warnings
+    assert over.to_event()["warnings"] == over.warnings
+    assert qlora_nb.plan("phi-3-mini", gpu="24GB", seq_len=4096).warnings == []
+    assert qlora_nb.plan("qwen2.5-72b", gpu="80GB", seq_len=10**6).warnings == []  # unknown context: no guess
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "vocab_size": 300, "max_position_embeddings": 256}))
+    assert "context of 256 tokens" in qlora_nb.plan(str(tmp_path), seq_len=512).warnings[0]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")
+def test_js_planner_context_warning_matches_python(tmp_path):
+    from qlora_nb.views.base import esm
+    from qlora_nb.views.planner import arch_payload
+
+    (tmp_path / "p.mjs").write_text(esm("planner.js"), encoding="utf-8")
+    a = json.dumps(arch_payload(ARCHITECTURES["phi-3-mini"]))
+    script = (f"const m = await import('./p.mjs'); const a = {a};\n"
+              "console.log(JSON.stringify([m.contextWarning(a, {seq_len: 8192, model: 'phi-3-mini'}),"
+              " m.contextWarning(a, {seq_len: 4096, model: 'phi-3-mini'}),"
+              " m.contextWarning({...a, context: null}, {seq_len: 10**6, model: 'x'})]));")
+    out = subprocess.run(["node", "--input-type=module", "-e", script], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    over, fits, unknown = json.loads(out.stdout)
+    assert over.startswith("seq_len 8192 exceeds phi-3-mini's context of 4096 tokens")
+    assert over.rstrip(".") in qlora_nb.plan("phi-3-mini", seq_len=8192).warnings[0]
+    assert fits == "" and unknown == ""

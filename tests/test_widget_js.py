@@ -67,3 +67,37 @@ def test_chart_x_axis_runs_to_max_steps_and_lr_from_zero(tmp_path):
     assert res["points"] == "1" and res["dots"] == 1  # a single point is visible as a marker
     assert "60" in res["texts"] and "0" in res["texts"] and "step" in res["texts"]
     assert "3" in res["fittedTexts"] and "60" not in res["fittedTexts"]  # no max_steps: the axis fits the steps
+
+
+def _html_document() -> str:
+    """A stand-in for the few DOM calls el() makes (createElement, append, setAttribute, className, style)."""
+    return ("globalThis.document = { createElement: (tag) => ({ tag, attrs: {}, kids: [], style: {},"
+            " classList: { add() {}, toggle() {} }, setAttribute(k, v) { this.attrs[k] = v; },"
+            " append(...k) { this.kids.push(...k); } }) };\n"
+            "const text = (n) => typeof n === 'string' ? n : (n.textContent ?? '') + n.kids.map(text).join('');\n"
+            "const find = (n, id, out = []) => { if (typeof n !== 'string') { if (n.attrs['data-testid'] === id)"
+            " out.push(n); n.kids.forEach((k) => find(k, id, out)); } return out; };\n")
+
+
+def test_probe_table_shows_inputs_compare_column_names_and_cut_marks(tmp_path):
+    tpl = "### Instruction:\\nAnswer briefly.\\n\\n### Input:\\n{x}\\n\\n### Response:\\n"
+    res = run_js(tmp_path, "dashboard.js", _html_document() + f"""
+      const p = (x) => `{tpl}`.replace("{{x}}", x);
+      const rows = [
+        {{ step: 2, prompt: p("old"), base: "b", adapted: "a", adapter: "default" }},
+        {{ step: 4, prompt: p("2+2"), input: "2+2", base: "22 and", adapted: "4", adapter: "default",
+          truncated: {{ base: true, adapted: false }}, max_new_tokens: 6 }},
+        {{ step: 4, prompt: p("3+3"), input: "3+3", base: "6", adapted: "six and more", adapter: "default",
+          truncated: {{ base: false, adapted: true }}, max_new_tokens: 6 }}];
+      const t = m.probeTable(rows);
+      const one = m.probeTable([{{ step: 1, prompt: p("5+5"), input: "5+5", base: "x", adapted: "y" }}]);
+      return {{ head: t.kids[0].kids.map(text), inputs: find(t, "probe-input").map(text),
+        rows: find(t, "probe-row").map((r) => r.kids.slice(1).map(text)),
+        cuts: find(t, "probe-truncated").map(text), one: find(one, "probe-input").map(text),
+        oneHead: one.kids[0].kids.map(text), none: m.probeTable([]) }};""")
+    assert res["head"] == ["input (probes @ step 4)", "base", "default"]  # the compare widget's column names
+    assert res["inputs"] == ["2+2", "3+3"]  # the shared template folded away, as in the compare widget
+    assert res["rows"] == [["22 and … (cut at 6 tokens)", "4"], ["6", "six and more … (cut at 6 tokens)"]]
+    assert res["cuts"] == [" … (cut at 6 tokens)"] * 2
+    assert res["one"] == ["5+5"] and res["oneHead"][2] == "adapter"  # one probe: the engine's input field
+    assert res["none"] is None

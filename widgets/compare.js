@@ -1,5 +1,5 @@
 // Compare widget: base and adapter columns side by side, streamed, with divergence and diffs marked.
-import { el, isolateKeys, markLive } from "./format.js";
+import { el, isolateKeys, markLive, sharedTemplate, ownPart } from "./format.js";
 
 // Background for a log-prob change: green where the adapter made the token likelier, red where less likely.
 function shadeStyle(delta, scale) {
@@ -63,20 +63,6 @@ export function wordDiff(text, other) {
   return pieces.map((p) => (/^\s+$/.test(p) ? [p, false] : [p, !same[w++]]));
 }
 
-// The lines every prompt shares at its start and end (the template), so each row shows only its own fields.
-export function sharedTemplate(prompts) {
-  if (prompts.length < 2) return { head: [], tail: [] };
-  const lines = prompts.map((p) => p.split("\n"));
-  const minLen = Math.min(...lines.map((l) => l.length));
-  let h = 0;
-  while (h < minLen && lines.every((l) => l[h] === lines[0][h])) h++;
-  let t = 0;
-  while (t < minLen - h && lines.every((l) => l[l.length - 1 - t] === lines[0][lines[0].length - 1 - t])) t++;
-  // a row must keep something of its own
-  if (lines.some((l) => l.length - h - t <= 0)) return { head: [], tail: [] };
-  return { head: lines[0].slice(0, h), tail: t ? lines[0].slice(lines[0].length - t) : [] };
-}
-
 function render({ model, el: host }) {
   let against = "base";  // the column the others are compared with (a view choice, not synced)
   const root = el("div", { class: "qn-card qn-compare", "data-testid": "qlora-compare" });
@@ -120,11 +106,7 @@ function render({ model, el: host }) {
     rows.forEach((row, i) => {
       const block = el("div", { class: "qn-compare-row", "data-testid": "compare-row" });
       // the whole input, never clipped; a long templated prompt folds, its first line stays visible
-      let prompt = row.prompt || "";
-      if (tpl.head.length || tpl.tail.length) {
-        const l = prompt.split("\n");
-        prompt = l.slice(tpl.head.length, l.length - tpl.tail.length).join("\n").trim();
-      }
+      const prompt = ownPart(row.prompt || "", tpl);
       const first = prompt.split("\n").find((x) => x.trim()) || "";
       const input = prompt.length > 240
         ? el("details", { class: "qn-prompt", "data-testid": "compare-input" }, el("summary", {}, `[${i}] ${first}`), prompt)

@@ -1,7 +1,7 @@
 // Training dashboard card: title, status and Stop; the loss chart (first, at the card's width); the phase
 // or progress line; the numbers; probe generations; the memory ledger (LoRA table folded).
 // Everything is drawn from synced traits, so a reloaded page (kernel idle) redraws the same state.
-import { el, renderLedger, isolateKeys, markLive } from "./format.js";
+import { el, renderLedger, isolateKeys, markLive, sharedTemplate, ownPart } from "./format.js";
 import { lossChart } from "./chart.js";
 
 function eta(s) {
@@ -29,6 +29,36 @@ export function stopState(status, clicked, stopLive) {
     hint: !active ? "" : stopLive ? "stop at the next step and save a checkpoint"
       : "this kernel sees Stop only after the cell ends: use Interrupt (■ in the toolbar / Kernel → Interrupt) to stop now",
   };
+}
+
+// The probe rows of the latest evaluation, in the compare widget's terms: the input (the template shared by
+// the prompts folded away as there, else the engine's `input`: the row's own fields), then one column per
+// model named as there ("base", the adapter's name). An output that stopped at max_new_tokens, not at EOS,
+// ends with a visible "… (cut at N tokens)".
+export function probeTable(rows) {
+  if (!rows.length) return null;
+  const last = rows[rows.length - 1].step;
+  const now = rows.filter((x) => x.step === last);
+  const tpl = sharedTemplate(now.map((r) => r.prompt || ""));
+  const folded = tpl.head.length || tpl.tail.length;
+  const adapter = now[0].adapter || "adapter";
+  const t = el("table", { class: "qn-table qn-probes", "data-testid": "probe-table" },
+    el("tr", {}, el("th", {}, `input (probes @ step ${last})`), el("th", {}, "base"), el("th", {}, adapter)));
+  const cell = (r, key) => {
+    const td = el("td", { class: "qn-gen", "data-column": key === "adapted" ? adapter : "base" }, r[key] ?? "");
+    if ((r.truncated || {})[key]) {
+      td.append(el("span", { class: "qn-muted qn-cut", "data-testid": "probe-truncated" },
+        ` … (cut at ${r.max_new_tokens} tokens)`));
+    }
+    return td;
+  };
+  for (const r of now) {
+    const input = folded ? ownPart(r.prompt || "", tpl) : (r.input ?? r.prompt ?? "");
+    t.append(el("tr", { "data-testid": "probe-row" },
+      el("td", { class: "qn-prompt", "data-testid": "probe-input", title: r.prompt || "" }, input),
+      cell(r, "base"), cell(r, "adapted")));
+  }
+  return t;
 }
 
 function render({ model, el: host }) {
@@ -118,17 +148,8 @@ function render({ model, el: host }) {
   }
 
   function drawProbes() {
-    const rows = model.get("probes") || [];
-    probes.replaceChildren();
-    if (!rows.length) return;
-    const last = rows[rows.length - 1].step;
-    const t = el("table", { class: "qn-table qn-probes" },
-      el("tr", {}, el("th", {}, `probe @ step ${last}`), el("th", {}, "base"), el("th", {}, "adapter")));
-    for (const r of rows.filter((x) => x.step === last)) {
-      t.append(el("tr", { "data-testid": "probe-row" },
-        el("td", { class: "qn-gen" }, r.prompt ?? ""), el("td", { class: "qn-gen" }, r.base ?? ""), el("td", { class: "qn-gen" }, r.adapted ?? "")));
-    }
-    probes.append(t);
+    const t = probeTable(model.get("probes") || []);
+    probes.replaceChildren(...(t ? [t] : []));
   }
 
   const drawLedger = () => renderLedger(ledger, model.get("ledger"), "memory");

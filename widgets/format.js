@@ -94,3 +94,24 @@ export function renderLedger(root, L, title, opts = {}) {
     `measured: runtime + activations = ${L.measured_source || "not measured"} minus the exact parts · ` +
     `base weights ${bytes(L.weight_bytes)} vs ${bytes(L.bf16_weight_bytes)} in 16-bit (${bytes(saved)} saved)`));
 }
+
+// The lines every prompt shares at its start and end (the template), so each row shows only its own fields.
+// Shared by the compare widget and the dashboard's probe rows.
+export function sharedTemplate(prompts) {
+  if (prompts.length < 2) return { head: [], tail: [] };
+  const lines = prompts.map((p) => p.split("\n"));
+  const minLen = Math.min(...lines.map((l) => l.length));
+  let h = 0;
+  while (h < minLen && lines.every((l) => l[h] === lines[0][h])) h++;
+  let t = 0;
+  while (t < minLen - h && lines.every((l) => l[l.length - 1 - t] === lines[0][lines[0].length - 1 - t])) t++;
+  // a row must keep something of its own
+  if (lines.some((l) => l.length - h - t <= 0)) return { head: [], tail: [] };
+  return { head: lines[0].slice(0, h), tail: t ? lines[0].slice(lines[0].length - t) : [] };
+}
+// A prompt without the shared template's lines: the row's own input.
+export function ownPart(prompt, tpl) {
+  if (!tpl.head.length && !tpl.tail.length) return prompt;
+  const l = prompt.split("\n");
+  return l.slice(tpl.head.length, l.length - tpl.tail.length).join("\n").trim();
+}

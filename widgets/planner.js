@@ -24,6 +24,11 @@ function const4(n, dq) {
 }
 const adamw = (n) => 8 * n + 4;
 const adamw8 = (n) => (n < 4096 ? 8 * n : 2 * n + 2 * ceil(n / 256) * 4);
+// The planner's context check (memory/planner.py context_warnings): "" when seq_len fits or the context is unknown.
+export function contextWarning(a, o) {
+  const ctx = a.context || a.max_position_embeddings || 0;
+  return ctx && o.seq_len > ctx ? `seq_len ${o.seq_len} exceeds ${o.model}'s context of ${ctx} tokens.` : "";
+}
 export function baseBits(o) { return o.bits ? o.bits : (o.method === "qlora" ? 4 : 16); }
 
 export function components(a, o, K) {
@@ -212,8 +217,7 @@ function render({ model, el: host }) {
           input.closest(".qn-ctl").classList.toggle("qn-off", !ok(o));
         }
       }
-      const ctx = a.max_position_embeddings || a.context || 0;
-      warning.textContent = ctx && o.seq_len > ctx ? `seq_len ${o.seq_len} exceeds ${o.model}'s context of ${ctx} tokens.` : "";
+      warning.textContent = contextWarning(a, o);
       const p = plan(a, o, K, limit);
       verdict.className = `qn-verdict qn-${p.verdict.replace(/[^a-z]/g, "")}`;
       verdict.replaceChildren(el("b", {}, p.verdict), " — ", p.reason);

@@ -42,9 +42,11 @@ def save_adapter(session: Session, directory: str | Path, overwrite: bool = Fals
     if name not in session.model.peft_config:
         raise no_adapter(name, session.model.peft_config, "--adapter")
     from .arguments import protected_folders
+    from .quiet import quiet_libraries
 
     target = Path(directory).expanduser()
-    with atomic_dir(target, overwrite=overwrite, kind="adapter", protected=protected_folders(session)) as tmp:
+    with atomic_dir(target, overwrite=overwrite, kind="adapter", protected=protected_folders(session)) as tmp, \
+            quiet_libraries(("peft", "transformers")):  # peft's save-time notes are not the user's to act on
         session.model.save_pretrained(str(tmp), selected_adapters=[name], safe_serialization=True)
         flatten_adapter_folder(tmp, name)
         if not (tmp / SAFE_WEIGHTS).is_file():
@@ -54,6 +56,15 @@ def save_adapter(session: Session, directory: str | Path, overwrite: bool = Fals
         (tmp / "README.md").write_text(model_card(session, name, meta), encoding="utf-8")
     session.adapters.setdefault(name, {})["saved_to"] = str(target)
     return target
+
+
+def saved_summary(path: Path, name: str) -> str:
+    """The line %qlora_save prints: what was written where, its size in MiB, and how to load it back."""
+    from ..units import human_bytes
+
+    size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+    return (f"saved adapter {name!r} to {path} ({human_bytes(size, floor='MiB')}); reload with "
+            f"%qlora_load_adapter {path} or peft.PeftModel.from_pretrained(base, {str(path)!r})")
 
 
 def _last_run(session: Session):

@@ -29,7 +29,8 @@ from ..errors import QloraError
 from ..fileio import atomic_dir
 from ..units import human_bytes
 from .adapters import is_trained, no_adapter
-from .merge_check import _encode, _logits, check_merged_logits, check_merged_weights
+from .merge_check import FP32_LOGIT_TOLERANCE, _encode, _logits, check_merged_logits, check_merged_weights
+from .quiet import quiet_libraries
 
 if TYPE_CHECKING:
     from .session import Session
@@ -41,6 +42,11 @@ DEFAULT_PROBES = (
     "def add(a, b):\n    return",
 )
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _mib(n: float) -> str:
+    """Every size a merge prints, in MiB or above: one unit system in the cell."""
+    return human_bytes(n, floor="MiB")
 
 
 @dataclass
@@ -65,29 +71,38 @@ class MergeResult:
     probes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    size_bytes: int = 0  # the saved folder
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["directory"] = str(self.directory)
         return d
 
+    def verdict(self) -> str:
+        """The one pass/fail line read first (a failed check raises "merge verification FAILED: ..." instead)."""
+        if not self.verified:
+            return "merge NOT verified (--no-verify): the saved weights and logits were not checked"
+        n = len(self.probes)
+        if self.dtype == "float32":
+            logits = f"max |Δlogit| {self.max_abs_diff:.1e} ≤ {FP32_LOGIT_TOLERANCE:.0e} on {n} prompts"
+        else:  # 16-bit rounding moves logits; the bar is the per-weight bound and the effect kept
+            logits = (f"max |Δlogit| {self.max_abs_diff:.1e} on {n} prompts (the adapter moves them by up to "
+                      f"{self.adapter_effect:.2g}; {self.effect_kept:.1%} of its effect kept)")
+        weights = (f"{self.modules_checked} merged matrices = W + scale·B@A within {self.dtype} rounding"
+                   if self.modules_checked else "per-weight check skipped (DoRA)")
+        mark = f"✓, {len(self.warnings)} warning(s) below" if self.warnings else "✓"
+        return f"merge verified: {logits}; {weights} {mark}"
+
     def __str__(self) -> str:
-        lines = [f"merged adapter {self.adapter!r} into a {self.dtype} copy of the base -> {self.directory}",
-                 f"  memory: needed {human_bytes(self.needed_bytes)} on {self.device}, "
-                 f"available {human_bytes(self.available_bytes)}"]
-        if self.verified:
-            lines += [
-                f"  weights: {self.modules_checked} merged matrices equal W + scale*B@A within rounding "
-                f"(max error {self.weight_max_error:.3g})",
-                f"  logits on {len(self.probes)} probes: max |merged - adapter model| = {self.max_abs_diff:.3g}; "
-                f"the adapter moves logits by up to {self.adapter_effect:.3g}; effect kept {self.effect_kept:.1%}",
-            ]
-            if self.max_abs_diff_session is not None:
-                lines.append(f"  vs the session's live model (its compute dtype): {self.max_abs_diff_session:.3g}")
-        else:
-            lines.append("  not verified (--no-verify)")
+        lines = [self.verdict(),
+                 f"saved a {self.dtype} merge of adapter {self.adapter!r} to {self.directory} "
+                 f"({_mib(self.size_bytes)}) in {self.seconds:.1f} s, needing {_mib(self.needed_bytes)} of "
+                 f"{_mib(self.available_bytes)} free on {self.device}; "
+                 "load it with transformers.AutoModelForCausalLM.from_pretrained"]
+        if self.verified and self.max_abs_diff_session is not None:
+            lines.append(f"  merged vs the session's live model (its compute dtype): max |Δlogit| "
+                         f"{self.max_abs_diff_session:.1e}; largest weight error {self.weight_max_error or 0:.1e}")
         lines += [f"  warning: {w}" for w in self.warnings]
-        lines.append(f"  took {self.seconds:.1f} s; load it with transformers.AutoModelForCausalLM.from_pretrained")
         return "\n".join(lines)
 
     def _repr_pretty_(self, printer, cycle) -> None:
@@ -224,25 +239,26 @@ def merge(session: Session, directory: str | Path, dtype: str = "bfloat16", over
     parts = merge_memory(session, name, dtype)
     need = sum(parts.values())
     where, free = _pick_device(session, need, available_bytes, device)
-    msg = (f"merge needs {human_bytes(need)} on {where} (a {dtype} copy of the base {human_bytes(parts['base_copy'])}"
-           f" + adapter {human_bytes(parts['adapter'])} + workspace {human_bytes(parts['workspace'])}); "
-           f"{human_bytes(free)} available")
+    msg = (f"merge needs {_mib(need)} on {where} (a {dtype} copy of the base {_mib(parts['base_copy'])}"
+           f" + adapter {_mib(parts['adapter'])} + workspace {_mib(parts['workspace'])}); "
+           f"{_mib(free)} available")
     if verbose:
         print(msg)
     if need > free:
-        raise QloraError(f"the merge will not fit: it needs {human_bytes(need)} on {where} but only "
-                         f"{human_bytes(free)} is available.", where="merge",
+        raise QloraError(f"the merge will not fit: it needs {_mib(need)} on {where} but only "
+                         f"{_mib(free)} is available.", where="merge",
                          hint="Free memory (%qlora_unload other sessions), merge in a smaller dtype "
                               "(--dtype bf16), or run the merge on a machine with more memory.")
     target.parent.mkdir(parents=True, exist_ok=True)
     disk = shutil.disk_usage(target.parent).free
     if parts["base_copy"] > disk:
-        raise QloraError(f"the merged model needs about {human_bytes(parts['base_copy'])} of disk but "
-                         f"{target.parent} has {human_bytes(disk)} free.", where="DIR",
+        raise QloraError(f"the merged model needs about {_mib(parts['base_copy'])} of disk but "
+                         f"{target.parent} has {_mib(disk)} free.", where="DIR",
                          hint="Choose a folder on a disk with more space.")
     probes = list(probes or DEFAULT_PROBES)
     result = MergeResult(target, dtype, name, where, need, free, parts, probes=probes)
-    with atomic_dir(target, overwrite=overwrite, kind="merged model", protected=protected_folders(session)) as tmp:
+    with atomic_dir(target, overwrite=overwrite, kind="merged model", protected=protected_folders(session)) as tmp, \
+            quiet_libraries(("peft", "transformers")):  # no tqdm bars or save-time notes in the cell
         peft_copy = build_peft_copy(session, name, dtype, where)
         if verify:
             batch = _encode(session.tokenizer, probes, where)
@@ -259,6 +275,7 @@ def merge(session: Session, directory: str | Path, dtype: str = "bfloat16", over
             check_merged_logits(session, name, tmp, batch, ref_adapter, ref_base, result)
             result.verified = True
         result.seconds = time.perf_counter() - started
+        result.size_bytes = sum(f.stat().st_size for f in tmp.iterdir() if f.is_file())
         (tmp / "qlora_nb_merge.json").write_text(json.dumps({
             "merged_from": {"adapter": name, "source": session.adapters.get(name, {}).get("source"),
                             "base_fingerprint": session.base_fingerprint,

@@ -29,6 +29,9 @@ FP32_LOGIT_TOLERANCE = 1e-2
 # twice that. fp32 leaves room for a different matmul summation order.
 WEIGHT_EPS = {"float32": 2.0**-20, "bfloat16": 2.0**-7, "float16": 2.0**-10}
 WEIGHT_FLOOR = {"float32": 1e-7, "bfloat16": 1e-30, "float16": 1e-7}
+# Every failed check starts with this, the fail twin of MergeResult.verdict()'s "merge verified: ..." line.
+FAILED = "merge verification FAILED"
+
 
 def _encode(tokenizer, probes: list[str], device: str):
     enc = tokenizer(list(probes), return_tensors="pt", padding=True)
@@ -115,7 +118,7 @@ def check_merged_weights(session: Session, name: str, folder: Path, result: Merg
         key = f"{path}.weight"
         got = saved.get(key)
         if got is None:
-            raise QloraError(f"the merged folder has no tensor {key!r}.", where="merge verification",
+            raise QloraError(f"the merged folder has no tensor {key!r}.", where=FAILED,
                              hint="Nothing was saved. This is a bug; rerun with --debug and report it.")
         base_w = module.get_base_layer().weight
         state = getattr(module.get_base_layer(), "state", None)
@@ -136,10 +139,10 @@ def check_merged_weights(session: Session, name: str, folder: Path, result: Merg
         lost = (" In 16-bit, updates smaller than the weights' rounding step vanish; merge with --dtype fp32."
                 if result.dtype != "float32" else "")
         raise QloraError(f"the merged model equals the base model: none of the {checked} adapted matrices changed "
-                         "(the merge did nothing).", where="merge verification", hint="Nothing was saved." + lost)
+                         "(the merge did nothing).", where=FAILED, hint="Nothing was saved." + lost)
     if bad is not None:
         raise QloraError(f"merged weight {bad[0]} differs from W + scale*B@A by up to {bad[1]:.3g}, more than "
-                         f"{result.dtype} rounding allows.", where="merge verification",
+                         f"{result.dtype} rounding allows.", where=FAILED,
                          hint="Nothing was saved. Check the adapter's scaling (alpha/r) and rerun with --debug.")
 
 
@@ -165,11 +168,12 @@ def check_merged_logits(session: Session, name: str, folder: Path, batch, ref_ad
     if result.adapter_effect > 0 and result.merged_vs_base <= 1e-3 * result.adapter_effect:
         raise QloraError(f"the merged model's logits equal the base model's (max difference {result.merged_vs_base:.3g}"
                          f", while the adapter changes them by up to {result.adapter_effect:.3g}): the merge did "
-                         "nothing.", where="merge verification", hint="Nothing was saved.")
+                         "nothing.", where=FAILED, hint="Nothing was saved.")
     if result.dtype == "float32" and result.max_abs_diff > FP32_LOGIT_TOLERANCE:
-        raise QloraError(f"the merged model's logits differ from the adapter model's by up to "
-                         f"{result.max_abs_diff:.3g} (tolerance {FP32_LOGIT_TOLERANCE:g} in float32).",
-                         where="merge verification", hint="Nothing was saved. Rerun with --debug and report it.")
+        raise QloraError(f"max |Δlogit| {result.max_abs_diff:.1e} > {FP32_LOGIT_TOLERANCE:.0e} on "
+                         f"{len(result.probes)} prompts: the float32 merged model's logits differ from the adapter "
+                         "model's.",
+                         where=FAILED, hint="Nothing was saved. Rerun with --debug and report it.")
     if result.effect_kept < 0.5:
         result.warnings.append(
             f"the {result.dtype} merged model reproduces only {result.effect_kept:.0%} of the adapter's effect on the "

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 
 class quiet_libraries:
-    """Silence progress bars and chatty warnings from transformers/bitsandbytes while loading."""
+    """Silence progress bars and chatty warnings from transformers/bitsandbytes while loading.
+
+    ``user_warnings_from`` names more modules whose User/DeprecationWarnings are dropped:
+    saving and merging pass peft/transformers, whose save-time notes (embedding
+    layers, deprecated flags) say nothing a notebook user can act on. Our own
+    :class:`~qlora_nb.errors.QloraWarning` comes from ``qlora_nb`` and stays visible.
+    """
+
+    def __init__(self, user_warnings_from: tuple[str, ...] = ()) -> None:
+        self._modules = ("bitsandbytes", *user_warnings_from)
 
     def __enter__(self):
         import logging
@@ -13,7 +22,9 @@ class quiet_libraries:
         self._warn = warnings.catch_warnings()
         self._warn.__enter__()
         warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module="bitsandbytes")
+        for module in self._modules:
+            for category in (UserWarning, DeprecationWarning):
+                warnings.filterwarnings("ignore", category=category, module=module)
         self._levels = {}
         for name in ("transformers", "bitsandbytes", "peft", "accelerate"):
             lg = logging.getLogger(name)

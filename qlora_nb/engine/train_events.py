@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from .interrupts import InterruptFlag
-from .probes import generate_batch
+from .probes import generate_probes, probe_input
 
 
 class PeakRssSampler:
@@ -50,6 +50,7 @@ def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, his
 
     events = session.events
     probe_prompts = list(cfg.probes) or [prep.template.prompt(r) for r in prep.val_rows[: cfg.n_probes]]
+    probe_inputs = list(cfg.probes) or [probe_input(prep.template, r) for r in prep.val_rows[: cfg.n_probes]]
     probe_tokens = 48
     if not cfg.probes and prep.val and cfg.n_probes:
         longest = max(sum(t != -100 for t in ex["labels"]) for ex in prep.val[: cfg.n_probes])
@@ -59,7 +60,7 @@ def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, his
     class EventsCallback(TrainerCallback):
         """Trainer hooks → ``session.events`` (step, eval, probe, ledger, poll, train_begin/end)."""
 
-        base_outputs: list[str] | None = None
+        base_outputs: tuple[list[str], list[bool]] | None = None  # (texts, truncated), generated once
 
         def on_train_begin(self, args, st, control, **kw):
             state["t_begin"] = time.perf_counter()
@@ -127,10 +128,14 @@ def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, his
             events.emit("eval", step=st.global_step, eval_loss=loss)
             if probe_prompts:
                 if self.base_outputs is None:
-                    self.base_outputs = generate_batch(session, probe_prompts, probe_tokens, base=True)
-                adapted = generate_batch(session, probe_prompts, probe_tokens)
-                for p, b, a in zip(probe_prompts, self.base_outputs, adapted, strict=True):
-                    events.emit("probe", step=st.global_step, prompt=p, base=b, adapted=a)
+                    self.base_outputs = generate_probes(session, probe_prompts, probe_tokens, base=True)
+                adapted, cut = generate_probes(session, probe_prompts, probe_tokens)
+                base_texts, base_cut = self.base_outputs
+                for i, p in enumerate(probe_prompts):  # `truncated`: stopped at max_new_tokens, not at EOS
+                    events.emit("probe", step=st.global_step, prompt=p, input=probe_inputs[i], base=base_texts[i],
+                                adapted=adapted[i],
+                                adapter=session.active_adapter, max_new_tokens=probe_tokens,
+                                truncated={"base": base_cut[i], "adapted": cut[i]})
 
         def on_train_end(self, args, st, control, **kw):
             session.optimizer = kw.get("optimizer", session.optimizer)

@@ -21,10 +21,10 @@ class ExportMagics(QloraMagicsBase):
         """Save an adapter as a standard PEFT folder (plain peft loads it) plus qlora_nb.json and a model card."""
         args = parse_args(self.qlora_save, line, "qlora_save", self.ns)
         session = self.session(args.session)
+        from ..engine.export import saved_summary
+
         out = session.save(args.directory, overwrite=args.overwrite, adapter=args.adapter)
-        size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-        print(f"saved adapter {args.adapter or session.active_adapter!r} to {out} ({size / 1024:.0f} KiB); "
-              f"reload with %qlora_load_adapter {out} or peft.PeftModel.from_pretrained(base, {str(out)!r})")
+        print(saved_summary(out, args.adapter or session.active_adapter))
 
     @magic_arguments()
     @argument("directory", help="Folder for the merged model (safetensors + config + tokenizer).")

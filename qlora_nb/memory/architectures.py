@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class Arch:
     qk_norm: bool = False  # Gemma 3 / Qwen3: RMSNorm over head_dim on q and k
     rotary_embeddings: int = 1  # rotary modules, each with inv_freq + original_inv_freq
     scalar_buffers: int = 0  # Gemma: the embedding normalizer sqrt(hidden), a compute-dtype scalar buffer
+    context: int | None = None  # max_position_embeddings: longer sequences leave the trained positions
     aliases: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -136,9 +137,13 @@ ARCHITECTURES: dict[str, Arch] = {a.name: a for a in [
     _a("llama-2-13b", "meta-llama/Llama-2-13b-hf", "llama", 5120, 13824, 40, 40, 40, 128, 32000, False),
     _a("llama-2-70b", "meta-llama/Llama-2-70b-hf", "llama", 8192, 28672, 80, 64, 8, 128, 32000, False),
     _a("llama-3-8b", "meta-llama/Meta-Llama-3-8B", "llama", 4096, 14336, 32, 32, 8, 128, 128256, False,
-       ["llama-3.1-8b", "llama-3.1-8b-instruct", "llama-3-8b-instruct"]),
+       ["llama-3-8b-instruct"]),
+    _a("llama-3.1-8b", "meta-llama/Llama-3.1-8B", "llama", 4096, 14336, 32, 32, 8, 128, 128256, False,
+       ["llama-3.1-8b-instruct"]),
     _a("llama-3-70b", "meta-llama/Meta-Llama-3-70B", "llama", 8192, 28672, 80, 64, 8, 128, 128256, False,
-       ["llama-3.1-70b", "llama-3.3-70b", "llama-3.3-70b-instruct"]),
+       ["llama-3-70b-instruct"]),
+    _a("llama-3.1-70b", "meta-llama/Llama-3.1-70B", "llama", 8192, 28672, 80, 64, 8, 128, 128256, False,
+       ["llama-3.3-70b", "llama-3.3-70b-instruct"]),
     _a("llama-3.2-1b", "meta-llama/Llama-3.2-1B", "llama", 2048, 8192, 16, 32, 8, 64, 128256, True,
        ["llama-3.2-1b-instruct"]),
     _a("llama-3.2-3b", "meta-llama/Llama-3.2-3B", "llama", 3072, 8192, 28, 24, 8, 128, 128256, True,
@@ -162,9 +167,13 @@ ARCHITECTURES: dict[str, Arch] = {a.name: a for a in [
     _a("gemma-3-27b", "google/gemma-3-27b-pt", "gemma3_text", 5376, 21504, 62, 32, 16, 128, 262208, True,
        **_GEMMA3),
     _a("phi-3-mini", "microsoft/Phi-3-mini-4k-instruct", "phi3", 3072, 8192, 32, 32, 32, 96, 32064, False,
-       ["phi-3-mini-4k", "phi-3-mini-128k"], **_PHI3),
+       ["phi-3-mini-4k"], **_PHI3),
+    _a("phi-3-mini-128k", "microsoft/Phi-3-mini-128k-instruct", "phi3", 3072, 8192, 32, 32, 32, 96, 32064, False,
+       **_PHI3),
     _a("phi-3-medium", "microsoft/Phi-3-medium-4k-instruct", "phi3", 5120, 17920, 40, 40, 10, 128, 32064, False,
-       ["phi-3-medium-4k", "phi-3-medium-128k"], **_PHI3),
+       ["phi-3-medium-4k"], **_PHI3),
+    _a("phi-3-medium-128k", "microsoft/Phi-3-medium-128k-instruct", "phi3", 5120, 17920, 40, 40, 10, 128, 32064,
+       False, **_PHI3),
     _a("smollm2-135m", "HuggingFaceTB/SmolLM2-135M", "llama", 576, 1536, 30, 9, 3, 64, 49152, True,
        ["smollm2-135m-instruct"]),
     _a("smollm2-360m", "HuggingFaceTB/SmolLM2-360M", "llama", 960, 2560, 32, 15, 5, 64, 49152, True,
@@ -172,6 +181,23 @@ ARCHITECTURES: dict[str, Arch] = {a.name: a for a in [
     _a("smollm2-1.7b", "HuggingFaceTB/SmolLM2-1.7B", "llama", 2048, 8192, 24, 32, 32, 64, 49152, True,
        ["smollm2-1.7b-instruct"]),
 ]}
+
+# max_position_embeddings of each checkpoint's config.json, kept apart from the dimensions so that every value
+# can be traced: only values read from the checkpoint's (or an unmodified derivative's) config.json are listed;
+# a model missing here has context None, and the planner then does not warn about seq_len.
+CONTEXT = {
+    "llama-7b": 2048, "llama-13b": 2048, "llama-33b": 2048, "llama-65b": 2048,
+    "llama-2-7b": 4096, "llama-2-13b": 4096, "llama-2-70b": 4096,
+    "llama-3-8b": 8192, "llama-3-70b": 8192,
+    "llama-3.1-8b": 131072, "llama-3.1-70b": 131072, "llama-3.2-1b": 131072, "llama-3.2-3b": 131072,
+    "mistral-7b": 32768,  # v0.1 also attends through a 4096-token sliding window
+    "qwen2.5-0.5b": 32768, "qwen2.5-7b": 131072,
+    "gemma-2-2b": 8192, "gemma-2-9b": 8192, "gemma-2-27b": 8192,
+    "gemma-3-1b": 32768, "gemma-3-4b": 131072, "gemma-3-12b": 131072, "gemma-3-27b": 131072,
+    "phi-3-mini": 4096, "phi-3-mini-128k": 131072, "phi-3-medium": 4096, "phi-3-medium-128k": 131072,
+    "smollm2-135m": 8192,
+}
+ARCHITECTURES = {k: replace(a, context=CONTEXT.get(k)) for k, a in ARCHITECTURES.items()}
 
 _SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "olmo",
               "olmo2", "granite", "smollm3")
@@ -224,6 +250,7 @@ def arch_from_config(cfg: dict[str, Any], name: str = "config") -> Arch:
             norms_per_layer=4 if family in ("gemma2", "gemma3_text") else 2,
             qk_norm=family in ("gemma3_text", "qwen3"),
             scalar_buffers=1 if family.startswith("gemma") else 0,
+            context=_context_of(cfg),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise QloraError(f"the config of {name!r} lacks or mangles {exc} (needs hidden_size, intermediate_size, "
@@ -233,6 +260,15 @@ def arch_from_config(cfg: dict[str, Any], name: str = "config") -> Arch:
         raise QloraError(f"model_type {family!r} is not a supported decoder layout for the planner.", where="MODEL",
                          hint=f"Supported: {', '.join(_SUPPORTED)}.")
     return arch
+
+
+def _context_of(cfg: dict[str, Any]) -> int | None:
+    """max_position_embeddings (older configs: max_sequence_length / n_positions), or None when absent or odd."""
+    for key in ("max_position_embeddings", "max_sequence_length", "n_positions"):
+        value = cfg.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def read_config(path: Path) -> dict[str, Any]:

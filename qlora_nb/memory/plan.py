@@ -30,6 +30,7 @@ class Plan:
     verdict: str = ""
     reason: str = ""
     paged_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)  # e.g. seq_len beyond the model's context
     measured: dict[str, int] | None = field(default=None, repr=False)
 
     @property
@@ -48,7 +49,8 @@ class Plan:
         out: dict[str, Any] = dict(self.components)
         out.update(trainable_params=self.trainable_params, total_params=self.params["total"],
                    quantized_params=self.params["quantized"], bits_per_quantized_param=self.bits_per_quantized_param,
-                   total=self.total, limit_bytes=self.limit_bytes, verdict=self.verdict, reason=self.reason)
+                   total=self.total, limit_bytes=self.limit_bytes, verdict=self.verdict, reason=self.reason,
+                   warnings=list(self.warnings))
         return out
 
     def to_pandas(self):
@@ -80,6 +82,7 @@ class Plan:
         lines.append(f"  {'total':<{width}} {human_bytes(self.total):>10}   vs {human_bytes(self.limit_bytes)} "
                      f"({self.limit_source})")
         lines.append(f"verdict: {self.verdict} — {self.reason}")
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def _repr_pretty_(self, printer, cycle) -> None:
@@ -89,4 +92,4 @@ class Plan:
         return {"model": self.model, "source": self.source, "components": dict(self.components),
                 "total": self.total, "limit_bytes": self.limit_bytes, "verdict": self.verdict, "reason": self.reason,
                 "trainable_params": self.trainable_params, "bits_per_quantized_param": self.bits_per_quantized_param,
-                "measured": self.measured}
+                "measured": self.measured, "warnings": list(self.warnings)}

@@ -273,7 +273,17 @@ def build_plan(arch: Arch, cfg: PlanConfig, source: str, model: str | None = Non
     plan = Plan(model or arch.name, source, arch, cfg, comp, params, matrices, limit, limit_source, paged_bytes=paged)
     plan.verdict = _verdict_of(plan.total, limit)
     plan.reason = _reason(plan)
+    plan.warnings = context_warnings(arch, cfg, plan.model)
     return plan
+
+
+def context_warnings(arch: Arch, cfg: PlanConfig, model: str) -> list[str]:
+    """seq_len past the model's context: memory is still planned, but positions past it were never trained."""
+    if arch.context is None or cfg.seq_len <= arch.context:
+        return []
+    return [f"seq_len {cfg.seq_len} exceeds {model}'s context of {arch.context} tokens (max_position_embeddings): "
+            f"positions past {arch.context} were never trained, so quality degrades or RoPE scaling is needed. "
+            f"Use seq_len {arch.context} or less."]
 
 
 def plan(model: str | None = None, **options: Any) -> Plan:

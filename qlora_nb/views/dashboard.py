@@ -179,7 +179,8 @@ class TrainingDashboard(QloraWidget):
                 self._progress["eval_loss"] = float(event["eval_loss"])
             urgent = True
         elif kind == "probe":
-            self._probes.append({k: event.get(k) for k in ("step", "prompt", "base", "adapted")})
+            self._probes.append({k: event.get(k) for k in ("step", "prompt", "input", "base", "adapted", "adapter",
+                                                            "truncated", "max_new_tokens")})
             del self._probes[:-MAX_PROBE_ROWS]
             self._probes_dirty = urgent = True
         elif kind == "ledger" and event.get("ledger"):

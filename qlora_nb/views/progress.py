@@ -94,7 +94,10 @@ class TextProgress:
         elif kind == "eval" and event.get("eval_loss") is not None:
             self._print(f"eval step {event.get('step')} eval_loss {event['eval_loss']:.4f}")
         elif kind == "probe":
-            self._print(f"probe @ {event.get('step')}: {_clip(event.get('prompt'))!r} -> {_clip(event.get('adapted'))!r}")
+            cut = (event.get("truncated") or {}).get("adapted")
+            mark = f" … (cut at {event.get('max_new_tokens')} tokens)" if cut else ""
+            self._print(f"probe @ {event.get('step')}: {_clip(event.get('prompt'))!r} -> {_clip(event.get('adapted'))!r}"
+                        + mark)
         elif kind == "train_end":
             self._print(self.end_line(event))
             self.detach()
