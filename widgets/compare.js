@@ -1,5 +1,5 @@
 // Compare widget: base and adapter columns side by side, streamed, with divergence and diffs marked.
-import { el, isolateKeys, markLive, sharedTemplate, ownPart } from "./format.js";
+import { el, isolateKeys, markLive, sharedTemplate, ownPart, divergeText } from "./format.js";
 
 // Background for a log-prob change: green where the adapter made the token likelier, red where less likely.
 function shadeStyle(delta, scale) {
@@ -40,8 +40,7 @@ function cellBody(cell, shade, scale, streaming, against) {
 function badge(column, cell, done) {
   if (!done || column === "base") return null;
   if (!cell.changed) return el("span", { class: "qn-badge qn-muted" }, "same as base");
-  const where = cell.diverge_at === 0 ? "the first token" : `token ${cell.diverge_at}`;
-  return el("span", { class: "qn-badge qn-badge-diff" }, `differs from ${where}`);
+  return el("span", { class: "qn-badge qn-badge-diff" }, divergeText(cell.diverge_at));
 }
 
 // Word-level differences of `text` against `other`: [piece, changed] segments. Whitespace is never marked and

@@ -35,6 +35,8 @@ export function isolateKeys(root) {
 }
 // Marks a rendered, live view: the saved fallback's CSS (qlora_nb/views/base.py) hides itself then.
 export function markLive(root) { root.classList.add("qn-live"); }
+// Where a column first leaves the base, in words (the compare widget and the playground say it alike).
+export function divergeText(at) { return `differs from ${at === 0 ? "the first token" : `token ${at}`}`; }
 
 const EXACT = ["quantized_weights", "quant_constants", "other_weights", "adapters", "gradients", "optimizer_states"];
 // Renders a ledger dict (Ledger.to_event()) into `root`: stats, folded LoRA table, stacked bar, legend.

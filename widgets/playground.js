@@ -1,6 +1,6 @@
 // Playground: a prompt box, generation options, one streamed column per model (base first), tokens that depart
 // from the base highlighted, per-column token count / tokens/s / mean log-prob, and the list of earlier prompts.
-import { el, isolateKeys, markLive } from "./format.js";
+import { el, isolateKeys, markLive, divergeText } from "./format.js";
 
 
 function stats(cell) {
@@ -94,7 +94,7 @@ function render({ model, el: host }) {
     grid.style.gridTemplateColumns = `repeat(${Math.max(1, columns.length)}, minmax(0, 1fr))`;
     grid.replaceChildren(...columns.map((c) => {
       const cell = cells[c] || {};
-      const badge = c === "base" || !cell.done ? "" : cell.changed ? `differs from token ${cell.diverge_at}` : "same as base";
+      const badge = c === "base" || !cell.done ? "" : cell.changed ? divergeText(cell.diverge_at) : "same as base";
       return el("div", { class: "qn-col", "data-testid": "playground-column", "data-column": c,
         "data-n-tokens": String(cell.n_tokens || 0), "data-done": cell.done ? "1" : "0" },
         el("div", { class: "qn-col-head" }, el("b", {}, c), el("span", { class: "qn-badge qn-badge-diff" }, badge)),
