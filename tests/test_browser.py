@@ -402,7 +402,8 @@ def test_publish_screenshots(lab_run):
     assert {p.stem for p in shots} >= {"breakdown", "dashboard", "compare"}, shots
     if os.environ.get("QLORA_NB_UPDATE_SCREENSHOTS") == "1":
         DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        # run with QLORA_NB_BROWSER_STEPS=60 so the README's comparison shows a trained adapter
         for name in ("breakdown", "dashboard-running", "dashboard", "dashboard-stopped", "planner", "dark-dashboard",
-                     "reopened-fallbacks"):  # compare.png: refreshed with a trained adapter (studio)
+                     "reopened-fallbacks", "compare"):
             if (lab_run.artifacts / f"{name}.png").is_file():
                 shutil.copy2(lab_run.artifacts / f"{name}.png", DOCS_SHOTS / f"{name}.png")
