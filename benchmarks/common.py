@@ -163,3 +163,35 @@ def worker_main(fn) -> None:
     Path(spec["out"]).write_text(json.dumps(result, indent=1, default=str))
     sys.stdout.flush()
     os._exit(0 if result["ok"] else 1)  # skip slow interpreter teardown of torch/transformers
+
+
+def run_cell_in_kernel(code: str, root: Path, timeout: float) -> dict[str, Any]:
+    """Execute ``code`` in a fresh Jupyter kernel (``root`` first on its path) and return the JSON it prints.
+
+    The overhead benchmarks need a real kernel (comm messages, subshells); the cell reports by printing one
+    ``RESULT {json}`` line, and an error in the cell ends the benchmark with the kernel's traceback.
+    """
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3", env=dict(os.environ, PYTHONPATH=str(root)))
+    try:
+        msg_id = kc.execute(code)
+        while True:
+            msg = kc.get_iopub_msg(timeout=timeout)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "error":
+                sys.exit("\n".join(msg["content"]["traceback"]))
+            if msg["msg_type"] == "stream" and msg["content"]["text"].startswith("RESULT "):
+                return json.loads(msg["content"]["text"][len("RESULT "):])
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def report_json(result: dict[str, Any], out: str | None) -> None:
+    """Print ``result`` as JSON, and write it to ``out`` too when given."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")

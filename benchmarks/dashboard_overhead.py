@@ -14,12 +14,11 @@ the loop's wall time.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+from common import report_json, run_cell_in_kernel  # noqa: E402  (run as a script from benchmarks/)
 
 CELL = r"""
 import json, time
@@ -73,28 +72,8 @@ def main() -> None:
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
-    from jupyter_client.manager import start_new_kernel
-
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    km, kc = start_new_kernel(kernel_name="python3", env=env)
-    try:
-        msg_id = kc.execute(f"STEPS, STEP_S = {args.steps}, {args.step_ms / 1000}\n" + CELL)
-        result = None
-        while result is None:
-            msg = kc.get_iopub_msg(timeout=600)
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "error":
-                sys.exit("\n".join(msg["content"]["traceback"]))
-            if msg["msg_type"] == "stream" and msg["content"]["text"].startswith("RESULT "):
-                result = json.loads(msg["content"]["text"][len("RESULT "):])
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    result = run_cell_in_kernel(f"STEPS, STEP_S = {args.steps}, {args.step_ms / 1000}\n" + CELL, ROOT, timeout=600)
+    report_json(result, args.out)
 
 
 if __name__ == "__main__":
