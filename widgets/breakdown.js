@@ -1,12 +1,10 @@
 // Breakdown widget: parameter counts, LoRA cost per matrix type and the memory ledger.
 // A snapshot says "as of …"; a widget that follows the session's events carries a "live" badge.
-import { el, renderLedger, isolateKeys, markLive } from "./format.js";
+import { el, renderLedger, mount } from "./format.js";
 
 function render({ model, el: host }) {
   const root = el("div", { class: "qn-card qn-breakdown", "data-testid": "qlora-breakdown" });
-  isolateKeys(root);
-  host.append(root);
-  markLive(root);
+  mount(host, root);
   const draw = () => {
     const asOf = model.get("as_of") || "";
     const live = asOf === "live";

@@ -1,5 +1,5 @@
 // Compare widget: base and adapter columns side by side, streamed, with divergence and diffs marked.
-import { el, isolateKeys, markLive, sharedTemplate, ownPart, divergeText } from "./format.js";
+import { el, sharedTemplate, ownPart, divergeText, mount } from "./format.js";
 
 // Background for a log-prob change: green where the adapter made the token likelier, red where less likely.
 function shadeStyle(delta, scale) {
@@ -65,9 +65,7 @@ export function wordDiff(text, other) {
 function render({ model, el: host }) {
   let against = "base";  // the column the others are compared with (a view choice, not synced)
   const root = el("div", { class: "qn-card qn-compare", "data-testid": "qlora-compare" });
-  isolateKeys(root);
-  host.append(root);
-  markLive(root);
+  mount(host, root);
   const draw = () => {
     const columns = model.get("columns") || [];
     const rows = model.get("rows") || [];

@@ -1,7 +1,7 @@
 // Training dashboard card: title, status and Stop; the loss chart (first, at the card's width); the phase
 // or progress line; the numbers; probe generations; the memory ledger (LoRA table folded).
 // Everything is drawn from synced traits, so a reloaded page (kernel idle) redraws the same state.
-import { el, renderLedger, isolateKeys, markLive, sharedTemplate, ownPart } from "./format.js";
+import { el, renderLedger, sharedTemplate, ownPart, mount } from "./format.js";
 import { lossChart } from "./chart.js";
 
 function eta(s) {
@@ -81,9 +81,7 @@ function render({ model, el: host }) {
     el("div", { class: "qn-row" }, el("div", { class: "qn-progress" }, bar), progressText),
     stats, message, outputs, probes, ledger,
   );
-  isolateKeys(root);
-  host.append(root);
-  markLive(root);
+  mount(host, root);
 
   let clicked = false;
   stop.addEventListener("click", () => {

@@ -30,11 +30,19 @@ export const LABELS = {
 };
 // Keys typed into a widget's slider/text box act on the widget, never on JupyterLab (whose shortcuts
 // listen on the document in the bubbling phase: ArrowRight on a slider moved the active cell).
-export function isolateKeys(root) {
+function isolateKeys(root) {
   for (const type of ["keydown", "keyup", "keypress"]) root.addEventListener(type, (e) => e.stopPropagation());
 }
 // Marks a rendered, live view: the saved fallback's CSS (qlora_nb/views/base.py) hides itself then.
-export function markLive(root) { root.classList.add("qn-live"); }
+function markLive(root) { root.classList.add("qn-live"); }
+// Every widget shows its root through here, so none can forget either: keys stay in the widget, and the
+// saved fallback output above it hides itself once this live view is in the page.
+export function mount(host, root) {
+  isolateKeys(root);
+  host.append(root);
+  markLive(root);
+  return root;
+}
 // Where a column first leaves the base, in words (the compare widget and the playground say it alike).
 export function divergeText(at) { return `differs from ${at === 0 ? "the first token" : `token ${at}`}`; }
 

@@ -1,6 +1,6 @@
 // Playground: a prompt box, generation options, one streamed column per model (base first), tokens that depart
 // from the base highlighted, per-column token count / tokens/s / mean log-prob, and the list of earlier prompts.
-import { el, isolateKeys, markLive, divergeText } from "./format.js";
+import { el, divergeText, mount } from "./format.js";
 
 
 function stats(cell) {
@@ -27,9 +27,7 @@ function body(column, cell, streaming) {
 
 function render({ model, el: host }) {
   const root = el("div", { class: "qn-card qn-playground", "data-testid": "qlora-playground" });
-  isolateKeys(root);  // keys typed into the panel act on it, not on JupyterLab's shortcuts
-  markLive(root);  // the saved fallback output above hides itself once this live view renders
-  host.append(root);
+  mount(host, root);
   const title = el("span", { class: "qn-title" });
   const status = el("span", { class: "qn-status", "data-testid": "playground-status" });
   const prompt = el("textarea", { class: "qn-input", "data-testid": "playground-prompt", placeholder: "type a prompt…" });

@@ -1,6 +1,6 @@
 // Studio panel: data + live preview, options (from TrainConfig's metadata), memory forecast, Train/Stop/Resume,
 // "Copy as cell". The live dashboard is a separate widget shown below this panel (see qlora_nb/widgets/studio.py).
-import { el, bytes, COLORS, LABELS, isolateKeys, markLive } from "./format.js";
+import { el, bytes, COLORS, LABELS, mount } from "./format.js";
 
 
 function textInput(value, testid, onCommit, placeholder = "") {
@@ -74,9 +74,7 @@ function renderForecast(node, f) {
 
 function render({ model, el: host }) {
   const root = el("div", { class: "qn-card qn-studio", "data-testid": "qlora-studio" });
-  isolateKeys(root);  // keys typed into the panel act on it, not on JupyterLab's shortcuts
-  markLive(root);  // the saved fallback output above hides itself once this live view renders
-  host.append(root);
+  mount(host, root);
   const title = el("span", { class: "qn-title" });
   const status = el("span", { class: "qn-status", "data-testid": "studio-status" });
   const dataIn = textInput(model.get("data"), "studio-data", (v) => { model.set("data", v); model.save_changes(); }, "demo, train.jsonl or $df");
