@@ -71,7 +71,7 @@ def test_fused_lora_matches_peft_loss_and_every_gradient(tiny_model_dir, bits, c
 def test_keep_mask_rate_and_scale():
     import torch
 
-    from qlora_nb.engine.cpu_speed import drop_probability, keep_mask
+    from qlora_nb.engine.dropout_mask import drop_probability, keep_mask
 
     for p in (0.05, 0.1, 0.5):
         assert abs(drop_probability(p) - p) <= 0.5 / 65536
@@ -124,41 +124,62 @@ def test_fused_dropout_keeps_the_expectation_of_the_lora_branch(tiny_model_dir):
     assert abs((branch_grad.abs() > 1e-6).float().mean().item() - keep) < 0.02
 
 
-def test_fused_path_steps_aside_for_eval_no_grad_and_second_adapters(tiny_model_dir):
+def test_fused_path_steps_aside_for_eval_no_grad_and_second_adapters(tiny_model_dir, monkeypatch):
     import torch
 
     from qlora_nb.engine import cpu_speed
 
     session = _session(tiny_model_dir, 4)
     calls = []
-    real = cpu_speed._autograd_fn
+    real = cpu_speed.fused_lora_fn()
 
-    def counting():
-        fn = real()
+    class Counted(real):
+        @staticmethod
+        def forward(ctx, *a):
+            calls.append(1)
+            return real.forward(ctx, *a)
 
-        class Counted(fn):
-            @staticmethod
-            def forward(ctx, *a):
-                calls.append(1)
-                return fn.forward(ctx, *a)
-
-        return Counted
-
-    cpu_speed._FN = None
+    monkeypatch.setattr(cpu_speed, "fused_lora_fn", lambda: Counted)
     ids = torch.tensor([[5, 17, 42, 99]])
-    try:
-        cpu_speed._autograd_fn = counting
-        with cpu_speed.fused_lora(session.model):
-            session.model.eval()
-            with torch.no_grad():
-                session.model(input_ids=ids)
-            assert not calls
-            session.model.train()
+    with cpu_speed.fused_lora(session.model):
+        session.model.eval()
+        with torch.no_grad():
             session.model(input_ids=ids)
-            assert calls
-    finally:
-        cpu_speed._autograd_fn = real
-        cpu_speed._FN = None
+        assert not calls
+        session.model.train()
+        session.model(input_ids=ids)
+        assert len(calls) == len([m for m in session.model.modules() if hasattr(m, "lora_A")])
+        calls.clear()
+        with session.model.disable_adapter():
+            session.model(input_ids=ids)
+        assert not calls
+
+
+def test_kept_block_constants_dequantize_to_bitsandbytes_own_weight(tiny_model_dir):
+    """The float32 constants kept for a run give bit-for-bit the weight bitsandbytes' dequantize_4bit gives."""
+    import bitsandbytes.functional as bnbf
+    import torch
+
+    from qlora_nb.engine.fused_lora_op import Absmax
+
+    session = _session(tiny_model_dir, 4)
+    bases = [m.get_base_layer() for m in session.model.modules() if hasattr(m, "lora_A")]
+    assert all(b.weight.quant_state.nested for b in bases)  # double quantization: the constants are 8-bit
+    kept = Absmax()
+    for b in bases:
+        ref = bnbf.dequantize_4bit(b.weight.data, b.weight.quant_state)
+        assert torch.equal(kept.weight(b, ref.dtype), ref)
+        assert torch.equal(kept.weight(b, ref.dtype), ref)  # and again from the kept constants
+    assert len(kept._cache) == len(bases)
+    kept.clear()
+    assert not kept._cache
+
+
+def test_plain_adamw_trains_with_torchs_fused_kernel():
+    from qlora_nb.engine.train import _optim_name
+
+    assert _optim_name("adamw") == "adamw_torch_fused"
+    assert _optim_name("paged_adamw_8bit") == "paged_adamw_8bit"
 
 
 def test_backprop_after_generation_reaches_every_adapter_through_the_fused_path(tiny_model_dir):
@@ -209,6 +230,33 @@ def test_step_events_carry_the_mfu(tiny_session, tmp_path):
                                 output_dir=str(tmp_path / "run"), peak_flops=1e9)
     assert len(steps) == 2 and all(0 < e["mfu"] for e in steps)
     assert result.metrics["train_flops"] > 0 and result.metrics["peak_flops"] == 1e9
+
+
+def test_matmul_peak_is_measured_once_per_machine_and_kept_in_the_cache(tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    from qlora_nb.engine import flops
+
+    monkeypatch.setenv("QLORA_NB_CACHE", str(tmp_path))
+    monkeypatch.setattr(flops, "_PEAKS", {})
+    calls = []
+    real = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a: calls.append(1) or real(*a))
+    first = flops.matmul_peak([(64, 32)], "float32", tokens=16, seconds=0.02)
+    assert first > 0 and calls
+    stored = json.loads((tmp_path / flops.PEAKS_FILE).read_text())
+    assert list(stored.values()) == [first] and "float32" in next(iter(stored))
+    calls.clear()
+    monkeypatch.setattr(flops, "_PEAKS", {})  # a new process on the same machine: read, not measured
+    assert flops.matmul_peak([(64, 32)], "float32", tokens=16, seconds=0.02) == first and not calls
+    monkeypatch.setattr(flops, "_PEAKS", {})  # other shapes are another entry
+    assert flops.matmul_peak([(64, 48)], "float32", tokens=16, seconds=0.02) > 0 and calls
+    assert len(json.loads((tmp_path / flops.PEAKS_FILE).read_text())) == 2
+    monkeypatch.setattr(flops, "_PEAKS", {})
+    (tmp_path / flops.PEAKS_FILE).write_text("not json")  # a damaged cache is measured over, not an error
+    assert flops.matmul_peak([(64, 32)], "float32", tokens=16, seconds=0.02) > 0
 
 
 def test_progress_line_shows_the_mfu_when_the_event_has_it():
