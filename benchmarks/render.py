@@ -189,6 +189,7 @@ def render_one(res: dict[str, Any]) -> list[str]:
              fmt(v["tokens_per_s"])] for b, v in rows["bits"].items()]
     lines += _table(["base", "peak memory", "base weights (ledger)", "s/step", "tokens/s"], body)
     lines += render_roofline(res.get("roofline"))
+    lines += render_ablation(res.get("ablation"))
     pc = res.get("planner_check")
     if pc:
         lines += ["", "### Planner check (`benchmarks/planner_check.py`)", "", "```",
@@ -225,6 +226,26 @@ def render_roofline(r: dict[str, Any] | None) -> list[str]:
                         [[f"`{o['op']}`", _num(o["share"], "%"), _num(o["self_seconds"], "s"), str(o["calls"])]
                          for o in r["profile"]])
     return lines
+
+
+ABLATION_TITLES = {
+    "dropout_masks": "dropout masks: SFC64 draws, compute-dtype factor (vs torch.randint words, bool mask)",
+    "kept_block_constants": "float32 block constants kept for the run (vs re-derived by every dequantize_4bit)",
+    "fused_adamw": "torch's fused AdamW (vs the foreach AdamW of `adamw_torch`)",
+}
+
+
+def render_ablation(a: dict[str, Any] | None) -> list[str]:
+    """What each CPU step change buys, from ``benchmarks/ablation.py`` (alternating steps in one process)."""
+    if not a:
+        return []
+    lines = ["", "#### What each step change buys (`benchmarks/ablation.py`)", "",
+             "Each change and what it replaced, on the same batch in consecutive steps of one process "
+             "(the order alternates); speed-up = previous step time / new step time, median of the pairs.", ""]
+    body = [[ABLATION_TITLES.get(k, k), _num(v["new_median_s"], "s"), _num(v["previous_median_s"], "s"),
+             f"**{v['speedup_median']:.3f}x** ({v['speedup_min']:.2f}x–{v['speedup_max']:.2f}x, n={v['n']})"]
+            for k, v in a.items()]
+    return lines + _table(["change", "s/step with", "s/step without", "speed-up"], body)
 
 
 def _default_cutoff_len() -> int | None:

@@ -44,14 +44,14 @@ MODES = {
     # reps: training rounds; steps/batch: per training run; compare: prompts x new tokens x reps in-process
     "smoke": dict(reps=1, steps=3, batch_size=2, startup_reps=1, compare_prompts=1, max_new_tokens=4,
                   compare_reps=1, first_ever=False, planner=False, bits=(4, 8, 16), extra_cutoffs=(), timeout=300,
-                  peak_seconds=0.05, unfused=False),
+                  peak_seconds=0.05, unfused=False, ablation_pairs=1),
     "full": dict(reps=3, steps=8, batch_size=4, startup_reps=3, compare_prompts=3, max_new_tokens=24,
                  compare_reps=2, first_ever=True, planner=True, bits=(4, 8, 16), extra_cutoffs=(256,), timeout=900,
-                 peak_seconds=2.0, unfused=True),
+                 peak_seconds=2.0, unfused=True, ablation_pairs=10),
 }
 
 SKIPPABLE = ("startup", "first_ever", "dashboard", "bits", "extra_cutoffs", "compare", "planner", "roofline",
-             "unfused")
+             "unfused", "ablation")
 
 
 def machine_name(device: str) -> str:
@@ -266,6 +266,11 @@ def run_suite(args) -> dict[str, Any]:
         print("roofline")
         roof = run("roofline.py", "roofline", "roofline", 0, bits=4, peak_seconds=mode["peak_seconds"])
 
+    ablation = None
+    if args.device == "cpu" and "ablation" not in skip and mode["ablation_pairs"]:
+        print("ablation (each CPU step change vs what it replaced, alternating steps in one process)")
+        ablation = run("ablation.py", "ablation", "ablation", 0, bits=4, pairs=mode["ablation_pairs"])
+
     print("comparison cost")
     if "compare" not in skip:
         run("compare_worker.py", "compare", "compare", 0, prompts=prompt_texts(rows, mode["compare_prompts"]),
@@ -297,6 +302,7 @@ def run_suite(args) -> dict[str, Any]:
     results["rows"] = summarize(run.runs)
     toolkit_step = (results["rows"]["throughput"].get("toolkit") or {}).get("step_seconds") or {}
     results["roofline"] = roofline_summary(roof, toolkit_step.get("median"))
+    results["ablation"] = ablation.get("toggles") if ablation and ablation.get("ok") else None
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return results

@@ -75,6 +75,9 @@ def test_smoke_run_writes_every_row(tmp_path, tiny_model_dir):
     roof = res["roofline"]  # the roofline worker ran: peaks, step FLOPs, MFU and a profile of one step
     assert roof["peak_bf16_flops"] > 0 and roof["peak_fp32_flops"] > 0 and roof["step_flops"] > 0
     assert 0 < roof["mfu"] and roof["profile"] and {"op", "share", "calls"} <= set(roof["profile"][0])
+    ablation = res["ablation"]  # each CPU step change against what it replaced, in one process
+    assert set(ablation) == {"dropout_masks", "kept_block_constants", "fused_adamw"}
+    assert all(v["n"] == 1 and v["new_median_s"] > 0 and v["speedup_median"] > 0 for v in ablation.values())
     text = md.read_text()
     for title in ("1. Training throughput", "2. Peak memory", "3. Start-up", "4. Dashboard overhead",
                   "5. Comparison cost", "6. LoRA vs QLoRA vs 16-bit", "7. Roofline", "GPU figures pending"):
