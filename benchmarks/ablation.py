@@ -15,9 +15,11 @@ optimizer) for what it replaced, kept here as the reference:
 * ``kept_block_constants``: float32 double-quantization constants kept for the
   run vs bitsandbytes' ``dequantize_4bit`` re-deriving them on every call;
 * ``fused_adamw``: torch's fused AdamW kernel vs the foreach AdamW the
-  Trainer's ``adamw_torch`` uses.
+  Trainer's ``adamw_torch`` uses;
+* ``fused_rms_norm``: :mod:`qlora_nb.engine.cpu_norm`'s RMSNorm vs
+  transformers' own module.
 
-The step is the toolkit's own training computation (``fused_lora`` context,
+The step is the toolkit's own training computation (``fused_lora`` and ``fused_rms_norm``,
 ``labelled_loss`` under bf16 autocast, backward, gradient clipping, AdamW),
 written out so that a toggle can change between two steps.
 """
@@ -30,7 +32,7 @@ from typing import Any
 
 from common import worker_main
 
-TOGGLES = ("dropout_masks", "kept_block_constants", "fused_adamw")
+TOGGLES = ("dropout_masks", "kept_block_constants", "fused_adamw", "fused_rms_norm")
 
 
 def _previous_keep_mask(shape, p, device="cpu"):
@@ -64,6 +66,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     from qlora_nb.data.load import load_data
     from qlora_nb.data.validate import validate
     from qlora_nb.engine import fused_lora_op
+    from qlora_nb.engine.cpu_norm import fused_rms_norm
     from qlora_nb.engine.cpu_speed import fused_lora
     from qlora_nb.engine.loss import labelled_loss, training_attention
 
@@ -84,7 +87,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                  "weight": fused_lora_op.Absmax.weight}
     state = {"optimizer": optimizers[True]}
 
+    norms: dict[Any, Any] = {}
+
     def use(toggle: str, new: bool) -> None:
+        for module, forward in norms.items():
+            module.forward = forward
         fused_lora_op.keep_mask = originals["keep_mask"]
         fused_lora_op.mask_factor = originals["mask_factor"]
         fused_lora_op.Absmax.weight = originals["weight"]
@@ -98,6 +105,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             fused_lora_op.Absmax.weight = _dequantize_every_call
         elif toggle == "fused_adamw":
             state["optimizer"] = optimizers[False]
+        elif toggle == "fused_rms_norm":
+            for module in norms:
+                module.__dict__.pop("forward", None)
 
     def step(batch) -> float:
         t = time.perf_counter()
@@ -112,11 +122,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     pairs = int(spec.get("pairs", 8))
     out: dict[str, Any] = {"contender": "ablation", "pairs": pairs, "toggles": {}}
     try:
-        with fused_lora(model):
+        with fused_lora(model), fused_rms_norm(model):
+            norms.update({m: m.__dict__["forward"] for m in model.modules() if "forward" in m.__dict__
+                          and type(m).__name__.endswith("RMSNorm")})
             for b in batches[:2]:
                 step(b)  # warm-up: kernel selection, first allocations
             k = 2
-            for toggle in TOGGLES:
+            for toggle in spec.get("toggles") or TOGGLES:
                 times: dict[bool, list[float]] = {True: [], False: []}
                 ratios = []
                 for i in range(pairs):
@@ -136,6 +148,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                                           "speedup_min": min(ratios), "speedup_max": max(ratios), "n": len(ratios)}
     finally:
         use("", True)
+        norms.clear()
     return out
 
 

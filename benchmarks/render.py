@@ -232,6 +232,7 @@ ABLATION_TITLES = {
     "dropout_masks": "dropout masks: SFC64 draws, compute-dtype factor (vs torch.randint words, bool mask)",
     "kept_block_constants": "float32 block constants kept for the run (vs re-derived by every dequantize_4bit)",
     "fused_adamw": "torch's fused AdamW (vs the foreach AdamW of `adamw_torch`)",
+    "fused_rms_norm": "RMSNorm with a written-out backward, frozen weight (vs transformers' module)",
 }
 
 

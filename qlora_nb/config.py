@@ -118,8 +118,9 @@ class TrainConfig(OptionsBase):
     probes: list[str] = option(factory=list, help="Prompts generated base vs adapted at each eval.")
     n_probes: int = option(2, "How many validation rows to use as probes when probes is empty.", min=0)
     overwrite: bool = option(False, "Reuse a non-empty output_dir that holds another run.")
-    fused_lora: bool = option(True, "CPU: train each LoRA layer as one fused op (same maths; dropout masks from "
-                                    "16-bit draws, rate rounded to 1/65536); false: peft's own modules.")
+    fused_lora: bool = option(True, "CPU: train each LoRA layer and each Llama-family RMSNorm as one fused op "
+                                    "(same maths; dropout masks from 16-bit draws, rate rounded to 1/65536); "
+                                    "false: peft's and transformers' own modules.")
     peak_flops: float | None = option(None, "Matmul peak FLOP/s for the MFU in step events; None: measured once "
                                             "per process at the model's shapes (about 0.3 s).", min=0)
 

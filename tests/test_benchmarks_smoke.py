@@ -76,7 +76,7 @@ def test_smoke_run_writes_every_row(tmp_path, tiny_model_dir):
     assert roof["peak_bf16_flops"] > 0 and roof["peak_fp32_flops"] > 0 and roof["step_flops"] > 0
     assert 0 < roof["mfu"] and roof["profile"] and {"op", "share", "calls"} <= set(roof["profile"][0])
     ablation = res["ablation"]  # each CPU step change against what it replaced, in one process
-    assert set(ablation) == {"dropout_masks", "kept_block_constants", "fused_adamw"}
+    assert set(ablation) == {"dropout_masks", "kept_block_constants", "fused_adamw", "fused_rms_norm"}
     assert all(v["n"] == 1 and v["new_median_s"] > 0 and v["speedup_median"] > 0 for v in ablation.values())
     text = md.read_text()
     for title in ("1. Training throughput", "2. Peak memory", "3. Start-up", "4. Dashboard overhead",

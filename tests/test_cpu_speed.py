@@ -41,6 +41,7 @@ def _session(tiny_model_dir, bits, compute_dtype="float32", dropout=0.0):
 def test_fused_lora_matches_peft_loss_and_every_gradient(tiny_model_dir, bits, compute_dtype):
     import torch
 
+    from qlora_nb.engine.cpu_norm import fused_rms_norm
     from qlora_nb.engine.cpu_speed import fused_lora
     from qlora_nb.engine.loss import labelled_loss
 
@@ -53,10 +54,11 @@ def test_fused_lora_matches_peft_loss_and_every_gradient(tiny_model_dir, bits, c
             return labelled_loss(session.model, batch)
 
     ref_loss, ref_grads = loss_and_grads(session, loss)
-    with fused_lora(session.model) as switched:
+    with fused_lora(session.model) as switched, fused_rms_norm(session.model) as norms:
         assert switched == len([m for m in session.model.modules() if hasattr(m, "lora_A")]) > 0
+        assert norms == len([m for m in session.model.modules() if type(m).__name__ == "LlamaRMSNorm"]) > 0
         fused_loss, grads = loss_and_grads(session, loss)
-    assert all("forward" not in m.__dict__ for m in session.model.modules())  # peft's forward is back
+    assert all("forward" not in m.__dict__ for m in session.model.modules())  # peft's and transformers' forwards
     rtol, atol = (2e-2, 1e-3) if bf16 else (1e-4, 1e-6)
     assert torch.allclose(fused_loss, ref_loss, rtol=rtol / 10, atol=atol), (fused_loss, ref_loss)
     assert grads.keys() == ref_grads.keys() == lora_params(session).keys()
@@ -153,6 +155,43 @@ def test_fused_path_steps_aside_for_eval_no_grad_and_second_adapters(tiny_model_
         with session.model.disable_adapter():
             session.model(input_ids=ids)
         assert not calls
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_rms_norm_is_the_modules_forward_and_its_input_gradient(dtype):
+    import torch
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from qlora_nb.engine.cpu_norm import fused_rms_norm
+
+    torch.manual_seed(0)
+    dt = getattr(torch, dtype)
+    norm = LlamaRMSNorm(48, eps=1e-5).to(dt)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.3)
+    norm.weight.requires_grad_(False)
+    x = (torch.randn(3, 7, 48) * 4).to(dt)
+    g = torch.randn(3, 7, 48).to(dt)
+
+    def run():
+        xi = x.clone().requires_grad_()
+        y = norm(xi)
+        y.backward(g)
+        return y.detach(), xi.grad
+
+    ref_y, ref_dx = run()
+    with fused_rms_norm(norm) as n:
+        assert n == 1
+        y, dx = run()
+        norm.weight.requires_grad_(True)  # a trained norm weight needs its own gradient: the module's forward
+        xi = x.clone().requires_grad_()
+        norm(xi).backward(g)
+        assert norm.weight.grad is not None
+        norm.weight.requires_grad_(False)
+    assert "forward" not in norm.__dict__
+    assert torch.equal(y, ref_y)  # the same arithmetic in the same order
+    err = ((dx.float() - ref_dx.float()).norm() / ref_dx.float().norm()).item()
+    assert err < (1e-2 if dtype == "bfloat16" else 1e-5), err
 
 
 def test_kept_block_constants_dequantize_to_bitsandbytes_own_weight(tiny_model_dir):

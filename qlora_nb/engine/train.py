@@ -266,6 +266,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from ..data.collate import ListDataset, make_collator
+    from .cpu_norm import fused_rms_norm
     from .cpu_speed import fused_lora
     from .loss import training_attention
     from .quantize import guard_cpu_repack
@@ -306,7 +307,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     try:
         with quiet_libraries(), flag, PeakRssSampler(session):
             try:
-                with fused_lora(model, cfg.fused_lora):
+                with fused_lora(model, cfg.fused_lora), fused_rms_norm(model, cfg.fused_lora):
                     output = trainer.train(resume_from_checkpoint=resume_from)
                 metrics = dict(output.metrics)
             except KeyboardInterrupt:  # a second interrupt outside a step's critical part: drop the step
