@@ -194,6 +194,36 @@ def test_fused_rms_norm_is_the_modules_forward_and_its_input_gradient(dtype):
     assert err < (1e-2 if dtype == "bfloat16" else 1e-5), err
 
 
+def test_dropout_masks_replay_under_gradient_checkpointing(tiny_model_dir):
+    """Recomputed forwards draw the same masks (seeds come from torch's generator, which checkpointing restores)."""
+    import torch
+
+    from qlora_nb.engine.cpu_norm import fused_rms_norm
+    from qlora_nb.engine.cpu_speed import fused_lora
+
+    session = _session(tiny_model_dir, 4, dropout=0.3)
+    batch = _batch(session)
+
+    def grads():
+        torch.manual_seed(7)
+        with fused_lora(session.model), fused_rms_norm(session.model):
+            return loss_and_grads(session, lambda: session.model(**batch).loss)
+
+    loss, plain = grads()
+    session.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        loss_ckpt, ckpt = grads()
+    finally:
+        session.model.gradient_checkpointing_disable()
+    assert torch.equal(loss, loss_ckpt)
+    for n, g in plain.items():
+        assert ckpt[n] is not None and torch.allclose(ckpt[n], g, rtol=1e-5, atol=1e-7), n
+    torch.manual_seed(8)  # and a different seed draws different masks: dropout is really on
+    with fused_lora(session.model):
+        other = loss_and_grads(session, lambda: session.model(**batch).loss)[0]
+    assert not torch.equal(other, loss)
+
+
 def test_kept_block_constants_dequantize_to_bitsandbytes_own_weight(tiny_model_dir):
     """The float32 constants kept for a run give bit-for-bit the weight bitsandbytes' dequantize_4bit gives."""
     import bitsandbytes.functional as bnbf
@@ -225,6 +255,7 @@ def test_backprop_after_generation_reaches_every_adapter_through_the_fused_path(
     """The CPU repack trap again, with the fused op: generation, then train, then every adapter has its gradient."""
     import torch
 
+    from qlora_nb.engine.cpu_norm import fused_rms_norm
     from qlora_nb.engine.cpu_speed import fused_lora
     from qlora_nb.engine.quantize import guard_cpu_repack
 
@@ -235,7 +266,7 @@ def test_backprop_after_generation_reaches_every_adapter_through_the_fused_path(
     with torch.no_grad():
         session.model.generate(input_ids=batch["input_ids"][:1, :5], max_new_tokens=4, do_sample=False)
     guard_cpu_repack(session.model)  # what Session.train does before every run
-    with fused_lora(session.model):
+    with fused_lora(session.model), fused_rms_norm(session.model):
         after = loss_and_grads(session, lambda: session.model(**batch).loss)[1]
     for n, g in ref.items():
         assert after[n] is not None and after[n].abs().sum() > 0, n
