@@ -24,14 +24,18 @@ turns it off with the fused LoRA op.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
-from typing import Any
+
+from .forward_patch import patched_forwards
 
 # transformers' RMSNorm classes whose forward is exactly weight * (x.float() * rsqrt(mean(x^2) + eps)).to(x.dtype)
 NORM_CLASSES = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "SmolLM3RMSNorm"})
 
 
-def _autograd_fn():
+@functools.cache
+def fused_rms_norm_fn():
+    """The :class:`FusedRmsNorm` autograd function, built on first use (torch is imported lazily)."""
     import torch
 
     class FusedRmsNorm(torch.autograd.Function):
@@ -55,35 +59,22 @@ def _autograd_fn():
     return FusedRmsNorm
 
 
-_FN: Any = None
-
-
 def _norm_forward(module, original, hidden_states):
     import torch
 
     if (not module.training or not torch.is_grad_enabled() or module.weight.requires_grad
             or hidden_states.device.type != "cpu"):
         return original(hidden_states)
-    global _FN
-    if _FN is None:
-        _FN = _autograd_fn()
-    return _FN.apply(hidden_states, module.weight, float(module.variance_epsilon))
+    return fused_rms_norm_fn().apply(hidden_states, module.weight, float(module.variance_epsilon))
+
+
+def _known_norm(module) -> bool:
+    return (type(module).__name__ in NORM_CLASSES and hasattr(module, "variance_epsilon")
+            and getattr(module, "weight", None) is not None)
 
 
 @contextlib.contextmanager
 def fused_rms_norm(model, enabled: bool = True) -> Iterator[int]:
     """Within the block, the model's known RMSNorm modules train through :class:`FusedRmsNorm`; yields how many."""
-    import functools
-
-    switched = []
-    if enabled:
-        for module in model.modules():
-            if (type(module).__name__ in NORM_CLASSES and "forward" not in module.__dict__
-                    and hasattr(module, "variance_epsilon") and getattr(module, "weight", None) is not None):
-                module.forward = functools.partial(_norm_forward, module, module.forward)
-                switched.append(module)
-    try:
+    with patched_forwards(model, _known_norm, _norm_forward, enabled) as switched:
         yield len(switched)
-    finally:
-        for module in switched:
-            module.__dict__.pop("forward", None)

@@ -20,10 +20,11 @@ import contextlib
 from collections.abc import Iterator
 
 from .dropout_mask import BITS, drop_probability, keep_mask  # noqa: F401  (re-exported: the tests' entry point)
+from .forward_patch import patched_forwards
 from .fused_lora_op import Absmax, fused_lora_fn
 
 
-def _fused_forward(layer, original, weights: Absmax, x, *args, **kwargs):
+def _fused_forward(weights: Absmax, layer, original, x, *args, **kwargs):
     """``layer.forward`` while installed: the fused op where it applies, peft's forward elsewhere."""
     import torch
     from torch import nn
@@ -73,16 +74,9 @@ def fused_lora(model, enabled: bool = True) -> Iterator[int]:
     """
     import functools
 
-    switched = []
     weights = Absmax()
-    if enabled:
-        for module in model.modules():
-            if _eligible(module) and "forward" not in module.__dict__:
-                module.forward = functools.partial(_fused_forward, module, module.forward, weights)
-                switched.append(module)
     try:
-        yield len(switched)
+        with patched_forwards(model, _eligible, functools.partial(_fused_forward, weights), enabled) as switched:
+            yield len(switched)
     finally:
-        for module in switched:
-            module.__dict__.pop("forward", None)
         weights.clear()
