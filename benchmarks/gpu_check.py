@@ -38,6 +38,9 @@ sys.path.insert(0, str(HERE))
 
 from common import TokenMeter  # noqa: E402
 
+sys.path.insert(0, str(HERE.parent / "tests"))
+from byte_tokenizer import build_byte_tokenizer  # noqa: E402  (the tests' offline tokenizer)
+
 # Real shapes: Llama-3.2-1B and Llama-3-8B (vocabulary 128,256, GQA 8 KV heads).
 SHAPES: dict[str, dict[str, Any]] = {
     "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -52,29 +55,13 @@ WORDS = ("the model learns a small adapter while the base stays frozen in four b
          "its state when memory runs short so the notebook keeps going").split()
 
 
-def build_tokenizer():
-    """Byte-level BPE without merges (every byte a token): offline, and one character is one token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    vocab = {tok: i for i, tok in enumerate(specials)}
-    for ch in pre_tokenizers.ByteLevel.alphabet():
-        vocab[ch] = len(vocab)
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", bos_token="<|im_start|>",
-                                   pad_token="<|endoftext|>", additional_special_tokens=specials)
-
-
 def build_model_dir(shape: dict[str, Any], path: Path, device: str, seed: int = 0) -> dict[str, Any]:
     """A random bf16 Llama written as safetensors shards; built on ``device`` from the meta device."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     t0 = time.perf_counter()
-    tok = build_tokenizer()
+    tok = build_byte_tokenizer()
     cfg = LlamaConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       max_position_embeddings=4096, **shape)
     with torch.device("meta"):

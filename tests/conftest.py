@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from byte_tokenizer import build_byte_tokenizer
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256)
@@ -18,19 +19,8 @@ CHAT_TEMPLATE = (
 
 
 def build_tokenizer():
-    """A byte-level BPE tokenizer with no merges: every byte is a token, plus specials."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    vocab = {tok: i for i, tok in enumerate(specials)}
-    for ch in pre_tokenizers.ByteLevel.alphabet():
-        vocab[ch] = len(vocab)
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", bos_token="<|im_start|>",
-                                  pad_token="<|endoftext|>", additional_special_tokens=specials)
+    """The byte-level tokenizer (:mod:`byte_tokenizer`) with the chat template the tests use."""
+    tok = build_byte_tokenizer()
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
