@@ -131,7 +131,7 @@ class QloraWidget(anywidget.AnyWidget):
         """In a kernel: the fallback output, then the widget view (each with a display id to update)."""
         from IPython.display import publish_display_data
 
-        if not _zmq_kernel():
+        if not widget_frontend():
             publish_display_data({"text/plain": self.text()})
             return
         cell = _execution_count()
@@ -175,7 +175,8 @@ def _execution_count() -> int | None:
     return getattr(shell, "execution_count", None)
 
 
-def _zmq_kernel() -> bool:
+def widget_frontend() -> bool:
+    """True inside a Jupyter (ZMQ) kernel, where widgets are displayed; False in scripts and terminals."""
     try:
         from IPython import get_ipython
     except ImportError:  # pragma: no cover
