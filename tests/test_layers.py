@@ -6,7 +6,7 @@ runs when a magic is called counts as much as one at the top of a module.
 
 Layers, lowest first; a module may import only from its own layer or a lower one:
 
-1. ``config``, ``options``, ``errors``, ``events``, ``units``, ``fileio``, ``_version``
+1. ``config``, ``options``, ``errors``, ``events``, ``units``, ``fileio``, ``_version``, ``quiet``, ...
 2. ``data``, ``memory``
 3. ``engine``
 4. ``views``
@@ -30,7 +30,7 @@ PKG = Path(__file__).resolve().parent.parent / "qlora_nb"
 
 LAYERS: list[tuple[str, ...]] = [
     ("config", "options", "errors", "events", "units", "fileio", "_version", "precision", "textsplit", "overwrite",
-     "weightfiles"),
+     "weightfiles", "quiet"),
     ("data", "memory"),
     ("engine",),
     ("views",),

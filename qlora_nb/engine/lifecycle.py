@@ -23,7 +23,7 @@ from ..errors import QloraError, QloraOOMError
 _OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory",
              "failed to allocate")
 
-PLANNER_FIX = "cheapest_fix"  # qlora_nb.memory.planner.cheapest_fix(session, **train_options) -> str | None
+PLANNER_FIX = "cheapest_fix"  # qlora_nb.engine.planning.cheapest_fix(session, **train_options) -> str | None
 GENERIC_OOM_ADVICE = ("Cheapest changes, in order: gradient_checkpointing: true, a smaller batch_size "
                       "(with gradient_accumulation_steps to keep the effective batch), a smaller cutoff_len, "
                       "optimizer: paged_adamw_8bit; or load with bits=4. Run %qlora_plan to see what fits.")
@@ -143,7 +143,7 @@ def cheapest_change(session=None, options: dict[str, Any] | None = None) -> str:
     """The planner's cheapest change for this session and run, or generic advice when it cannot say."""
     if session is not None and getattr(session, "model", None) is not None and not is_unloaded(session):
         try:
-            from ..memory import planner
+            from . import planning as planner
         except ImportError:
             planner = None
         fix = getattr(planner, PLANNER_FIX, None) if planner is not None else None
@@ -174,6 +174,23 @@ def explain_oom(exc: BaseException, where: str, *, session=None, options: dict[s
     err = QloraOOMError(msg, where=where, hint=cheapest_change(session, options))
     err.checkpoint = checkpoint
     return err
+
+
+def as_qlora_error(exc: BaseException, where: str, *, rerun: str = "rerun") -> QloraError:
+    """The one paragraph users see for ``exc``: a QloraError as is, an OOM with the planner's advice, else one line.
+
+    Magics and widget views both show errors through this; ``rerun`` says how to get the traceback there
+    (a magic is rerun, a widget's action is reproduced by its copied cell).
+    """
+    if isinstance(exc, QloraError):
+        return exc
+    oom = explain_oom(exc, where)
+    if oom is not None:
+        return oom
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return QloraError(f"{type(exc).__name__}: {first}".rstrip(": ") + ".", where=where,
+                      hint=f"This looks like a bug or an unsupported setting; {rerun} with --debug to see the "
+                           "traceback.")
 
 
 def drop_traceback(exc: BaseException) -> BaseException:

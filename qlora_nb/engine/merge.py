@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 from ..config import DTYPE_ALIASES, DTYPES
 from ..errors import QloraError
 from ..fileio import atomic_dir
+from ..quiet import quiet_libraries
 from ..units import human_bytes
 from .adapters import is_trained, no_adapter
 from .merge_check import FP32_LOGIT_TOLERANCE, _encode, _logits, check_merged_logits, check_merged_weights
-from .quiet import quiet_libraries
 
 if TYPE_CHECKING:
     from .session import Session

@@ -154,7 +154,7 @@ class Session:
 
     def plan(self, **options: Any):
         """The planner's prediction for this session's model and settings."""
-        from ..memory.planner import plan_session
+        from .planning import plan_session
 
         return plan_session(self, **options)
 
@@ -177,9 +177,9 @@ def load(model: str | None = None, **options: Any) -> Session:
     ``double_quant``, ``compute_dtype``, ``r``, ``alpha``, ``dropout``,
     ``targets``, ``dora``, ``rslora``, ``adapter``…).
     """
+    from ..quiet import quiet_libraries
     from .models import resolve_model
     from .quantize import attach_lora, load_base, pick_device, resolve_dtype
-    from .quiet import quiet_libraries
     from .tokenizer import load_tokenizer
 
     if model is not None:

@@ -28,9 +28,8 @@ import traitlets
 from ..config import TrainConfig
 from ..errors import QloraError
 from .base import QloraWidget, esm
-from .workbench import default_values, error_text, option_specs, workbench_css, yaml_value
+from .workbench import PREVIEW_ROWS, default_values, error_text, option_specs, workbench_css, yaml_value
 
-PREVIEW_ROWS = 3
 
 class Studio(QloraWidget):
     """Data, options, memory forecast and Train/Stop/Resume for one session; ``view`` embeds the dashboard."""
