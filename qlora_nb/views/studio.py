@@ -184,7 +184,7 @@ class Studio(QloraWidget):
             self.preview, self.data_error = {}, error_text(exc, "studio data")
 
     def _preview_state(self, cutoff: int) -> dict[str, Any]:
-        from ..engine.generate import token_pieces
+        from ..engine.columns import token_pieces
 
         p, tok = self._preview, self.session.tokenizer
         completion_only = TrainConfig.completion_only  # not a studio control: the %%qlora_train default
