@@ -172,3 +172,64 @@ def test_views_register_model_listeners_only_through_listen():
     for widget in WIDGETS + ["chart"]:
         src = asset(f"{widget}.js").read_text(encoding="utf-8")
         assert "model.on(" not in src, widget
+
+
+# ------------------------------------------------------------------ one chart geometry
+CURVES = [
+    ({"steps": [1], "loss": [2.0], "lr": [0.0], "eval_steps": [], "eval_loss": []}, 60),
+    ({"steps": [1, 2, 3], "loss": [3.0, 2.0, 1.0], "lr": [1.0, 1.0, 1.0]}, None),
+    ({"steps": list(range(1, 1501)), "loss": [5 / (1 + i / 50) for i in range(1500)],
+      "lr": [2e-4 * min(1.0, i / 100) for i in range(1500)], "eval_steps": list(range(100, 1501, 100)),
+      "eval_loss": [4 / (1 + i) + 0.1234 for i in range(15)]}, 2000),
+    ({"steps": [5, 10], "loss": [1234.5, 0.000012], "lr": []}, 11),
+]
+
+
+def _elements_of_svg(svg: str) -> list[tuple]:
+    import xml.etree.ElementTree as ET
+
+    out = []
+    for e in ET.fromstring(svg).iter():
+        tag = e.tag.split("}")[-1]
+        out.append(_geometry(tag, e.attrib, e.text if tag == "text" else None))
+    return [g for g in out if g]
+
+
+def _geometry(tag: str, a: dict, text) -> tuple | None:
+    """What both drawings must agree on: element kind, coordinates, sizes and label text (not colours/classes)."""
+    num = lambda k: round(float(a[k]), 1)  # noqa: E731
+    if tag == "polyline":
+        return ("polyline", tuple(tuple(round(float(v), 1) for v in p.split(",")) for p in a["points"].split()))
+    if tag == "circle":
+        return ("circle", num("cx"), num("cy"), float(a["r"]))
+    if tag == "line":
+        return ("line", num("x1"), num("x2"), num("y1"), num("y2"))
+    if tag == "text":
+        return ("text", num("x"), num("y"), a.get("text-anchor", "start"), text)
+    if tag == "rect":
+        return ("rect", num("x"), num("y"), num("width"), num("height"))
+    return None
+
+
+def test_live_chart_and_saved_fallback_draw_the_same_geometry(tmp_path):
+    """widgets/chart.js (live) and views/chart.py (saved fallback) from the same curves: same points, markers,
+    thinning, axes and labels."""
+    from qlora_nb.views.chart import loss_svg
+
+    body = f"""const curves = {json.dumps(CURVES)};
+      const walk = (n, out = []) => {{ out.push({{ tag: n.tag, attrs: n.attrs, text: n.text ?? null }});
+        n.kids.filter((k) => typeof k !== "string").forEach((k) => walk(k, out)); return out; }};
+      return curves.map(([c, max]) => walk(m.lossChart(c, max)));"""
+    drawn = run_js(tmp_path, "chart.js", body)
+    for (curve, max_steps), js in zip(CURVES, drawn, strict=True):
+        live = [g for e in js if (g := _geometry(e["tag"], e["attrs"], e["text"]))]
+        saved = _elements_of_svg(loss_svg(curve, max_steps))
+        assert len(live) == len(saved), (len(live), len(saved))
+        for a, b in zip(live, saved, strict=True):
+            if a[0] == "polyline":  # toFixed(1) and :.1f may round a half differently
+                assert len(a[1]) == len(b[1]) and all(abs(x - y) <= 0.11 for p, q in zip(a[1], b[1], strict=True)
+                                                      for x, y in zip(p, q, strict=True)), (a[0], curve)
+            else:
+                assert a[0] == b[0] and a[-1] == b[-1], (a, b)
+                assert all(abs(x - y) <= 0.11 for x, y in zip(a[1:-1], b[1:-1], strict=True)
+                           if isinstance(x, float)), (a, b)
