@@ -233,3 +233,45 @@ def test_live_chart_and_saved_fallback_draw_the_same_geometry(tmp_path):
                 assert a[0] == b[0] and a[-1] == b[-1], (a, b)
                 assert all(abs(x - y) <= 0.11 for x, y in zip(a[1:-1], b[1:-1], strict=True)
                            if isinstance(x, float)), (a, b)
+
+
+# ------------------------------------------------------------------ the ES-module inliner's limits
+@pytest.mark.parametrize("widget", WIDGETS)
+def test_every_inlined_widget_module_parses_with_its_helpers_in_one_scope(tmp_path, widget):
+    """esm() puts a widget and its helpers in one module scope: node must accept it (no top-level name clash,
+    one default export) and nothing relative may be left to resolve from anywidget's blob URL."""
+    text = esm(f"{widget}.js")
+    assert 'from "./' not in text and "from './" not in text
+    assert text.count("export default") == 1
+    (tmp_path / "w.mjs").write_text(text, encoding="utf-8")
+    out = subprocess.run(["node", "--check", str(tmp_path / "w.mjs")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def test_the_inliner_refuses_what_it_cannot_inline(tmp_path, monkeypatch):
+    from qlora_nb.views import base
+
+    monkeypatch.setattr(base, "asset", lambda name: tmp_path / name)
+    (tmp_path / "h.js").write_text("export const a = 1;\nexport function b() { return a; }\n", encoding="utf-8")
+    (tmp_path / "ok.js").write_text('import { a, b } from "./h.js";\nimport { b } from "./h.js";\n'
+                                    "export default { render() { return b() + a; } };\n", encoding="utf-8")
+    text = base.esm("ok.js")
+    assert text.count("export const a = 1;") == 1 and "import" not in text  # each helper once
+    bad = {
+        "multi.js": 'import {\n  a,\n} from "./h.js";\n',
+        "default.js": 'import h from "./h.js";\n',
+        "star.js": 'import * as h from "./h.js";\n',
+        "bare.js": 'import { a } from "lodash";\n',
+        "side.js": 'import "./h.js";\n',
+        "alias.js": 'import { a as c } from "./h.js";\n',
+    }
+    for fname, src in bad.items():
+        (tmp_path / fname).write_text(src, encoding="utf-8")
+        with pytest.raises(ValueError, match=rf"widgets/{fname}, line 1: .* is not an import esm\(\) can inline"):
+            base.esm(fname)
+    (tmp_path / "dh.js").write_text("export default 1;\n", encoding="utf-8")
+    (tmp_path / "uses.js").write_text('import { x } from "./dh.js";\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="cannot 'export default'"):
+        base.esm("uses.js")
+    (tmp_path / "dyn.js").write_text('const m = await import("./h.js");\n', encoding="utf-8")
+    assert "import(" in base.esm("dyn.js")  # a dynamic import is left alone
