@@ -14,8 +14,8 @@ script from a ``LlamaConfig``) it
 5. times non-padding tokens/s against the plain transformers+peft+bitsandbytes recipe
    (``plain_recipe.py``), same data, steps and batch, in the same process after unloading the session.
 
-Results go to ``results/gpu-<machine>-<date>.json`` and the GPU-check section of ``RESULTS.md`` (rendered by
-``render.py``). ``--device cpu --tiny`` (alias ``--dry-run``) runs the same code on a tiny model in a few
+Results go to ``results/gpu-<machine>-<date>.json`` (``<machine>``: ``machine.fingerprint``'s name) and the
+GPU-check section of ``RESULTS.md`` (rendered by ``render.py``). ``--device cpu --tiny`` (alias ``--dry-run``) runs the same code on a tiny model in a few
 seconds; ``tests/test_gpu_check.py`` runs it so this script cannot rot unseen. The models are built on the
 target device from the meta device, so host RAM never holds more than one shard being written.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import shutil
 import sys
@@ -37,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import TokenMeter  # noqa: E402
+from machine import fingerprint  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent / "tests"))
 from byte_tokenizer import build_byte_tokenizer  # noqa: E402  (the tests' offline tokenizer)
@@ -256,19 +256,9 @@ def plain(folder: Path, rows, args, work: Path, dtype: str) -> dict[str, Any]:
 
 
 def environment(device: str) -> dict[str, Any]:
-    import bitsandbytes
-    import peft
-    import torch
-    import transformers
-
-    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "peft": peft.__version__, "bitsandbytes": bitsandbytes.__version__, "machine": platform.node(),
-           "device": device}
-    if device.startswith("cuda"):
-        env.update(gpu=torch.cuda.get_device_name(), capability=list(torch.cuda.get_device_capability()),
-                   gpu_memory=torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory,
-                   cuda=torch.version.cuda)
-    return env
+    """The machine and versions (:func:`machine.fingerprint`, the same as ``run.py`` records), flat for the report."""
+    fp = fingerprint(device)
+    return {**fp["versions"], **{k: v for k, v in fp.items() if k != "versions"}, "machine": fp["name"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                                            else HERE / "results")
     out.mkdir(parents=True, exist_ok=True)
     kind = "cpu-tiny" if args.tiny else "gpu"
-    path = out / f"{kind}-{platform.node() or 'machine'}-{results['date'][:10]}.json"
+    path = out / f"{kind}-{results['env']['machine']}-{results['date'][:10]}.json"
     path.write_text(json.dumps(results, indent=1, default=str))
     md = Path(args.results_md) if args.results_md else (out / "RESULTS.md" if args.tiny else HERE / "RESULTS.md")
     write_report(md, out, results if args.tiny else None)
@@ -329,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_report(md: Path, out: Path, only: dict[str, Any] | None) -> None:
     """RESULTS.md with the GPU-check section: the full-run report plus the newest gpu-*.json (or ``only``)."""
     from render import load_gpu_checks, render_results
-    from run import load_results
+    from summary import load_results
 
     checks = [only] if only is not None else load_gpu_checks(out)
     md.write_text(render_results(load_results(out) if only is None else [], gpu_checks=checks))

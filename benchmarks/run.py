@@ -1,4 +1,4 @@
-"""``make bench``: the toolkit against the plain recipe, side by side, in one run.
+"""``make bench``: the toolkit against the plain recipe, side by side, in one run (the suite and its CLI).
 
 Every measurement runs in a fresh worker process (``*_worker.py``,
 ``plain_recipe.py``), so peak memory is that process's own ``ru_maxrss``
@@ -12,6 +12,10 @@ reported, never asserted.
     python benchmarks/run.py --mode full     # writes results/<machine>-<date>.json and RESULTS.md
     python benchmarks/run.py --mode smoke    # a few steps, into test-artifacts/bench-smoke/ (checks it works)
     python benchmarks/run.py --render-only   # RESULTS.md again from the stored results
+
+The parts: :mod:`machine` (the one machine fingerprint, also gpu_check.py's),
+:mod:`runner` (one worker per process, peak RSS by ``wait4``), :mod:`data_prep`
+(the rows and prompts), :mod:`summary` (the report's rows) and :mod:`render`.
 """
 
 from __future__ import annotations
@@ -20,8 +24,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -37,8 +39,12 @@ try:  # an installed qlora_nb (make bench) wins; a bare checkout uses its own so
 except ImportError:
     sys.path.insert(1, str(HERE.parent))
 
-from render import load_gpu_checks, render_results, stats  # noqa: E402
+from data_prep import prepare_data, prompt_texts  # noqa: E402
+from machine import fingerprint  # noqa: E402
+from render import load_gpu_checks, render_results  # noqa: E402
 from roofline import summary as roofline_summary  # noqa: E402
+from runner import Runner  # noqa: E402
+from summary import load_results, summarize  # noqa: E402
 
 MODES = {
     # reps: training rounds; steps/batch: per training run; compare: prompts x new tokens x reps in-process
@@ -52,153 +58,6 @@ MODES = {
 
 SKIPPABLE = ("startup", "first_ever", "dashboard", "bits", "extra_cutoffs", "compare", "planner", "roofline",
              "unfused", "ablation")
-
-
-def machine_name(device: str) -> str:
-    """A file-name-safe description: device kind, cores and CPU/GPU model."""
-    if device.startswith("cuda"):
-        try:
-            gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                 text=True, timeout=20).stdout.strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.SubprocessError):
-            gpu = "gpu"
-        name = f"cuda-{gpu}"
-    else:
-        cpu = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1]
-                    break
-        except OSError:
-            pass
-        cpu = re.sub(r"\((R|TM)\)|\bprocessor\b|\bCPU\b", "", cpu, flags=re.I)
-        name = f"cpu-{os.cpu_count()}core-{cpu}"
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("qlora_nb", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "unsloth"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-# ---------------------------------------------------------------- workers
-class Runner:
-    """Starts workers one at a time and collects their JSON results and ``ru_maxrss``."""
-
-    def __init__(self, work: Path, base_spec: dict[str, Any], timeout: float, verbose: bool = True) -> None:
-        self.work = work
-        self.base = base_spec
-        self.timeout = timeout
-        self.verbose = verbose
-        self.runs: list[dict[str, Any]] = []
-
-    def __call__(self, script: str, label: str, group: str, rnd: int = 0, env: dict[str, str] | None = None,
-                 **spec: Any) -> dict[str, Any]:
-        n = len(self.runs)
-        run_dir = self.work / f"{n:03d}-{label}"
-        run_dir.mkdir(parents=True)
-        full = {**self.base, **spec, "out": str(run_dir / "result.json"), "work_dir": str(run_dir / "out"),
-                "launched_at": time.time()}
-        spec_path = run_dir / "spec.json"
-        spec_path.write_text(json.dumps(full, indent=1))
-        child_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
-                     "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": _child_pythonpath(), **(env or {})}
-        log = open(run_dir / "log.txt", "wb")  # noqa: SIM115 - closed below
-        started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, str(HERE / script), str(spec_path)], stdout=log,
-                                stderr=subprocess.STDOUT, env=child_env, cwd=str(run_dir))
-        status, rusage, timed_out = None, None, False
-        while status is None:
-            pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                status, rusage = st, ru
-                break
-            if time.perf_counter() - started > self.timeout:
-                proc.kill()
-                _, status, rusage = os.wait4(proc.pid, 0)
-                timed_out = True
-                break
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        log.close()
-        wall = time.perf_counter() - started
-        result_path = run_dir / "result.json"
-        if result_path.is_file():
-            result = json.loads(result_path.read_text())
-        else:
-            tail = (run_dir / "log.txt").read_text(errors="replace")[-1500:]
-            result = {"ok": False, "error": ("timed out" if timed_out else f"exit {proc.returncode}") + f": {tail}"}
-        result.update(label=label, group=group, round=rnd, wall_seconds=wall,
-                      child_ru_maxrss_bytes=rusage.ru_maxrss * 1024 if rusage else None)
-        self.runs.append(result)
-        if self.verbose:
-            what = "ok" if result.get("ok") else "FAILED: " + str(result.get("error", ""))[:300]
-            print(f"  [{n:2d}] {label:<18} round {rnd}  {wall:6.1f} s  {what}", flush=True)
-        return result
-
-
-def _child_pythonpath() -> str:
-    """Workers import the same qlora_nb as this process (they run from their own folder)."""
-    import qlora_nb
-
-    parts = [str(Path(qlora_nb.__file__).resolve().parents[1])]
-    parts += [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return os.pathsep.join(dict.fromkeys(parts))
-
-
-# ---------------------------------------------------------------- data
-def standin_rows(n: int = 160, seed: int = 0) -> list[dict[str, str]]:
-    """Instruction data of varied length, used only when the shipped demo data is missing."""
-    import random
-
-    rng = random.Random(seed)
-    words = ("river stone apple cloud green seven laptop garden quickly music window yellow paper"
-             " engine silver winter basket orange thunder pencil").split()
-    rows = []
-    for _ in range(n):
-        k = rng.randint(2, 24)
-        items = [rng.choice(words) for _ in range(k)]
-        rows.append({"instruction": "Sort these words alphabetically.", "input": " ".join(items),
-                     "output": " ".join(sorted(items))})
-    return rows
-
-
-def prepare_data(args, work: Path) -> tuple[Path, str, list[dict[str, Any]]]:
-    """The training rows both contenders read, as one JSONL file; plus a description."""
-    if args.data:
-        from common import read_rows
-
-        return Path(args.data), f"{args.data}", read_rows(args.data)
-    try:
-        from qlora_nb.data.load import load_demo
-
-        rows = [{k: v for k, v in r.items()} for r in load_demo().rows]
-        desc = "the shipped demo data (qlora_nb/data/demo/train.jsonl)"
-    except Exception as exc:  # the demo data not shipped yet: say so in the report
-        rows = standin_rows()
-        desc = f"STAND-IN synthetic rows (demo data unavailable: {type(exc).__name__})"
-    path = work / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path, desc, rows
-
-
-def prompt_texts(rows: list[dict[str, Any]], k: int) -> list[str]:
-    """Free-text prompts for compare: the row's input (or instruction / first user message)."""
-    out = []
-    for r in rows[:k]:
-        if "messages" in r:
-            out.append(next(m["content"] for m in r["messages"] if m.get("role") == "user"))
-        else:
-            out.append(str(r.get("input") or r.get("instruction") or r.get("prompt") or next(iter(r.values()))))
-    return out
 
 
 # ---------------------------------------------------------------- suite
@@ -221,7 +80,7 @@ def run_suite(args) -> dict[str, Any]:
 
     model_path = str(resolve_model(args.model))
     work = Path(tempfile.mkdtemp(prefix="qlora-bench-"))
-    data_path, data_desc, rows = prepare_data(args, work)
+    data_path, data_desc, rows = prepare_data(args.data, work)
     base = {"model_path": model_path, "device": args.device, "data": str(data_path), "steps": mode["steps"],
             "batch_size": mode["batch_size"], "cutoff_len": args.cutoff_len, "seed": 42,
             "gradient_checkpointing": False}
@@ -286,9 +145,10 @@ def run_suite(args) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             planner = {"returncode": None, "stdout": "", "stderr": "timed out after 600 s"}
 
+    machine = fingerprint(args.device)
     results = {
-        "schema": 1, "mode": args.mode, "device": args.device, "machine": machine_name(args.device),
-        "date": dt.datetime.now().isoformat(timespec="seconds"), "versions": versions(),
+        "schema": 1, "mode": args.mode, "device": args.device, "machine": machine["name"], "cpu": machine["cpu"],
+        "date": dt.datetime.now().isoformat(timespec="seconds"), "versions": machine["versions"],
         "cpu_count": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "suite_seconds": time.perf_counter() - started,
         "settings": {**{k: v for k, v in base.items() if k not in ("data",)}, "model": args.model,
@@ -312,149 +172,6 @@ def _importable(name: str) -> bool:
     from importlib.util import find_spec
 
     return find_spec(name) is not None
-
-
-def _get(run: dict[str, Any], *path: str) -> Any:
-    cur: Any = run
-    for p in path:
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(p)
-    return cur
-
-
-def _paired(runs, a: str, b: str, *path: str) -> list[float]:
-    """Ratios a/b of the same metric from runs of the same round."""
-    out = []
-    for rnd in sorted({r["round"] for r in runs}):
-        ra = [r for r in runs if r["group"] == a and r["round"] == rnd and r.get("ok")]
-        rb = [r for r in runs if r["group"] == b and r["round"] == rnd and r.get("ok")]
-        if ra and rb:
-            va, vb = _get(ra[0], *path), _get(rb[0], *path)
-            if va is not None and vb:
-                out.append(va / vb)
-    return out
-
-
-def _group(runs, group: str, *path: str) -> dict[str, Any] | None:
-    return stats([_get(r, *path) for r in runs if r["group"] == group and r.get("ok")])
-
-
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The six rows of the report from the raw runs (medians, min, max, same-round ratios)."""
-    rate = ("throughput", "steady_tokens_per_s")
-    step = ("throughput", "steady_step_seconds")
-    groups = sorted({r["group"] for r in runs})
-    failed = [{"label": r["label"], "round": r["round"], "error": r.get("error")} for r in runs if not r.get("ok")]
-    reference = "unsloth" if "unsloth" in groups else "plain"
-    extra = sorted((g for g in groups if g.startswith("plain@")), key=lambda g: int(g.split("@")[1]))
-    train_groups = [g for g in ("toolkit", "plain", *extra, "unsloth", "dashboard", "bits8", "bits16", "unfused")
-                    if g in groups]
-    rows: dict[str, Any] = {"failed_runs": failed, "reference": reference}
-    plain = [r for r in runs if r["group"] == "plain" and r.get("ok")]
-    if plain:
-        rows["data_lengths"] = {k: plain[0].get(k) for k in ("mean_row_tokens", "longest_row_tokens",
-                                                              "rows_truncated", "cutoff_len")}
-    rows["throughput"] = {
-        g: {"tokens_per_s": _group(runs, g, *rate), "all_steps_tokens_per_s": _group(runs, g, "throughput",
-                                                                                        "tokens_per_s"),
-            "tokens_per_cpu_s": _group(runs, g, "throughput", "steady_tokens_per_cpu_s"),
-            "step_seconds": _group(runs, g, *step), "padding_fraction": _group(runs, g, "throughput",
-                                                                                "padding_fraction"),
-            "train_call_seconds": _group(runs, g, "train_call_seconds")}
-        for g in train_groups if g in ("toolkit", "plain", "unsloth", "unfused", *extra)
-    }
-    rows["throughput"]["ratio_toolkit_vs_plain"] = stats(_paired(runs, "toolkit", "plain", *rate))
-    if "unfused" in groups:  # the fused CPU LoRA op on (toolkit) vs off, same round
-        rows["throughput"]["ratio_fused_vs_unfused"] = stats(_paired(runs, "toolkit", "unfused", *rate))
-    rows["throughput"]["ratio_toolkit_vs_plain_cpu_time"] = stats(
-        _paired(runs, "toolkit", "plain", "throughput", "steady_tokens_per_cpu_s"))
-    for g in extra:
-        rows["throughput"][f"ratio_toolkit_vs_{g}"] = stats(_paired(runs, "toolkit", g, *rate))
-    # What padding alone would explain if time were proportional to the tokens computed (padding included).
-    useful = [(1 - a) for a in (_get(r, "throughput", "padding_fraction") for r in runs
-                                if r["group"] == "toolkit" and r.get("ok")) if a is not None]
-    plain_useful = [(1 - a) for a in (_get(r, "throughput", "padding_fraction") for r in runs
-                                      if r["group"] == "plain" and r.get("ok")) if a is not None]
-    if useful and plain_useful:
-        rows["throughput"]["ratio_padding_alone"] = (sum(useful) / len(useful)) / (sum(plain_useful) /
-                                                                                 len(plain_useful))
-    if reference == "unsloth":
-        rows["throughput"]["ratio_toolkit_vs_unsloth"] = stats(_paired(runs, "toolkit", "unsloth", *rate))
-    mem_key = ("memory", "cuda_max_allocated_bytes") if any(_get(r, "memory", "cuda_max_allocated_bytes")
-                                                           for r in runs) else ("child_ru_maxrss_bytes",)
-    rows["memory"] = {"measure": "cuda max_memory_allocated" if mem_key[0] == "memory" else
-                      "process peak RSS (ru_maxrss of the worker)"}
-    for g in train_groups:
-        rows["memory"][g] = _group(runs, g, *mem_key)
-    rows["memory"]["ratio_toolkit_vs_plain"] = stats(_paired(runs, "toolkit", "plain", *mem_key))
-    ledgers = [r for r in runs if r["group"] == "toolkit" and r.get("ok") and r.get("ledger")]
-    if ledgers:
-        mid = sorted(ledgers, key=lambda r: r["ledger"]["measured_bytes"])[len(ledgers) // 2]
-        rows["memory"]["toolkit_ledger"] = {**mid["ledger"], "round": mid["round"],
-                                            "live_ledger": mid.get("live_ledger"),
-                                            "rss_after_load_bytes": mid.get("rss_after_load_bytes")}
-    rows["startup"] = {
-        "load_ext_seconds": _group(runs, "startup", "load_ext_seconds"),
-        "heavy_modules_after_load_ext": sorted({m for r in runs if r["group"] == "startup" and r.get("ok")
-                                                for m in r.get("heavy_modules_after_load_ext", [])}),
-        "cold_load_seconds": _group(runs, "startup", "cold_load_seconds"),
-        "warm_load_seconds": _group(runs, "startup", "warm_load_seconds"),
-        "first_ever_load_seconds": _group(runs, "first_ever", "cold_load_seconds"),
-        "first_step_after_train_call_s": {g: _group(runs, g, "first_step_after_train_call_s")
-                                          for g in ("toolkit", "plain", "unsloth") if g in groups},
-        "first_step_from_launch_s": {g: _group(runs, g, "first_step_from_launch_s")
-                                     for g in ("toolkit", "plain", "unsloth") if g in groups},
-    }
-    dash = [r for r in runs if r["group"] == "dashboard" and r.get("ok") and r.get("dashboard_cost")]
-    rows["dashboard"] = {
-        "tokens_per_s_with": _group(runs, "dashboard", *rate), "tokens_per_s_without": _group(runs, "toolkit", *rate),
-        "ratio_with_vs_without": stats(_paired(runs, "dashboard", "toolkit", *rate)),
-        "self_measured_fraction": stats([(r["dashboard_cost"]["event_s"] + r["dashboard_cost"]["flush_s"])
-                                         / r["throughput"]["train_seconds"] for r in dash
-                                         if _get(r, "throughput", "train_seconds")]),
-        "flushes": stats([r["dashboard_cost"].get("flushes") for r in dash]),
-    }
-    comp = [r for r in runs if r["group"] == "compare" and r.get("ok")]
-    if comp:
-        c = comp[0]
-        rows["compare"] = {
-            "weight_delta_bytes": c["weight_delta_bytes"], "rss_delta_bytes": c["rss_delta_bytes"],
-            "peak_rss_growth_bytes": c["peak_rss_growth_bytes"], "columns": c["columns"], "prompts": c["prompts"],
-            "max_new_tokens": c["max_new_tokens"],
-            "compare_tokens_per_s": stats(c["tokens_per_s"]["compare"]),
-            "generate_tokens_per_s": stats(c["tokens_per_s"]["generate"]),
-            "ratio_compare_vs_generate": stats([a / b for a, b in zip(c["tokens_per_s"]["compare"],
-                                                                        c["tokens_per_s"]["generate"],
-                                                                        strict=True) if b]),
-        }
-    else:
-        rows["compare"] = None
-    rows["bits"] = {}
-    for bits, g in ((16, "bits16"), (8, "bits8"), (4, "toolkit")):
-        if g in groups:
-            weights = [sum(_get(r, "ledger", "components", k) or 0 for k in
-                           ("quantized_weights", "quant_constants", "other_weights"))
-                       for r in runs if r["group"] == g and r.get("ok")]
-            rows["bits"][str(bits)] = {"peak_memory_bytes": _group(runs, g, *mem_key),
-                                       "tokens_per_cpu_s": _group(runs, g, "throughput", "steady_tokens_per_cpu_s"),
-            "step_seconds": _group(runs, g, *step), "tokens_per_s": _group(runs, g, *rate),
-                                       "weight_bytes": stats(weights)}
-    return rows
-
-
-# ---------------------------------------------------------------- output
-def load_results(results_dir: Path) -> list[dict[str, Any]]:
-    out = []
-    for p in sorted(results_dir.glob("*.json")):
-        try:
-            data = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(data, dict) and data.get("schema") == 1 and data.get("mode") == "full":
-            data["_file"] = p.name
-            out.append(data)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ def test_stats_and_same_round_ratios():
     sys.path.insert(0, str(BENCH))
     try:
         from render import fmt, stats
-        from run import _paired
+        from summary import _paired
     finally:
         sys.path.remove(str(BENCH))
     assert stats([3, None, 1, 2]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
@@ -41,6 +41,23 @@ def test_stats_and_same_round_ratios():
             {"group": "plain", "round": 2, "ok": False}]
     # Ratios pair runs of the same round; a round with a failed run gives no ratio.
     assert _paired(runs, "toolkit", "plain", "t", "v") == [3.0, 1.0]
+
+
+def test_one_machine_fingerprint_for_every_benchmark():
+    """run.py and gpu_check.py describe the machine with the same function (benchmarks/machine.py)."""
+    import re
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from machine import fingerprint
+    finally:
+        sys.path.remove(str(BENCH))
+    fp = fingerprint("cpu")
+    assert re.fullmatch(r"cpu-\d+core-[a-z0-9-]+", fp["name"]) and fp["cores"] == os.cpu_count()
+    assert fp["cpu"] and fp["versions"]["python"]
+    for script in ("run.py", "gpu_check.py"):
+        src = (BENCH / script).read_text(encoding="utf-8")
+        assert "from machine import fingerprint" in src and "/proc/cpuinfo" not in src and "nvidia-smi" not in src
 
 
 def test_smoke_run_writes_every_row(tmp_path, tiny_model_dir):

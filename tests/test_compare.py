@@ -6,7 +6,8 @@ import pytest
 from grad_helpers import grads_after_one_step, lora_params
 
 import qlora_nb
-from qlora_nb.engine.generate import CompareResult, diff_mask, diverge_index, token_pieces
+from qlora_nb.engine.columns import diff_mask, diverge_index, token_pieces
+from qlora_nb.engine.generate import CompareResult
 from qlora_nb.errors import QloraError
 
 FAST = {"max_new_tokens": 6}
@@ -47,6 +48,11 @@ def test_diverge_index_and_diff_mask():
     assert diverge_index([1, 2, 3], [1, 2, 3]) is None
     assert diverge_index([1, 2, 3], [1, 5, 3]) == 1
     assert diverge_index([1, 2], [1, 2, 3]) == 2
+    assert diverge_index([1, 2, 3], [1, 2]) == 2
+    # still generating (the playground's live mark): a prefix of the base has not departed yet
+    assert diverge_index([1, 2], [1, 2, 3], partial=True) is None
+    assert diverge_index([1, 2, 3, 4], [1, 2, 3], partial=True) == 3
+    assert diverge_index([1, 9], [1, 2, 3], partial=True) == 1
     assert diff_mask([1, 2, 9, 4], [1, 2, 3, 4]) == [False, False, True, False]
 
 
@@ -159,6 +165,22 @@ def test_training_still_works_after_compare(tiny_model_dir):
     for name, g in before.items():
         assert g is not None and after[name] is not None, name
         assert torch.allclose(g, after[name], rtol=1e-3, atol=1e-6), name
+
+
+def test_compare_and_stream_are_one_generation_path(tiny_session):
+    """A prompt compared and the same prompt streamed give the same columns, tokens and marks (one path)."""
+    _perturb(tiny_session)
+    _add_adapter(tiny_session, "second")
+    rec = tiny_session.compare("Hello", logprobs=True, **FAST)[0]
+    events = []
+    streamed = tiny_session.stream("Hello", logprobs=True, on_event=events.append, **FAST)
+    assert streamed.columns == ["base", "default", "second"]
+    keys = ("text", "ids", "tokens", "diff", "diverge_at", "changed", "n_tokens", "logprob_delta")
+    for col in streamed.columns:
+        assert {k: streamed.cells[col].get(k) for k in keys} == {k: rec["columns"][col].get(k) for k in keys}, col
+    assert [e["kind"] for e in events][:1] == ["stream_begin"] and events[-1]["kind"] == "stream_end"
+    assert [e["column"] for e in events if e["kind"] == "stream_column"] == streamed.columns
+    assert tiny_session.generate("Hello", adapter="second", **FAST) == streamed.cells["second"]["text"]
 
 
 def test_interrupted_compare_restores_the_model(tiny_session):

@@ -480,7 +480,7 @@ def test_a_widget_is_shown_as_a_saved_fallback_then_the_live_view(monkeypatch):
     published = []
     monkeypatch.setattr(IPython.display, "publish_display_data",
                         lambda data, metadata=None, **kw: published.append((data, kw)))
-    monkeypatch.setattr(base, "_zmq_kernel", lambda: True)
+    monkeypatch.setattr(base, "widget_frontend", lambda: True)
     count = {"n": 7}
     monkeypatch.setattr(base, "_execution_count", lambda: count["n"])
     s = FakeSession()

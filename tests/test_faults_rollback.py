@@ -107,6 +107,8 @@ def test_failed_train_and_compare_roll_back(session, tmp_path):
         session.compare("hi", adapters=["nope"])
     with pytest.raises(QloraError):
         session.generate("x" * 600)
+    with pytest.raises(QloraError):
+        session.stream("hi", columns=["nope"])
     assert fingerprint(session) == before
 
 
@@ -126,6 +128,7 @@ TWINS = [
     ("generate-None", lambda s: s.generate(None), ["prompt must be text, got None"]),
     ("generate-adapter", lambda s: s.generate("hi", adapter=3), ["adapter must be an adapter name"]),
     ("compare-None", lambda s: s.compare(None), ["prompts must be a str or a list of str"]),
+    ("stream-None", lambda s: s.stream(None), ["prompt must be text, got None"]),
     ("set_adapter-None", lambda s: s.set_adapter(None), ["no adapter named None"]),
     ("train-None", lambda s: s.train(None), ["no data given"]),
 ]

@@ -222,11 +222,11 @@ def test_unload_empties_the_cuda_cache(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: calls.append("reset_peak"))
-    lifecycle._release_allocator()
+    lifecycle.release_allocator()
     assert calls == ["empty_cache", "reset_peak"]
     calls.clear()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    lifecycle._release_allocator()
+    lifecycle.release_allocator()
     assert calls == []
 
 

@@ -6,7 +6,7 @@ runs when a magic is called counts as much as one at the top of a module.
 
 Layers, lowest first; a module may import only from its own layer or a lower one:
 
-1. ``config``, ``options``, ``errors``, ``events``, ``units``, ``fileio``, ``_version``
+1. ``config``, ``options``, ``errors``, ``events``, ``units``, ``fileio``, ``_version``, ``quiet``, ...
 2. ``data``, ``memory``
 3. ``engine``
 4. ``views``
@@ -21,6 +21,7 @@ load-order dependency).
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ PKG = Path(__file__).resolve().parent.parent / "qlora_nb"
 
 LAYERS: list[tuple[str, ...]] = [
     ("config", "options", "errors", "events", "units", "fileio", "_version", "precision", "textsplit", "overwrite",
-     "weightfiles"),
+     "weightfiles", "quiet"),
     ("data", "memory"),
     ("engine",),
     ("views",),
@@ -188,3 +189,43 @@ def test_the_engine_never_imports_a_view_or_a_magic(name):
     offenders = [f"{m} -> {t}" for m, ts in g.items() if m.startswith("qlora_nb.engine")
                  for t, _, _ in ts if t.startswith(f"qlora_nb.{name}")]
     assert not offenders
+
+
+# ------------------------------------------------------------------ no shell below the views
+SHELL_PACKAGES = ("IPython", "ipywidgets", "anywidget", "ipykernel")
+_SHELL_NAME = re.compile(rf"({'|'.join(SHELL_PACKAGES)})(\.\w+)*")
+BELOW_VIEWS = ("config", "options", "errors", "events", "units", "data", "memory", "engine")
+
+
+def shell_references(path: Path) -> list[str]:
+    """Imports of a shell/widget package, and module names of one written as text (``sys.modules.get(...)``,
+    ``importlib.import_module(...)``): both mean the module knows about the notebook front end."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _SHELL_NAME.fullmatch(node.value):
+            names = [node.value]
+        found += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in SHELL_PACKAGES]
+    return found
+
+
+def test_nothing_below_the_views_knows_the_shell_or_the_widgets():
+    """data, memory and engine (and layer 1) neither import IPython/ipywidgets/anywidget/ipykernel nor look them
+    up in ``sys.modules``: shell and widget work (``Out``, ``user_ns``, the widget registry) is the views' and
+    the magics'."""
+    offenders = [ref for m, p in all_modules().items() if m.split(".")[1:2] and m.split(".")[1] in BELOW_VIEWS
+                 for ref in shell_references(p)]
+    assert not offenders, "shell/widget knowledge below the views:\n" + "\n".join(offenders)
+
+
+def test_the_shell_check_can_fail(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text('import sys\nimport IPython.display\nfrom ipykernel import kernelapp\n\n'
+                   'def f():\n    return sys.modules.get("ipywidgets.widgets.widget")\n'
+                   '"""IPython\'s displayhook is prose, not a lookup."""\n', encoding="utf-8")
+    assert shell_references(src) == ["m.py:2 IPython.display", "m.py:3 ipykernel", "m.py:6 ipywidgets.widgets.widget"]

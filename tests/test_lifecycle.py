@@ -153,7 +153,7 @@ def test_explain_oom_torch_oom_and_others():
 
 def test_explain_oom_asks_the_planner_for_the_cheapest_change(tiny_session, monkeypatch):
     """The run's own settings go to the planner; its cheapest change that fits is the advice."""
-    planner = pytest.importorskip("qlora_nb.memory.planner")
+    planner = pytest.importorskip("qlora_nb.engine.planning")
     from qlora_nb.engine import lifecycle
 
     run = {"batch_size": 64, "cutoff_len": 4096, "learning_rate": 1e-3, "data": "x.jsonl"}

@@ -12,10 +12,11 @@ import pytest
 
 import qlora_nb
 from qlora_nb.config import PlanConfig
+from qlora_nb.engine.planning import plan_session
 from qlora_nb.errors import QloraError
 from qlora_nb.memory import formulas as F
 from qlora_nb.memory.architectures import ARCHITECTURES, arch_from_config
-from qlora_nb.memory.planner import compute_components, plan_session
+from qlora_nb.memory.planner import compute_components
 from qlora_nb.units import parse_memory
 
 EXACT = ("quantized_weights", "quant_constants", "other_weights", "adapters")
@@ -223,7 +224,7 @@ def test_session_plan_uses_session_settings(tiny_session):
     p = tiny_session.plan(seq_len=32, batch_size=2)
     assert p.config.base_bits == 4 and p.config.r == 4 and p.measured is not None
     assert "(exact)" in str(p)
-    from qlora_nb.memory.planner import cheapest_fix
+    from qlora_nb.engine.planning import cheapest_fix
 
     assert cheapest_fix(tiny_session, batch_size=2, cutoff_len=32) is None  # fits: nothing to change
 

@@ -1,5 +1,7 @@
 // The dashboard's loss chart as SVG, drawn from the synced `curve` arrays (so a reloaded page redraws it).
-// Same geometry as qlora_nb/views/chart.py (the saved fallback): x from 0 to max_steps, lr axis from 0.
+// Same geometry as qlora_nb/views/chart.py (the saved fallback), element for element: x from 0 to max_steps,
+// lr axis from 0, KEEP points per line, the last MARKERS train points marked; tests/test_widget_js.py draws both
+// from the same curves and compares every coordinate and label, so change both together.
 // Colours come from qlora.css classes built on JupyterLab's --jp-* variables, so it follows the theme.
 const NS = "http://www.w3.org/2000/svg";
 const W = 900, H = 230, L = 52, R = 64, T = 16, B = 26;
@@ -12,7 +14,8 @@ function node(tag, attrs = {}, text) {
 }
 
 // At most `keep` points (every k-th and the last), so a 100k-step run stays cheap to draw.
-function thin(xs, ys, keep = 600) {
+const KEEP = 600, MARKERS = 80;
+function thin(xs, ys, keep = KEEP) {
   const pts = xs.map((x, i) => [x, ys[i]]);
   if (pts.length <= keep) return pts;
   const k = Math.ceil(pts.length / keep);
@@ -54,7 +57,7 @@ export function lossChart(curve, maxSteps) {
   const train = thin(steps, loss);
   if (train.length) line(train.map(([a, b]) => [px(a), py(b)]), "qn-line-loss");
   // point markers (a single point is visible); hover shows the value
-  for (const [a, b] of train.slice(-80)) {
+  for (const [a, b] of train.slice(-MARKERS)) {
     const c = node("circle", { cx: px(a), cy: py(b), r: 2.5, class: "qn-dot-loss" });
     c.append(node("title", {}, `step ${a}: loss ${Number(b).toFixed(4)}`));
     svg.append(c);

@@ -1,5 +1,5 @@
 // Compare widget: base and adapter columns side by side, streamed, with divergence and diffs marked.
-import { el, sharedTemplate, ownPart, divergeText, mount } from "./format.js";
+import { el, sharedTemplate, ownPart, divergeText, mount, listen } from "./format.js";
 
 // Background for a log-prob change: green where the adapter made the token likelier, red where less likely.
 function shadeStyle(delta, scale) {
@@ -66,6 +66,7 @@ function render({ model, el: host }) {
   let against = "base";  // the column the others are compared with (a view choice, not synced)
   const root = el("div", { class: "qn-card qn-compare", "data-testid": "qlora-compare" });
   mount(host, root);
+  const { on, off } = listen(model);  // every model listener, removed by the clean-up render returns
   const draw = () => {
     const columns = model.get("columns") || [];
     const rows = model.get("rows") || [];
@@ -130,8 +131,9 @@ function render({ model, el: host }) {
     }
   };
   for (const name of ["columns", "rows", "status", "changed_count", "total", "notes", "shade", "has_logprobs", "title"]) {
-    model.on(`change:${name}`, draw);
+    on(`change:${name}`, draw);
   }
   draw();
+  return off;
 }
 export default { render };

@@ -1,7 +1,7 @@
 // Training dashboard card: title, status and Stop; the loss chart (first, at the card's width); the phase
 // or progress line; the numbers; probe generations; the memory ledger (LoRA table folded).
 // Everything is drawn from synced traits, so a reloaded page (kernel idle) redraws the same state.
-import { el, renderLedger, sharedTemplate, ownPart, mount } from "./format.js";
+import { el, renderLedger, sharedTemplate, ownPart, mount, listen } from "./format.js";
 import { lossChart } from "./chart.js";
 
 function eta(s) {
@@ -82,6 +82,7 @@ function render({ model, el: host }) {
     stats, message, outputs, probes, ledger,
   );
   mount(host, root);
+  const { on, off } = listen(model);  // every model listener, removed by the clean-up render returns
 
   let clicked = false;
   stop.addEventListener("click", () => {
@@ -153,16 +154,17 @@ function render({ model, el: host }) {
   const drawLedger = () => renderLedger(ledger, model.get("ledger"), "memory");
   for (const name of ["progress", "status", "title", "n_loss_points", "n_eval_points", "message", "stop_live",
     "phase", "outputs"]) {
-    model.on(`change:${name}`, draw);
+    on(`change:${name}`, draw);
   }
-  model.on("change:curve", drawChart);
-  model.on("change:progress", drawChart);
-  model.on("change:status", drawChart);
-  model.on("change:probes", drawProbes);
-  model.on("change:ledger", drawLedger);
+  on("change:curve", drawChart);
+  on("change:progress", drawChart);
+  on("change:status", drawChart);
+  on("change:probes", drawProbes);
+  on("change:ledger", drawLedger);
   draw();
   drawChart();
   drawProbes();
   drawLedger();
+  return off;
 }
 export default { render };

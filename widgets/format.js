@@ -43,6 +43,15 @@ export function mount(host, root) {
   markLive(root);
   return root;
 }
+// Every model listener a view adds goes through here, and render returns `off`: anywidget calls it when the view
+// is removed (a re-render, a reload, a second display closed), so no old view keeps drawing into a detached
+// node or holding it alive.
+export function listen(model) {
+  const added = [];
+  const on = (name, fn) => { model.on(name, fn); added.push([name, fn]); };
+  const off = () => { for (const [name, fn] of added.splice(0)) model.off(name, fn); };
+  return { on, off };
+}
 // Where a column first leaves the base, in words (the compare widget and the playground say it alike).
 export function divergeText(at) { return `differs from ${at === 0 ? "the first token" : `token ${at}`}`; }
 

@@ -1,6 +1,6 @@
 // Memory planner widget. The arithmetic is a line-by-line port of qlora_nb/memory/planner.py + formulas.py
 // so sliders re-plan in the browser without a kernel round-trip (tests compare both on a grid via node).
-import { el, bytes, mount } from "./format.js";
+import { el, bytes, mount, listen } from "./format.js";
 
 const DT = { bfloat16: 2, float16: 2, float32: 4 };
 const PLAN_KEYS = ["quantized_weights", "quant_constants", "other_weights", "adapters", "gradients",
@@ -142,6 +142,7 @@ function control(label, input) { return el("label", { class: "qn-ctl" }, el("spa
 function render({ model, el: host }) {
   const root = el("div", { class: "qn-card qn-planner", "data-testid": "qlora-planner" });
   mount(host, root);
+  const { off } = listen(model);  // no model listeners (it redraws from its own inputs); render still returns it
   const archs = model.get("archs"), K = model.get("constants");
   const state = { ...model.get("options") };
   build();
@@ -259,5 +260,6 @@ function render({ model, el: host }) {
     update();
     if (focusApply) (root.querySelector('[data-testid="plan-apply-fix"]') || root.querySelector('[data-testid="plan-verdict"]')).focus?.();
   }
+  return off;
 }
 export default { render };

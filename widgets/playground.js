@@ -1,6 +1,6 @@
 // Playground: a prompt box, generation options, one streamed column per model (base first), tokens that depart
 // from the base highlighted, per-column token count / tokens/s / mean log-prob, and the list of earlier prompts.
-import { el, divergeText, mount } from "./format.js";
+import { el, divergeText, mount, listen } from "./format.js";
 
 
 function stats(cell) {
@@ -28,6 +28,7 @@ function body(column, cell, streaming) {
 function render({ model, el: host }) {
   const root = el("div", { class: "qn-card qn-playground", "data-testid": "qlora-playground" });
   mount(host, root);
+  const { on, off } = listen(model);  // every model listener, removed by the clean-up render returns
   const title = el("span", { class: "qn-title" });
   const status = el("span", { class: "qn-status", "data-testid": "playground-status" });
   const prompt = el("textarea", { class: "qn-input", "data-testid": "playground-prompt", placeholder: "type a prompt…" });
@@ -105,10 +106,11 @@ function render({ model, el: host }) {
       return li;
     }));
   }
-  model.on("change:prompt", () => { if (document.activeElement !== prompt) prompt.value = model.get("prompt"); });
-  for (const name of ["available", "chosen"]) model.on(`change:${name}`, drawPicks);
-  for (const name of ["status", "columns", "cells", "notes", "history", "error", "title"]) model.on(`change:${name}`, draw);
+  on("change:prompt", () => { if (document.activeElement !== prompt) prompt.value = model.get("prompt"); });
+  for (const name of ["available", "chosen"]) on(`change:${name}`, drawPicks);
+  for (const name of ["status", "columns", "cells", "notes", "history", "error", "title"]) on(`change:${name}`, draw);
   model.send({ event: "refresh" });
   drawPicks(); draw();
+  return off;
 }
 export default { render };

@@ -1,6 +1,6 @@
 // Studio panel: data + live preview, options (from TrainConfig's metadata), memory forecast, Train/Stop/Resume,
 // "Copy as cell". The live dashboard is a separate widget shown below this panel (see qlora_nb/widgets/studio.py).
-import { el, bytes, COLORS, LABELS, mount } from "./format.js";
+import { el, bytes, COLORS, LABELS, mount, listen } from "./format.js";
 
 
 function textInput(value, testid, onCommit, placeholder = "") {
@@ -75,6 +75,7 @@ function renderForecast(node, f) {
 function render({ model, el: host }) {
   const root = el("div", { class: "qn-card qn-studio", "data-testid": "qlora-studio" });
   mount(host, root);
+  const { on, off } = listen(model);  // every model listener, removed by the clean-up render returns
   const title = el("span", { class: "qn-title" });
   const status = el("span", { class: "qn-status", "data-testid": "studio-status" });
   const dataIn = textInput(model.get("data"), "studio-data", (v) => { model.set("data", v); model.save_changes(); }, "demo, train.jsonl or $df");
@@ -170,17 +171,18 @@ function render({ model, el: host }) {
 
   const drawPreview = () => renderPreview(preview, model.get("preview"), model.get("data_error"));
   const drawForecast = () => renderForecast(forecast, model.get("forecast"));
-  model.on("change:specs", drawOptions);
-  model.on("change:values", drawOptions);
-  model.on("change:field_errors", () => { drawOptions(); draw(); });
-  model.on("change:preview", drawPreview);
-  model.on("change:data_error", () => { drawPreview(); draw(); });
-  model.on("change:forecast", drawForecast);
-  model.on("change:data", () => { dataIn.value = model.get("data"); draw(); });
-  model.on("change:template", () => { tplIn.value = model.get("template"); });
+  on("change:specs", drawOptions);
+  on("change:values", drawOptions);
+  on("change:field_errors", () => { drawOptions(); draw(); });
+  on("change:preview", drawPreview);
+  on("change:data_error", () => { drawPreview(); draw(); });
+  on("change:forecast", drawForecast);
+  on("change:data", () => { dataIn.value = model.get("data"); draw(); });
+  on("change:template", () => { tplIn.value = model.get("template"); });
   for (const name of ["status", "can_resume", "stop_live", "run", "message", "error", "code", "title", "dashboard_id"]) {
-    model.on(`change:${name}`, draw);
+    on(`change:${name}`, draw);
   }
   drawOptions(); drawPreview(); drawForecast(); draw();
+  return off;
 }
 export default { render };

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QloraError
+from ..quiet import hub_offline, quiet_libraries
 from .integrity import (
     DuplicateKey,
     allow_long_cells,
@@ -331,11 +331,6 @@ def _is_missing(v: Any, pd) -> bool:
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
-def _offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def load_hub(name: str) -> RawData:
     """A hub dataset's train split (needs network access; the name is ``owner/dataset`` or ``dataset``).
 
@@ -348,7 +343,7 @@ def load_hub(name: str) -> RawData:
     if not _HUB_ID.fullmatch(name):
         raise QloraError(f"no data file {name!r}, and it is not a hub dataset name either.", where=WHERE,
                          hint=local_hint)
-    if _offline():
+    if hub_offline(datasets=True):
         raise QloraError(f"{name!r} is not a local file, and hub datasets cannot be downloaded offline "
                          "(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set).", where=WHERE, hint=local_hint)
     try:
@@ -356,7 +351,7 @@ def load_hub(name: str) -> RawData:
     except ImportError:  # pragma: no cover - datasets is a dependency
         raise QloraError("the datasets package is not installed.", where=WHERE) from None
     try:
-        with _quiet_hub():
+        with quiet_libraries(hub=True):
             ds = datasets.load_dataset(name, split="train")
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -364,29 +359,3 @@ def load_hub(name: str) -> RawData:
                          where=WHERE, hint="Check the path (relative to the notebook's folder) or the dataset "
                                            "name and your network access.") from None
     return from_records([dict(r) for r in ds], f"hub dataset {name}")
-
-
-class _quiet_hub:
-    """Retry and connection warnings from the hub libraries stay quiet; the one QloraError says it all."""
-
-    _NAMES = ("datasets", "huggingface_hub", "urllib3", "fsspec", "filelock")
-
-    def __enter__(self):
-        import logging
-        import warnings
-
-        self._levels = {n: logging.getLogger(n).level for n in self._NAMES}
-        for n in self._NAMES:
-            logging.getLogger(n).setLevel(logging.ERROR)
-        self._warn = warnings.catch_warnings()
-        self._warn.__enter__()
-        warnings.simplefilter("ignore")
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        import logging
-
-        for n, level in self._levels.items():
-            logging.getLogger(n).setLevel(level)
-        self._warn.__exit__(*exc)
-        return False

@@ -41,8 +41,8 @@ def save_adapter(session: Session, directory: str | Path, overwrite: bool = Fals
     name = adapter or session.active_adapter
     if name not in session.model.peft_config:
         raise no_adapter(name, session.model.peft_config, "--adapter")
+    from ..quiet import quiet_libraries
     from .arguments import protected_folders
-    from .quiet import quiet_libraries
 
     target = Path(directory).expanduser()
     with atomic_dir(target, overwrite=overwrite, kind="adapter", protected=protected_folders(session)) as tmp, \

@@ -1,10 +1,10 @@
 """Unloading sessions and explaining out-of-memory errors.
 
-A notebook keeps objects alive in places users do not see: ``Out[n]``, ``_``,
-the last traceback's frames (which hold the locals of the engine function that
-failed) and IPython's traceback formatter. Deleting the variable alone frees
-nothing while any of those still point at the model, so :func:`unload_from_shell`
-clears them all before collecting.
+:func:`unload_session` frees what the engine owns (model, optimizer, trainer)
+and returns the bytes it released. What a notebook holds besides (``Out[n]``,
+``_``, the last traceback, displayed widgets) is the shell's and the views'
+business: ``%qlora_unload`` (:mod:`qlora_nb.magics.unload`) clears those first,
+using :func:`owned_objects` to know what to look for.
 
 Out-of-memory errors come in three shapes (``MemoryError`` on CPU,
 ``torch.OutOfMemoryError`` on CUDA, and older ``RuntimeError("CUDA out of
@@ -23,7 +23,7 @@ from ..errors import QloraError, QloraOOMError
 _OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory",
              "failed to allocate")
 
-PLANNER_FIX = "cheapest_fix"  # qlora_nb.memory.planner.cheapest_fix(session, **train_options) -> str | None
+PLANNER_FIX = "cheapest_fix"  # qlora_nb.engine.planning.cheapest_fix(session, **train_options) -> str | None
 GENERIC_OOM_ADVICE = ("Cheapest changes, in order: gradient_checkpointing: true, a smaller batch_size "
                       "(with gradient_accumulation_steps to keep the effective batch), a smaller cutoff_len, "
                       "optimizer: paged_adamw_8bit; or load with bits=4. Run %qlora_plan to see what fits.")
@@ -42,7 +42,7 @@ def _session_bytes(session) -> int:
     return sum(v for k, v in led.as_dict().items() if k != "activations_and_other")
 
 
-def _release_allocator() -> None:
+def release_allocator() -> None:
     """Collect cycles, return freed heap pages to the OS (glibc) and empty the CUDA cache."""
     gc.collect()
     gc.collect()
@@ -100,12 +100,17 @@ def unload_session(session) -> int:
                     setattr(run, attr, None)
                 except AttributeError:  # frozen dataclass / slots: not ours to change
                     pass
-    _release_allocator()
+    release_allocator()
     return freed
 
 
-def _targets(session) -> set[int]:
-    """ids of the objects whose references must go: the session, its model and the model's inner layers."""
+def owned_objects(session) -> list[Any]:
+    """What the engine owns for ``session``: the session, its model and inner layers, optimizer and trainer.
+
+    The shell (``%qlora_unload``) drops the notebook's references to these
+    before :func:`unload_session` frees them; the engine itself never looks
+    at the shell.
+    """
     objs: list[Any] = [session]
     model = None if is_unloaded(session) else getattr(session, "model", None)
     while model is not None and id(model) not in {id(o) for o in objs}:
@@ -116,132 +121,7 @@ def _targets(session) -> set[int]:
     for attr in ("optimizer", "trainer", "_trainer"):
         if getattr(session, attr, None) is not None:
             objs.append(getattr(session, attr))
-    return {id(o) for o in objs}
-
-
-def _refers_to(value: Any, ids: set[int]) -> bool:
-    """True when ``value`` is a target or holds one directly (a result/widget holding the session)."""
-    if id(value) in ids:
-        return True
-    try:
-        refs = gc.get_referents(value)
-        d = getattr(value, "__dict__", None)
-        if isinstance(d, dict):
-            refs += list(d.values())
-    except Exception:
-        return False
-    return any(id(r) in ids for r in refs)
-
-
-def _clear_traceback(tb) -> None:
-    import traceback
-
-    if tb is not None:
-        try:
-            traceback.clear_frames(tb)
-        except Exception:
-            pass
-
-
-def clear_shell_references(shell, ids: set[int]) -> list[str]:
-    """Remove references to ``ids`` from IPython's output history, ``_`` variables and last traceback."""
-    cleared: list[str] = []
-    # The last traceback's frames hold the locals of the function that failed (often the session/model).
-    last_tb = getattr(sys, "last_traceback", None)
-    if last_tb is not None:
-        _clear_traceback(last_tb)
-        cleared.append("last traceback")
-    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
-        if hasattr(sys, name):
-            delattr(sys, name)
-    for tb_holder in (getattr(shell, "InteractiveTB", None), getattr(shell, "SyntaxTB", None)):
-        if tb_holder is not None and getattr(tb_holder, "tb", None) is not None:
-            _clear_traceback(tb_holder.tb)
-            tb_holder.tb = None
-    hm = getattr(shell, "history_manager", None)
-    out = getattr(hm, "output_hist", None)
-    if isinstance(out, dict):
-        for n in [n for n, v in out.items() if _refers_to(v, ids)]:
-            del out[n]
-            cleared.append(f"Out[{n}]")
-    # ``_``, ``__``, ``___`` and ``_N`` live in user_ns and, as values, in user_ns_hidden too.
-    spaces = [shell.user_ns] + [d for d in (getattr(shell, "user_ns_hidden", None),) if isinstance(d, dict)]
-    for ns in spaces:
-        for name in [k for k, v in ns.items() if (k in ("_", "__", "___") or (k.startswith("_") and k[1:].isdigit()))
-                     and _refers_to(v, ids)]:
-            if name in ("_", "__", "___"):
-                ns[name] = None
-            else:
-                del ns[name]
-            if ns is shell.user_ns:
-                cleared.append(name)
-    dh = getattr(shell, "displayhook", None)
-    for name in ("_", "__", "___"):
-        if dh is not None and _refers_to(getattr(dh, name, None), ids):
-            setattr(dh, name, None)
-    last = getattr(shell, "last_execution_result", None)
-    if last is not None:
-        # A QloraError shown by the custom handler never reaches sys.last_*; the previous cell's result keeps it.
-        err, seen = getattr(last, "error_in_exec", None), set()
-        while isinstance(err, BaseException) and id(err) not in seen:
-            seen.add(id(err))
-            _clear_traceback(err.__traceback__)
-            err = err.__cause__ or err.__context__
-        if _refers_to(getattr(last, "result", None), ids):
-            shell.last_execution_result = None
-    return cleared
-
-
-def detach_widgets(ids: set[int]) -> int:
-    """Drop widget attributes that point at the session or its model.
-
-    ipywidgets keeps every widget it ever displayed in a module-level registry
-    until the widget is closed, so a dashboard holding ``session`` would keep
-    the model alive forever after an unload.
-    """
-    registry = getattr(sys.modules.get("ipywidgets.widgets.widget"), "_instances", None)
-    if not isinstance(registry, dict):
-        return 0
-    n = 0
-    for widget in list(registry.values()):
-        attrs = getattr(widget, "__dict__", None)
-        if not isinstance(attrs, dict):
-            continue
-        for key, value in list(attrs.items()):
-            if id(value) in ids:
-                attrs[key] = None
-                n += 1
-    return n
-
-
-def unload_from_shell(shell, name: str, session) -> str:
-    """``%qlora_unload``: unbind ``name``, clear the notebook's hidden references, free the model; a report."""
-    import contextlib
-
-    from ..memory.ledger import rss_bytes
-    from ..units import human_bytes
-
-    rss_before = rss_bytes()
-    ids = _targets(session)
-    cleared = clear_shell_references(shell, ids)  # what *holds* the session: results, widgets, tracebacks
-    if detach_widgets(ids):
-        cleared.append("widgets")
-    # other names the user bound to the same session: del_var clears them too, and the report says so
-    others = [k for k, v in shell.user_ns.items() if v is session and k != name and not k.startswith("_")]
-    # IPython's del_var drops every name (user_ns, hidden names, Out) that *is* the session. It reads
-    # last_execution_result last, which clear_shell_references may have dropped: nothing is left to do then.
-    with contextlib.suppress(AttributeError):
-        shell.del_var(name)
-    freed = unload_session(session)
-    del session
-    _release_allocator()
-    rss_after = rss_bytes()
-    extra = f"; cleared {', '.join(cleared)}" if cleared else ""
-    if others:
-        extra += f"; also unbound {', '.join(others)} (the same session)"
-    return (f"unloaded {name!r}: {human_bytes(freed)} of model tensors released (ledger); process RSS "
-            f"{human_bytes(rss_before)} -> {human_bytes(rss_after)} ({human_bytes(max(0, rss_before - rss_after))} "
-            f"returned){extra}.")
+    return objs
 
 
 # ----------------------------------------------------------------------- OOM
@@ -263,7 +143,7 @@ def cheapest_change(session=None, options: dict[str, Any] | None = None) -> str:
     """The planner's cheapest change for this session and run, or generic advice when it cannot say."""
     if session is not None and getattr(session, "model", None) is not None and not is_unloaded(session):
         try:
-            from ..memory import planner
+            from . import planning as planner
         except ImportError:
             planner = None
         fix = getattr(planner, PLANNER_FIX, None) if planner is not None else None
@@ -290,10 +170,27 @@ def explain_oom(exc: BaseException, where: str, *, session=None, options: dict[s
     msg = f"ran out of {device}" + (f" ({first[:160]})" if first else "") + "."
     if checkpoint:
         msg += f" The last checkpoint is kept in {checkpoint}."
-    _release_allocator()
+    release_allocator()
     err = QloraOOMError(msg, where=where, hint=cheapest_change(session, options))
     err.checkpoint = checkpoint
     return err
+
+
+def as_qlora_error(exc: BaseException, where: str, *, rerun: str = "rerun") -> QloraError:
+    """The one paragraph users see for ``exc``: a QloraError as is, an OOM with the planner's advice, else one line.
+
+    Magics and widget views both show errors through this; ``rerun`` says how to get the traceback there
+    (a magic is rerun, a widget's action is reproduced by its copied cell).
+    """
+    if isinstance(exc, QloraError):
+        return exc
+    oom = explain_oom(exc, where)
+    if oom is not None:
+        return oom
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return QloraError(f"{type(exc).__name__}: {first}".rstrip(": ") + ".", where=where,
+                      hint=f"This looks like a bug or an unsupported setting; {rerun} with --debug to see the "
+                           "traceback.")
 
 
 def drop_traceback(exc: BaseException) -> BaseException:

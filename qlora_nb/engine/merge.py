@@ -20,17 +20,17 @@ import gc
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import DTYPE_ALIASES, DTYPES
 from ..errors import QloraError
 from ..fileio import atomic_dir
+from ..quiet import quiet_libraries
 from ..units import human_bytes
 from .adapters import is_trained, no_adapter
-from .merge_check import FP32_LOGIT_TOLERANCE, _encode, _logits, check_merged_logits, check_merged_weights
-from .quiet import quiet_libraries
+from .merge_check import FP32_LOGIT_TOLERANCE, MergeVerdict, _encode, _logits, verify_merge
 
 if TYPE_CHECKING:
     from .session import Session
@@ -72,6 +72,13 @@ class MergeResult:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     size_bytes: int = 0  # the saved folder
+
+    def record(self, verdict: MergeVerdict) -> None:
+        """Take the passed checks' numbers (:func:`~.merge_check.verify_merge`); the merge is verified."""
+        for f in fields(verdict):
+            value = getattr(verdict, f.name)
+            setattr(self, f.name, self.warnings + value if f.name == "warnings" else value)
+        self.verified = True
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -271,9 +278,8 @@ def merge(session: Session, directory: str | Path, dtype: str = "bfloat16", over
         del merged, peft_copy
         gc.collect()
         if verify:
-            check_merged_weights(session, name, tmp, result)
-            check_merged_logits(session, name, tmp, batch, ref_adapter, ref_base, result)
-            result.verified = True
+            result.record(verify_merge(session, name, tmp, batch, ref_adapter, ref_base, dtype=dtype, device=where,
+                                       probes=probes))
         result.seconds = time.perf_counter() - started
         result.size_bytes = sum(f.stat().st_size for f in tmp.iterdir() if f.is_file())
         (tmp / "qlora_nb_merge.json").write_text(json.dumps({

@@ -5,13 +5,15 @@ re-quantized away, or a saved base where the merged model was meant. So the
 saved tensors are read back one at a time and checked against the adapter's own
 numbers, then the folder is loaded with plain transformers and its logits are
 compared with the adapter model and with the base on probe prompts. The merge
-swaps the folder in only when both checks pass.
+swaps the folder in only when both checks pass. A failed check raises; a passed
+one returns its numbers as a :class:`MergeVerdict`, which the merge records.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +21,6 @@ from ..errors import QloraError
 from .adapters import with_adapter
 
 if TYPE_CHECKING:
-    from .merge import MergeResult
     from .session import Session
 
 # An fp32 merge must reproduce the adapter model's logits within this (the issue's bar; measured: ~1e-6).
@@ -31,6 +32,31 @@ WEIGHT_EPS = {"float32": 2.0**-20, "bfloat16": 2.0**-7, "float16": 2.0**-10}
 WEIGHT_FLOOR = {"float32": 1e-7, "bfloat16": 1e-30, "float16": 1e-7}
 # Every failed check starts with this, the fail twin of MergeResult.verdict()'s "merge verified: ..." line.
 FAILED = "merge verification FAILED"
+
+
+@dataclass
+class MergeVerdict:
+    """What the checks measured (field names as in :class:`~qlora_nb.engine.merge.MergeResult`)."""
+
+    weight_max_error: float | None = None  # max |saved - (W + scale*B@A)| over the adapted matrices
+    modules_checked: int = 0
+    max_abs_diff: float | None = None  # logits: merged (reloaded) vs the adapter model, both at the merge dtype
+    adapter_effect: float | None = None  # logits: adapter model vs base
+    merged_vs_base: float | None = None
+    effect_kept: float | None = None  # 1 - |merged - adapter| / |adapter - base| (Frobenius): 1 is a perfect merge
+    max_abs_diff_session: float | None = None  # logits: merged vs the live session model (its compute dtype)
+    warnings: list[str] = field(default_factory=list)
+
+
+def verify_merge(session: Session, name: str, folder: Path, batch, ref_adapter, ref_base, *, dtype: str,
+                 device: str, probes: list[str]) -> MergeVerdict:
+    """Both checks on the saved ``folder``; raises a QloraError (``merge verification FAILED``) on the first miss."""
+    verdict = check_merged_weights(session, name, folder, dtype)
+    logits = check_merged_logits(session, name, folder, batch, ref_adapter, ref_base, dtype=dtype, device=device,
+                                 probes=probes)
+    logits.weight_max_error, logits.modules_checked = verdict.weight_max_error, verdict.modules_checked
+    logits.warnings = verdict.warnings + logits.warnings
+    return logits
 
 
 def _encode(tokenizer, probes: list[str], device: str):
@@ -93,7 +119,7 @@ def _expected_delta(module, name: str, cfg):
     return delta.T if getattr(cfg, "fan_in_fan_out", False) else delta
 
 
-def check_merged_weights(session: Session, name: str, folder: Path, result: MergeResult) -> None:
+def check_merged_weights(session: Session, name: str, folder: Path, dtype: str) -> MergeVerdict:
     """Every adapted matrix in the saved folder must equal dequant(W) + scale*B@A within rounding, and not W.
 
     This is the exact test for the "merge did nothing" bug: it reads what was
@@ -107,9 +133,8 @@ def check_merged_weights(session: Session, name: str, folder: Path, result: Merg
 
     cfg = session.model.peft_config[name]
     if getattr(cfg, "use_dora", False):
-        result.warnings.append("DoRA adapter: the per-weight check is skipped (logits are still compared).")
-        return
-    tdt = torch_dtype(result.dtype)
+        return MergeVerdict(warnings=["DoRA adapter: the per-weight check is skipped (logits are still compared)."])
+    tdt = torch_dtype(dtype)
     saved = _SavedTensors(folder)
     changed, worst, checked, bad = 0, 0.0, 0, None
     for path, module in session.model.get_base_model().named_modules():
@@ -128,54 +153,54 @@ def check_merged_weights(session: Session, name: str, folder: Path, result: Merg
         expected = w + delta
         got = got.float()
         err = (got - expected).abs()
-        bound = WEIGHT_EPS[result.dtype] * (expected.abs() + delta.abs()) + WEIGHT_FLOOR[result.dtype]
+        bound = WEIGHT_EPS[dtype] * (expected.abs() + delta.abs()) + WEIGHT_FLOOR[dtype]
         if bad is None and (err > bound).any():
             bad = (key, err.max().item())
         worst = max(worst, err.max().item())
         changed += int(not torch.equal(got, w.to(tdt).float()))
         checked += 1
-    result.weight_max_error, result.modules_checked = worst, checked
     if checked and not changed:
         lost = (" In 16-bit, updates smaller than the weights' rounding step vanish; merge with --dtype fp32."
-                if result.dtype != "float32" else "")
+                if dtype != "float32" else "")
         raise QloraError(f"the merged model equals the base model: none of the {checked} adapted matrices changed "
                          "(the merge did nothing).", where=FAILED, hint="Nothing was saved." + lost)
     if bad is not None:
         raise QloraError(f"merged weight {bad[0]} differs from W + scale*B@A by up to {bad[1]:.3g}, more than "
-                         f"{result.dtype} rounding allows.", where=FAILED,
+                         f"{dtype} rounding allows.", where=FAILED,
                          hint="Nothing was saved. Check the adapter's scaling (alpha/r) and rerun with --debug.")
+    return MergeVerdict(weight_max_error=worst, modules_checked=checked)
 
 
-def check_merged_logits(session: Session, name: str, folder: Path, batch, ref_adapter, ref_base,
-                        result: MergeResult) -> None:
+def check_merged_logits(session: Session, name: str, folder: Path, batch, ref_adapter, ref_base, *, dtype: str,
+                        device: str, probes: list[str]) -> MergeVerdict:
     """Reload the folder with plain transformers; compare its logits with the adapter model and the base."""
     from transformers import AutoModelForCausalLM
 
     from .quantize import torch_dtype
 
-    reloaded = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype(result.dtype),
-                                                    device_map={"": result.device}, use_safetensors=True)
+    reloaded = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype(dtype), device_map={"": device},
+                                                    use_safetensors=True)
     reloaded.eval()
     merged = _logits(reloaded, batch)
     del reloaded
     gc.collect()
-    result.max_abs_diff = _max_diff(merged, ref_adapter)
-    result.adapter_effect = _max_diff(ref_adapter, ref_base)
-    result.merged_vs_base = _max_diff(merged, ref_base)
+    v = MergeVerdict(max_abs_diff=_max_diff(merged, ref_adapter), adapter_effect=_max_diff(ref_adapter, ref_base),
+                     merged_vs_base=_max_diff(merged, ref_base),
+                     max_abs_diff_session=_max_diff(merged, _session_logits(session, name, probes)))
     effect_norm = float((ref_adapter - ref_base).norm())
-    result.effect_kept = 1.0 - float((merged - ref_adapter).norm()) / effect_norm if effect_norm else 1.0
-    result.max_abs_diff_session = _max_diff(merged, _session_logits(session, name, result.probes))
-    if result.adapter_effect > 0 and result.merged_vs_base <= 1e-3 * result.adapter_effect:
-        raise QloraError(f"the merged model's logits equal the base model's (max difference {result.merged_vs_base:.3g}"
-                         f", while the adapter changes them by up to {result.adapter_effect:.3g}): the merge did "
+    v.effect_kept = 1.0 - float((merged - ref_adapter).norm()) / effect_norm if effect_norm else 1.0
+    if v.adapter_effect > 0 and v.merged_vs_base <= 1e-3 * v.adapter_effect:
+        raise QloraError(f"the merged model's logits equal the base model's (max difference {v.merged_vs_base:.3g}"
+                         f", while the adapter changes them by up to {v.adapter_effect:.3g}): the merge did "
                          "nothing.", where=FAILED, hint="Nothing was saved.")
-    if result.dtype == "float32" and result.max_abs_diff > FP32_LOGIT_TOLERANCE:
-        raise QloraError(f"max |Δlogit| {result.max_abs_diff:.1e} > {FP32_LOGIT_TOLERANCE:.0e} on "
-                         f"{len(result.probes)} prompts: the float32 merged model's logits differ from the adapter "
+    if dtype == "float32" and v.max_abs_diff > FP32_LOGIT_TOLERANCE:
+        raise QloraError(f"max |Δlogit| {v.max_abs_diff:.1e} > {FP32_LOGIT_TOLERANCE:.0e} on "
+                         f"{len(probes)} prompts: the float32 merged model's logits differ from the adapter "
                          "model's.",
                          where=FAILED, hint="Nothing was saved. Rerun with --debug and report it.")
-    if result.effect_kept < 0.5:
-        result.warnings.append(
-            f"the {result.dtype} merged model reproduces only {result.effect_kept:.0%} of the adapter's effect on the "
+    if v.effect_kept < 0.5:
+        v.warnings.append(
+            f"the {dtype} merged model reproduces only {v.effect_kept:.0%} of the adapter's effect on the "
             "probes: rounding W + scale*B@A (and the matmuls) to 16 bits loses small updates. Merge with --dtype fp32 "
             "for an exact copy.")
+    return v

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import QloraError, did_you_mean
+from ..quiet import hub_offline
 
 
 @dataclass(frozen=True)
@@ -198,8 +199,8 @@ def resolve_model(model: str | None) -> Path:
 
 def _from_hub(repo_id: str) -> Path:
     """Download a hub model's config, tokenizer and safetensors (never pickles) to the HF cache."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        raise _hub_offline_error(repo_id, "HF_HUB_OFFLINE is set")
+    if hub_offline():
+        raise _hub_offline_error(repo_id, "HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set")
     try:
         from huggingface_hub import snapshot_download
 

@@ -48,8 +48,8 @@ def perplexity(model, tokenizer, text: str, max_tokens: int, window: int = 256) 
 def _load_16bit(session):
     from transformers import AutoModelForCausalLM
 
+    from ..quiet import quiet_libraries
     from .quantize import torch_dtype
-    from .quiet import quiet_libraries
 
     cfg = session.config
     with quiet_libraries():

@@ -116,6 +116,21 @@ class Session:
         with rolled_back_on_error(self):
             return compare(self, prompts, on_event=on_event, **options)
 
+    def stream(self, prompt: str, *, columns: list[str] | None = None, logprobs: bool = False, on_event=None,
+               **options: Any):
+        """One prompt streamed token by token from the base and each adapter (the playground's engine call).
+
+        Every token is an event on ``session.events`` (and ``on_event``); see :mod:`qlora_nb.engine.stream`.
+        """
+        from .rollback import rolled_back_on_error
+        from .stream import stream
+
+        if not isinstance(prompt, str):
+            raise QloraError(f"prompt must be text, got {'None' if prompt is None else type(prompt).__name__}.",
+                             where="prompt", hint="Pass the prompt as a str (use compare() for several).")
+        with rolled_back_on_error(self):
+            return stream(self, prompt, columns=columns, logprobs=logprobs, on_event=on_event, **options)
+
     def save(self, directory: str | Path, *, overwrite: bool = False, adapter: str | None = None) -> Path:
         from .arguments import require_bool, require_optional_name, require_path
         from .export import save_adapter
@@ -154,7 +169,7 @@ class Session:
 
     def plan(self, **options: Any):
         """The planner's prediction for this session's model and settings."""
-        from ..memory.planner import plan_session
+        from .planning import plan_session
 
         return plan_session(self, **options)
 
@@ -177,9 +192,9 @@ def load(model: str | None = None, **options: Any) -> Session:
     ``double_quant``, ``compute_dtype``, ``r``, ``alpha``, ``dropout``,
     ``targets``, ``dora``, ``rslora``, ``adapter``…).
     """
+    from ..quiet import quiet_libraries
     from .models import resolve_model
     from .quantize import attach_lora, load_base, pick_device, resolve_dtype
-    from .quiet import quiet_libraries
     from .tokenizer import load_tokenizer
 
     if model is not None:

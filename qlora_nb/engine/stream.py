@@ -1,21 +1,28 @@
-"""One prompt, streamed token by token from the base and from each adapter, on the same weights.
+"""The one generation path: prompt ids in, one streamed column per model (base first, then adapters) out.
 
-This is the engine call behind the playground (``%qlora_playground``). It is
-``compare`` for a single free-text prompt, plus what a person typing prompts
-wants to read per column: the tokens as they come, tokens/s and (optionally)
-the mean log-probability of the column's own tokens. It reuses the comparison
-helpers (:mod:`qlora_nb.engine.generate`, :mod:`qlora_nb.engine.adapters`): the base column runs inside peft's
-``disable_adapter()``, each adapter column after ``set_adapter``, the seed is
-set before every column, and every flag is restored afterwards, so it is safe
+Every generation goes through :func:`generate_columns`: ``Session.generate``
+(one column, no listener), ``Session.compare`` (each prompt's columns, as
+``compare_*`` events, :mod:`.generate`), ``Session.stream`` and the playground
+(one prompt, as ``stream_*`` events, :func:`stream`). The base column runs
+inside peft's ``disable_adapter()``, each adapter column after ``set_adapter``
+(the same weights in memory serve every column); the seed is set before every
+column and the decoding settings are the same, so a difference between columns
+comes from the adapter, not from the sampler. Every flag is restored
+afterwards (:func:`~qlora_nb.engine.adapters.evaluating`), so it is safe
 between a Stop and a Resume of a training run.
 
-Events (on ``session.events`` and ``on_event``):
+The dashboard's probes are the one exception: they decode a batch of held-out
+prompts greedily in one ``generate`` call (:mod:`.probes`) because they run at
+every evaluation, where N sequential streamed generations would cost N times the
+decoding steps; nobody watches them token by token.
+
+Events of :func:`stream` (on ``session.events`` and ``on_event``):
 
 - ``stream_begin`` {prompt, formatted, columns, notes, options}
 - ``stream_token`` {column, text, delta, ids, n_tokens}: the whole output so far (idempotent) and the
   text this token added (empty while a multi-byte character is incomplete)
-- ``stream_column`` {column, cell}: a finished column (text, ids, tokens, diff against
-  the base, diverge_at, n_tokens, seconds, tokens_per_s, mean_logprob)
+- ``stream_column`` {column, cell}: a finished column (:func:`~.columns.column_cell`; the base's
+  marks against the first adapter come with ``stream_end``, when that adapter has run)
 - ``stream_end`` {result}: :meth:`StreamResult.to_event`
 """
 
@@ -27,12 +34,151 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import GenerateConfig
-from .adapters import BASE, evaluating, use_adapter
+from .adapters import BASE, use_adapter
+from .columns import choose_columns, column_cell, column_cells
 from .compare_result import side_by_side
-from .generate import _generate, _make_streamer, _token_logprobs, choose_columns, diff_mask, diverge_index, token_pieces
-from .prompts import encode, format_prompt
+
+TokenListener = Callable[[str, list[int], str, str], None]  # (column, ids so far, text so far, delta)
 
 
+# --------------------------------------------------------------------------- streaming
+def make_streamer(tokenizer, emit: Callable[[list[int], str, str], None]):
+    """A transformers streamer that calls ``emit(ids, text, delta)`` for every new token.
+
+    Why not transformers' ``TextIteratorStreamer``: it is built for a second
+    thread (``generate`` runs in a worker and the caller iterates a queue), but
+    here ``generate`` runs on the kernel's main thread, where a Stop (SIGINT)
+    and the comm messages of the widgets arrive, and the listener is called
+    in place; it hands out text only, while the views and the diff need the
+    token ids; and it holds text back until a word boundary, which would make a
+    column jump by words and break the one-event-per-token count the views and
+    tests rely on. This one decodes the whole output at each token (so ``text``
+    is idempotent and a throttled view may drop events) and only holds back a
+    character whose UTF-8 bytes are incomplete.
+    """
+    from transformers.generation.streamers import BaseStreamer
+
+    class _Streamer(BaseStreamer):
+        """Skips the prompt, then reports every new token with the text decoded so far."""
+
+        def __init__(self) -> None:
+            self.ids: list[int] = []
+            self.prompt_seen = False
+            self.text = ""
+
+        def put(self, value) -> None:
+            if value.dim() > 1:
+                value = value[0]
+            if not self.prompt_seen:
+                self.prompt_seen = True
+                return
+            self.ids += [int(v) for v in value.tolist()]
+            text = tokenizer.decode(self.ids, skip_special_tokens=True)
+            delta = ""
+            if not text.endswith("\ufffd"):
+                delta = text[len(self.text):] if text.startswith(self.text) else text
+                self.text = text
+            emit(self.ids, self.text, delta)
+
+        def end(self) -> None:
+            text = tokenizer.decode(self.ids, skip_special_tokens=True)
+            if text != self.text:  # the output ended inside a multi-byte character: flush what is left
+                delta = text[len(self.text):] if text.startswith(self.text) else text
+                self.text = text
+                emit(self.ids, self.text, delta)
+
+    return _Streamer()
+
+
+def generate_kwargs(session, cfg: GenerateConfig) -> dict[str, Any]:
+    tok = session.tokenizer
+    kw: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.sample,
+                          "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id}
+    # Stop where training taught the model to stop (the tokenizer's eos ends every completion) as well as at the
+    # model's own end tokens.
+    gen_eos = getattr(getattr(session.model, "generation_config", None), "eos_token_id", None)
+    eos = [*(gen_eos if isinstance(gen_eos, list) else [gen_eos]), tok.eos_token_id]
+    eos = [e for i, e in enumerate(eos) if e is not None and e not in eos[:i]]
+    if eos:
+        kw["eos_token_id"] = eos
+    if cfg.sample:
+        kw.update(temperature=cfg.temperature, top_p=cfg.top_p)
+    else:  # greedy: clear sampling defaults a model's generation_config may carry
+        kw.update(temperature=None, top_p=None, top_k=None)
+    return kw
+
+
+def _generate(session, ids: list[int], cfg: GenerateConfig, streamer=None) -> list[int]:
+    import torch
+
+    input_ids = torch.tensor([ids], device=session.device)
+    torch.manual_seed(cfg.seed)
+    with torch.no_grad():
+        out = session.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                     streamer=streamer, **generate_kwargs(session, cfg))
+    return [int(t) for t in out[0, len(ids):].tolist()]
+
+
+def token_logprobs(session, prompt_ids: list[int], new_ids: list[int]) -> list[float]:
+    """log p(token) of each generated token under the model as it is configured now."""
+    import torch
+
+    if not new_ids:
+        return []
+    full = torch.tensor([prompt_ids + new_ids], device=session.device)
+    with torch.no_grad():
+        logits = session.model(input_ids=full, attention_mask=torch.ones_like(full)).logits
+    logp = torch.log_softmax(logits[0, len(prompt_ids) - 1: -1].float(), dim=-1)
+    target = torch.tensor(new_ids, device=logp.device)
+    return logp.gather(1, target[:, None])[:, 0].tolist()
+
+
+def generate_columns(session, ids: list[int], columns: list[str], cfg: GenerateConfig, state, *,
+                     on_token: TokenListener | None = None,
+                     on_column: Callable[[str, dict[str, Any]], None] | None = None,
+                     logprobs: bool = False) -> dict[str, dict[str, Any]]:
+    """Generate ``ids`` once per column on the same weights; ``{column: {ids, seconds, logprobs?, logprob_delta?}}``.
+
+    Runs inside the caller's ``evaluating(session.model)`` (``state``). ``on_token`` hears every token as it
+    comes, ``on_column`` each finished column. With ``logprobs`` each column gets the log-probability of its
+    own tokens, and each adapter column ``logprob_delta``: log p_adapter - log p_base of its tokens.
+    """
+    tok = session.tokenizer
+    runs: dict[str, dict[str, Any]] = {}
+    for column in columns:
+        streamer = None
+        if on_token is not None:
+            def emit(new_ids, text, delta, _col=column):
+                on_token(_col, new_ids, text, delta)
+
+            streamer = make_streamer(tok, emit)
+        with use_adapter(session.model, column, state):
+            started = time.perf_counter()
+            out = _generate(session, ids, cfg, streamer)
+            run: dict[str, Any] = {"ids": out, "seconds": time.perf_counter() - started}
+            if logprobs:
+                run["logprobs"] = token_logprobs(session, ids, out)
+        if logprobs and column != BASE:
+            with use_adapter(session.model, BASE, state):
+                base = token_logprobs(session, ids, out)
+            run["logprob_delta"] = [a - b for a, b in zip(run["logprobs"], base, strict=True)]
+        runs[column] = run
+        if on_column is not None:
+            on_column(column, run)
+    return runs
+
+
+def emitter(session, on_event: Callable[[dict], None] | None) -> Callable[..., None]:
+    """``emit(kind, **data)``: an event on ``session.events``, then to ``on_event``."""
+    def emit(kind: str, **data: Any) -> None:
+        event = session.events.emit(kind, **data)
+        if on_event is not None:
+            on_event(event)
+
+    return emit
+
+
+# --------------------------------------------------------------------------- one prompt, streamed
 @dataclass
 class StreamResult:
     """The columns of one streamed prompt (``cells[name]`` holds the per-column numbers)."""
@@ -94,42 +240,29 @@ def stream(session, prompt: str, *, columns: list[str] | None = None, logprobs: 
     ``options`` are :class:`~qlora_nb.config.GenerateConfig` fields
     (``max_new_tokens``, ``sample``, ``temperature``, ``top_p``, ``seed``, ``chat``).
     """
+    from .adapters import evaluating
+    from .prompts import encode, format_prompt
+
     cfg = GenerateConfig.from_options(options)
     chosen, notes = choose_columns(session, [c for c in (columns or []) if c != BASE])
     p = format_prompt(session, prompt, cfg.chat)
     ids = encode(session, p, cfg.max_new_tokens, "prompt")
-
-    def emit(kind: str, **data: Any) -> None:
-        event = session.events.emit(kind, **data)
-        if on_event is not None:
-            on_event(event)
-
+    emit = emitter(session, on_event)
     opts = {**cfg.to_dict(), "logprobs": logprobs}
     emit("stream_begin", prompt=p.shown, formatted=p.formatted, columns=list(chosen), notes=list(notes), options=opts)
     tok = session.tokenizer
-    cells: dict[str, dict[str, Any]] = {}
-    with evaluating(session.model) as state:
-        for column in chosen:
-            def on_token(new_ids, text, delta, _col=column):
-                emit("stream_token", column=_col, text=text, delta=delta, ids=list(new_ids), n_tokens=len(new_ids))
+    runs: dict[str, dict[str, Any]] = {}
 
-            with use_adapter(session.model, column, state):
-                started = time.perf_counter()
-                out = _generate(session, ids, cfg, _make_streamer(tok, on_token))
-                seconds = time.perf_counter() - started
-                mean_lp = None
-                if logprobs and out:
-                    lps = _token_logprobs(session, ids, out)
-                    mean_lp = sum(lps) / len(lps)
-            base_ids = cells[BASE]["ids"] if column != BASE else out
-            cell = {"text": tok.decode(out, skip_special_tokens=True), "ids": out, "tokens": token_pieces(tok, out),
-                    "diff": diff_mask(out, base_ids) if column != BASE else [False] * len(out),
-                    "diverge_at": diverge_index(out, base_ids) if column != BASE else None,
-                    "changed": column != BASE and out != base_ids, "n_tokens": len(out),
-                    "seconds": seconds, "tokens_per_s": len(out) / seconds if seconds > 0 else 0.0,
-                    "mean_logprob": mean_lp}
-            cells[column] = cell
-            emit("stream_column", column=column, cell=cell)
-    result = StreamResult(p.shown, p.formatted, list(chosen), cells, opts, notes)
+    def on_token(column: str, new_ids: list[int], text: str, delta: str) -> None:
+        emit("stream_token", column=column, text=text, delta=delta, ids=list(new_ids), n_tokens=len(new_ids))
+
+    def on_column(column: str, run: dict[str, Any]) -> None:
+        runs[column] = run
+        reference = None if column == BASE else runs[BASE]["ids"]  # the base: no adapter has run yet
+        emit("stream_column", column=column, cell=column_cell(tok, column, run, reference))
+
+    with evaluating(session.model) as state:
+        generate_columns(session, ids, chosen, cfg, state, on_token=on_token, on_column=on_column, logprobs=logprobs)
+    result = StreamResult(p.shown, p.formatted, list(chosen), column_cells(tok, chosen, runs), opts, notes)
     emit("stream_end", result=result.to_event())
     return result

@@ -266,11 +266,11 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from ..data.collate import ListDataset, make_collator
+    from ..quiet import quiet_libraries
     from .cpu_norm import fused_rms_norm
     from .cpu_speed import fused_lora
     from .loss import training_attention
     from .quantize import guard_cpu_repack
-    from .quiet import quiet_libraries
 
     model, tok = session.model, session.tokenizer
     guard_cpu_repack(model)

@@ -245,12 +245,6 @@ def friendly(magic: str):
 
 def _as_qlora_error(exc: BaseException, magic: str) -> QloraError:
     """An OOM explained with the planner's advice, or any other library error as one paragraph."""
-    from ..engine.lifecycle import explain_oom
+    from ..engine.lifecycle import as_qlora_error
 
-    oom = explain_oom(exc, f"%{magic}")
-    if oom is not None:
-        return oom
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return QloraError(f"{type(exc).__name__}: {first}".rstrip(": ") + ".", where=f"%{magic}",
-                      hint="This looks like a bug or an unsupported setting; rerun with --debug to see the "
-                           "traceback.")
+    return as_qlora_error(exc, f"%{magic}")

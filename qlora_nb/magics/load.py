@@ -75,7 +75,7 @@ class LoadMagics(QloraMagicsBase):
     @friendly("qlora_unload")
     def qlora_unload(self, line: str = ""):
         """Free the session's model: drop references (also in Out/_ and the last traceback), gc, empty caches."""
-        from ..engine.lifecycle import unload_from_shell
+        from .unload import unload_from_shell
 
         args = parse_args(self.qlora_unload, line, "qlora_unload", self.ns)
         session = self.session(args.session)

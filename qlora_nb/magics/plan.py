@@ -31,7 +31,7 @@ class PlanMagics(QloraMagicsBase):
         if args.output:
             self.check_bind(args.output, "Plan", flag="-o", force=args.force)
         if args.model is None:
-            from ..memory.planner import plan_session
+            from ..engine.planning import plan_session
 
             result = plan_session(self.session(args.session), **options)
         else:

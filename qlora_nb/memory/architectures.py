@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QloraError, did_you_mean
+from ..quiet import hub_offline
 
 
 @dataclass(frozen=True)
@@ -316,7 +317,7 @@ def resolve_arch(model: str) -> tuple[Arch, str]:
 
 def _hub_config(repo_id: str) -> Path | None:
     """Only config.json, never weights; None when offline or missing."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if hub_offline():
         return None
     try:
         from huggingface_hub import hf_hub_download

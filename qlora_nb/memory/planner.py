@@ -299,56 +299,35 @@ def plan(model: str | None = None, **options: Any) -> Plan:
     return build_plan(arch, cfg, source, cfg.model)
 
 
-def session_options(session) -> dict[str, Any]:
-    """PlanConfig options that describe a loaded session (its LoRA config and last run, when there is one)."""
-    c = session.config
-    opts: dict[str, Any] = {
-        "model": str(session.model_path), "bits": c.bits, "method": "qlora" if c.bits == 4 else "lora",
-        "quant": c.quant, "double_quant": c.double_quant, "r": c.r, "targets": list(c.targets),
-        "lora_dropout": c.dropout, "dora": c.dora, "compute_dtype": c.compute_dtype,
-        "device": "cuda" if str(session.device).startswith("cuda") else "cpu",
-    }
-    peft_cfg = getattr(session.model, "peft_config", {}).get(getattr(session.model, "active_adapter", None))
-    if peft_cfg is not None:
-        opts["r"] = int(peft_cfg.r)
-        tm = peft_cfg.target_modules
-        opts["targets"] = [tm] if isinstance(tm, str) else sorted(tm)
-        opts["lora_dropout"] = float(peft_cfg.lora_dropout)
-        opts["dora"] = bool(getattr(peft_cfg, "use_dora", False))
-    run_cfg = getattr(session.runs[-1], "config", None) if getattr(session, "runs", None) else None
-    if run_cfg is not None:
-        for src, dst in (("batch_size", "batch_size"), ("cutoff_len", "seq_len"),
-                         ("gradient_checkpointing", "gradient_checkpointing"), ("optimizer", "optimizer")):
-            # TrainResult.config is TrainConfig.to_dict(): a dict (an attribute lookup never matched it)
-            value = run_cfg.get(src) if isinstance(run_cfg, dict) else getattr(run_cfg, src, None)
-            if value is not None:
-                opts[dst] = value
-    return opts
+def plan_loaded(loaded: dict[str, Any], *, label: str | None = None, measured: dict[str, int] | None = None,
+                **options: Any) -> Plan:
+    """The plan for a loaded model described by plain values (``loaded``: PlanConfig options read from the
+    session by :func:`qlora_nb.engine.planning.session_plan_options`); ``options`` override them.
 
-
-def plan_session(session, *, measure: bool = True, **options: Any) -> Plan:
-    """The plan for a loaded session's model and settings (options override), with its measured ledger."""
-    opts = session_options(session)
+    ``label`` is the model name shown (the user's, not the resolved path); ``measured`` the ledger's bytes
+    by component, shown beside the prediction.
+    """
+    opts = dict(loaded)
     if "method" in options and "bits" not in options:
-        opts.pop("bits")
+        opts.pop("bits", None)
     opts.update(options)
     if opts.get("targets") and opts["targets"] != ["all-linear"]:
         names = {s.name for s in resolve_arch(opts["model"])[0].linears()}
         if set(opts["targets"]) >= names:  # peft resolved 'all-linear' into the names
             opts["targets"] = ["all-linear"]
     p = plan(**opts)
-    p.model = session.config.model
-    if measure:
-        led = session.ledger()
-        p.measured = led.as_dict()
+    if label is not None:
+        p.model = label
+    if measured is not None:
+        p.measured = measured
     return p
 
 
-def cheapest_fix(session, **options: Any) -> str | None:
-    """For OOM messages: the planner's cheapest change for this session and run settings."""
+def cheapest_fix_for(loaded: dict[str, Any], **options: Any) -> str | None:
+    """For OOM messages: the planner's cheapest change for a loaded model (plain values) and run settings."""
     known = set(PlanConfig.field_names()) | set(PlanConfig.aliases())
     opts = {k: v for k, v in options.items() if k.replace("-", "_") in known}
-    p = plan_session(session, measure=False, **opts)
+    p = plan_loaded(loaded, **opts)
     return cheapest_change(p.arch, p.config, p.limit_bytes) if p.verdict != "fits" else None
 
 

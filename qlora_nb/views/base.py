@@ -34,30 +34,51 @@ def asset(name: str) -> Path:
 
 
 _IMPORT = re.compile(r"""^import\s*\{[^}]*\}\s*from\s*["']\./([\w.-]+\.js)["'];?\s*$""", re.M)
+_ANY_IMPORT = re.compile(r"^[ \t]*import\b(?!\s*\()", re.M)  # a static import statement (not import())
+_EXPORT_DEFAULT = re.compile(r"^[ \t]*export\s+default\b", re.M)
 
 
 def esm(name: str) -> str:
-    """The ES module ``name`` with its local ``./x.js`` imports inlined.
+    """The ES module ``name`` with its local ``./x.js`` imports inlined, as one module text.
 
-    anywidget loads a module from a string/blob, where relative imports cannot
-    resolve; inlining keeps the sources as separate readable files without a
-    bundler or a network fetch. Each helper module is inlined once.
+    anywidget loads ``_esm`` from a string (a blob URL), where relative imports
+    cannot resolve, and its documented answer for several files is a bundler.
+    This is the small bundler the widgets need, without a JS toolchain in the
+    build: each helper module is inlined once, in place of its import.
+
+    Its limits, checked here and in ``tests/test_widget_js.py``:
+
+    - the only import form is one line ``import { a, b } from "./helper.js";``
+      of a file in the same folder, names used as the helper declares them (no
+      ``as``); any other static import raises ValueError;
+    - all inlined files share one module scope, so their top-level names must
+      not collide (node rejects the module otherwise; the test parses every
+      widget's module), and a helper may not ``export default``.
     """
     seen: set[str] = set()
 
-    def expand(fname: str) -> str:
+    def expand(fname: str, root: bool) -> str:
         text = asset(fname).read_text(encoding="utf-8")
+        if not root and _EXPORT_DEFAULT.search(text):
+            raise ValueError(f"widgets/{fname}: a helper module inlined by esm() cannot 'export default' (it would "
+                             "be the importing widget's default export).")
+        for m in _ANY_IMPORT.finditer(text):
+            line = text[m.start():].split("\n", 1)[0]
+            if not _IMPORT.fullmatch(line.strip()) or re.search(r"\bas\b", line):  # `as` would need renaming
+                lineno = text.count("\n", 0, m.start()) + 1
+                raise ValueError(f"widgets/{fname}, line {lineno}: {line.strip()!r} is not an import esm() can "
+                                 'inline; write it on one line as import {{ a, b }} from "./helper.js";')
 
         def sub(m: re.Match) -> str:
             dep = m.group(1)
             if dep in seen:
                 return ""
             seen.add(dep)
-            return expand(dep)
+            return expand(dep, False)
 
         return _IMPORT.sub(sub, text)
 
-    return expand(name)
+    return expand(name, True)
 
 
 # ------------------------------------------------------------------ display with a saved fallback
@@ -131,7 +152,7 @@ class QloraWidget(anywidget.AnyWidget):
         """In a kernel: the fallback output, then the widget view (each with a display id to update)."""
         from IPython.display import publish_display_data
 
-        if not _zmq_kernel():
+        if not widget_frontend():
             publish_display_data({"text/plain": self.text()})
             return
         cell = _execution_count()
@@ -175,7 +196,8 @@ def _execution_count() -> int | None:
     return getattr(shell, "execution_count", None)
 
 
-def _zmq_kernel() -> bool:
+def widget_frontend() -> bool:
+    """True inside a Jupyter (ZMQ) kernel, where widgets are displayed; False in scripts and terminals."""
     try:
         from IPython import get_ipython
     except ImportError:  # pragma: no cover

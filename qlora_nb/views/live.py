@@ -13,20 +13,34 @@ tell whether a browser is attached, so this is the best available signal;
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any
 
 from ..errors import QloraError
 from .progress import TextProgress
 
 
-def widget_frontend() -> bool:
-    """True inside a Jupyter (ZMQ) kernel, where the dashboard is displayed; False in scripts and terminals."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover
-        return False
-    shell = get_ipython()
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+def detach_widgets(ids: set[int]) -> int:
+    """Drop widget attributes that point at the objects ``ids`` (an unloaded session, its model); how many.
+
+    ipywidgets keeps every widget it ever displayed in a module-level registry
+    until the widget is closed, so a dashboard holding ``session`` would keep
+    the model alive forever after an unload. ipywidgets is only looked up, not
+    imported: when it was never imported there are no widgets to detach.
+    """
+    registry = getattr(sys.modules.get("ipywidgets.widgets.widget"), "_instances", None)
+    if not isinstance(registry, dict):
+        return 0
+    n = 0
+    for widget in list(registry.values()):
+        attrs = getattr(widget, "__dict__", None)
+        if not isinstance(attrs, dict):
+            continue
+        for key, value in list(attrs.items()):
+            if id(value) in ids:
+                attrs[key] = None
+                n += 1
+    return n
 
 
 def watch(session: Any, config: Any = None, view: str = "auto", display: bool = True):
@@ -43,6 +57,8 @@ def watch(session: Any, config: Any = None, view: str = "auto", display: bool = 
         raise QloraError(f"unknown progress view {view!r}.", where="progress", hint="use auto, widget, text or none")
     if view == "none":
         return contextlib.nullcontext()
+    from .base import widget_frontend  # one kernel check for every view (anywidget imported only here)
+
     if view == "widget" or (view == "auto" and widget_frontend()):
         from .dashboard import TrainingDashboard
 

@@ -1,7 +1,8 @@
 """The playground: type a prompt, see the base and each adapter answer side by side, token by token.
 
 A subscriber of ``session.events`` around one call of
-:func:`qlora_nb.engine.stream.stream` (the engine never imports this module).
+:meth:`Session.stream <qlora_nb.engine.session.Session.stream>`, the one generation path (the engine
+never imports this module).
 Every column comes from the same weights in memory (adapters switched or
 disabled in place). Tokens are pushed to the front end at most every
 ``interval`` seconds and whenever a column ends, so a fast model does not flood
@@ -19,6 +20,7 @@ from typing import Any
 import traitlets
 
 from ..config import GenerateConfig
+from ..engine.columns import diverge_index
 from .base import QloraWidget, esm
 from .workbench import error_text, workbench_css
 
@@ -76,8 +78,6 @@ class Playground(QloraWidget):
 
     def generate(self, prompt: str | None = None) -> Any:
         """Stream ``prompt`` (default: the prompt box) through the base and the chosen adapters."""
-        from ..engine.stream import stream
-
         if self.status == "generating":
             return None
         prompt = self.prompt if prompt is None else prompt
@@ -89,8 +89,8 @@ class Playground(QloraWidget):
         chosen = [c for c in self.chosen if c in self.available]
         self.status = "generating"
         try:
-            result = stream(self.session, prompt, columns=chosen or None, logprobs=logprobs, on_event=self.on_event,
-                            **opts)
+            result = self.session.stream(prompt, columns=chosen or None, logprobs=logprobs, on_event=self.on_event,
+                                         **opts)
         except BaseException as exc:
             self.status, self.error = "error", error_text(exc, "%qlora_playground")
             if isinstance(exc, KeyboardInterrupt):
@@ -121,7 +121,7 @@ class Playground(QloraWidget):
             cell.update(text=event["text"], ids=event["ids"], n_tokens=event["n_tokens"])
             base = self._cells.get("base", {})
             if event["column"] != "base" and base.get("done"):  # live: where this column left the base so far
-                cell["diverge_at"] = _diverge(event["ids"], base.get("ids") or [])
+                cell["diverge_at"] = diverge_index(event["ids"], base.get("ids") or [], partial=True)
             self._push()
         elif kind == "stream_column":
             self._cells[event["column"]] = {**event["cell"], "done": True}
@@ -142,9 +142,3 @@ class Playground(QloraWidget):
         return render_stream_text({"prompt": self.prompt, "columns": self.columns, "cells": self._cells,
                                    "notes": self.notes})
 
-
-def _diverge(ids: list[int], base: list[int]) -> int | None:
-    for i, (a, b) in enumerate(zip(ids, base, strict=False)):
-        if a != b:
-            return i
-    return len(base) if len(ids) > len(base) else None

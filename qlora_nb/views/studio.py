@@ -28,9 +28,8 @@ import traitlets
 from ..config import TrainConfig
 from ..errors import QloraError
 from .base import QloraWidget, esm
-from .workbench import default_values, error_text, option_specs, workbench_css, yaml_value
+from .workbench import PREVIEW_ROWS, default_values, error_text, option_specs, workbench_css, yaml_value
 
-PREVIEW_ROWS = 3
 
 class Studio(QloraWidget):
     """Data, options, memory forecast and Train/Stop/Resume for one session; ``view`` embeds the dashboard."""
@@ -185,7 +184,7 @@ class Studio(QloraWidget):
             self.preview, self.data_error = {}, error_text(exc, "studio data")
 
     def _preview_state(self, cutoff: int) -> dict[str, Any]:
-        from ..engine.generate import token_pieces
+        from ..engine.columns import token_pieces
 
         p, tok = self._preview, self.session.tokenizer
         completion_only = TrainConfig.completion_only  # not a studio control: the %%qlora_train default

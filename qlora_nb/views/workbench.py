@@ -12,16 +12,13 @@ import re
 from typing import Any
 
 from ..config import TrainConfig
-from ..errors import QloraError
 from .base import asset
-
-OPTIONS = ("max_steps", "epochs", "learning_rate", "batch_size", "gradient_accumulation_steps", "cutoff_len",
-           "val_split", "eval_steps", "optimizer", "gradient_checkpointing", "packing")
 
 
 def workbench_css() -> str:
     """The shared widget styles plus the studio/playground ones (one stylesheet string for anywidget)."""
     return asset("qlora.css").read_text(encoding="utf-8") + "\n" + asset("workbench.css").read_text(encoding="utf-8")
+
 
 OPTIONS = ("max_steps", "epochs", "learning_rate", "batch_size", "gradient_accumulation_steps", "cutoff_len",
            "val_split", "eval_steps", "optimizer", "gradient_checkpointing", "packing")
@@ -65,14 +62,6 @@ def yaml_value(value: Any) -> str:
 
 def error_text(exc: BaseException, where: str = "%qlora_studio") -> str:
     """The one paragraph the magics print for ``exc`` (a QloraError as is, an OOM with advice, else one line)."""
-    if isinstance(exc, QloraError):
-        return str(exc)
-    from ..engine.lifecycle import explain_oom
+    from ..engine.lifecycle import as_qlora_error
 
-    oom = explain_oom(exc, where)
-    if oom is not None:
-        return str(oom)
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return str(QloraError(f"{type(exc).__name__}: {first}".rstrip(": ") + ".", where=where,
-                          hint="This looks like a bug or an unsupported setting; run the copied cell with "
-                               "--debug to see the traceback."))
+    return str(as_qlora_error(exc, where, rerun="run the copied cell"))
