@@ -182,8 +182,8 @@ class GenerateConfig(OptionsBase):
                                                      "(default: all).")
     chat: bool | None = option(None, "Apply the chat template (default: yes when the tokenizer has one and "
                                      "no training template is set).")
-    logprobs: bool = option(False, "Also score each output token under the base and show how much the adapter "
-                                   "changed its log-prob (compare and the playground).")
+    logprobs: bool = option(False, "Score each output token's log-prob: compare shades each token by how much the "
+                                   "adapter changed it, the playground shows each column's mean.")
 
 
 @dataclass
@@ -290,8 +290,8 @@ class QuantReportOptions(OptionsBase):
     _kind: ClassVar[str] = "quant report option"
     _flag_in_where: ClassVar[bool] = True
 
-    sample: int | None = option(65536, "Values per weight to quantize (whole rows, at least one block of 64); "
-                                       "'all' for every value (slow on CPU).", min=64, words={"all": None})
+    sample: int | None = option(65536, "Values per weight to quantize (whole rows of blocks of 64); 'all' for "
+                                       "every value (slow on CPU).", min=64, words={"all": None})
     max_tokens: int = option(512, "Held-out tokens for the 4-bit vs 16-bit perplexity.", min=2)
     perplexity: bool = option(True, "Measure the 4-bit vs 16-bit perplexity (loads a temporary 16-bit copy).",
                               aliases=("perplexity_check",))

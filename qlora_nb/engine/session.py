@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import LoadConfig, MergeOptions, SaveOptions
+from ..config import ExportOptions, LoadConfig, MergeOptions, SaveOptions
 from ..errors import QloraError
 from ..events import EventBus
 
@@ -149,7 +149,8 @@ class Session:
         with rolled_back_on_error(self):
             return merge(self, directory, dtype=dtype, overwrite=require_bool(overwrite, "overwrite"), **options)
 
-    def export(self, directory: str | Path, *, overwrite: bool = False, **options: Any) -> Path:
+    def export(self, directory: str | Path, *, overwrite: bool = ExportOptions.overwrite, **options: Any) -> Path:
+        """train.py + accelerate configs; options are :class:`~qlora_nb.config.ExportOptions` and TrainConfig's."""
         from .accelerate_export import export_script
         from .arguments import require_bool, require_path
 
