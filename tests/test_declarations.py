@@ -169,3 +169,58 @@ def test_widget_specs_describe_each_field():
                                    "optional": False}
     assert specs["gpu"]["optional"] and specs["targets"]["kind"] == "list" and specs["gpu"]["kind"] == "str"
     assert isinstance(C.LORA_R, Concept)
+
+
+FAKE_DOM = """
+class N { constructor(tag) { this.tag = tag; this.kids = []; this.attrs = {}; this.style = {};
+  this.classList = { add() {}, remove() {}, toggle() {} }; }
+  append(...k) { this.kids.push(...k); } setAttribute(k, v) { this.attrs[k] = v; } getAttribute(k) { return this.attrs[k]; }
+  addEventListener() {} removeEventListener() {} replaceChildren(...k) { this.kids = k; } focus() {}
+  closest() { return { classList: { toggle() {} } }; }
+  all() { return [this, ...this.kids.filter((k) => k instanceof N).flatMap((k) => k.all())]; }
+  querySelectorAll(sel) { const id = /data-testid="([^"]+)"/.exec(sel); return this.all().filter((n) => id && n.attrs["data-testid"] === id[1]); }
+  querySelector(sel) { return this.querySelectorAll(sel)[0] || null; } }
+globalThis.document = { createElement: (t) => new N(t), createElementNS: (ns, t) => new N(t), activeElement: null };
+"""
+
+
+def _render(tmp_path, module: str, state: dict):
+    """Render a widget's ES module in node against a minimal DOM; the data-testids and <option> values it drew."""
+    import json
+    import shutil
+    import subprocess
+
+    if shutil.which("node") is None:
+        pytest.skip("node not installed")
+    (tmp_path / "m.mjs").write_text(esm(module), encoding="utf-8")
+    script = FAKE_DOM + f"""const m = await import('./m.mjs'); const state = {json.dumps(state)};
+const model = {{ get: (k) => state[k], set: (k, v) => {{ state[k] = v; }}, save_changes() {{}}, on() {{}}, off() {{}},
+  send() {{}} }};
+const host = new N("div"); m.default.render({{ model, el: host }});
+const nodes = host.all();
+console.log(JSON.stringify({{ ids: nodes.map((n) => n.attrs["data-testid"]).filter(Boolean),
+  options: Object.fromEntries(nodes.filter((n) => n.tag === "select").map((s) => [s.attrs["data-testid"],
+    s.kids.map((o) => o.value)])) }}));"""
+    out = subprocess.run(["node", "--input-type=module", "-e", script], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_widgets_draw_the_controls_python_sends(tmp_path):
+    import qlora_nb
+    from qlora_nb.views.planner import PlannerWidget
+    from qlora_nb.views.playground import Playground
+
+    w = PlannerWidget(qlora_nb.plan("smollm2-135m", gpu="24GB"))
+    state = {k: getattr(w, k) for k in ("archs", "arch", "options", "choices", "constants", "limit_bytes", "measured")}
+    state["choices"] = {**state["choices"], "optimizer": ["adamw", "my_new_optimizer"]}  # a list the JS never saw
+    drawn = _render(tmp_path, "planner.js", state)
+    assert drawn["options"]["plan-optimizer"] == ["adamw", "my_new_optimizer"]
+    assert drawn["options"]["plan-method"] == list(C.METHODS) and drawn["options"]["plan-quant"] == ["nf4", "fp4"]
+    session = SimpleNamespace(adapters={}, model=SimpleNamespace(peft_config={}), config=SimpleNamespace(model="m"))
+    pg = Playground(session)
+    state = {k: getattr(pg, k) for k in ("title", "prompt", "specs", "options", "available", "chosen", "columns",
+                                         "cells", "notes", "history", "status", "error")}
+    drawn = _render(tmp_path, "playground.js", state)
+    assert [i[4:] for i in drawn["ids"] if i.startswith("gen-")] == [s["name"] for s in pg.specs]
