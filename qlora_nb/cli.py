@@ -7,6 +7,7 @@ import sys
 import time
 from typing import NamedTuple
 
+from .config import MODEL
 from .errors import QloraError
 
 
@@ -85,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qlora_nb")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("fetch-model", help="Download and convert the demo model into the cache.")
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default=MODEL.default, help=f"The demo model (default {MODEL.default}).")
     p.set_defaults(fn=fetch_model)
     p = sub.add_parser("demo", help="Load, quantize, attach LoRA, train on the demo data, compare.")
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default=MODEL.default, help=f"The demo model (default {MODEL.default}).")
     p.add_argument("--steps", type=int, default=60, help="Training steps (default 60).")
     p.add_argument("--lr", type=float, default=5e-4, help="Peak learning rate (default 5e-4).")
     p.add_argument("--eval-rows", dest="eval_rows", type=int, default=16, help="Held-out rows scored (default 16).")

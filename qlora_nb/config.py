@@ -1,10 +1,14 @@
-"""The option declarations: what ``%qlora_load``, ``%%qlora_train``, ``%qlora_compare`` and ``%qlora_plan`` accept.
+"""The option declarations: what every magic and its Python twin accept.
 
-One declaration per option: each field (via :func:`~qlora_nb.options.option`)
+One declaration per concept: each field (via :func:`~qlora_nb.options.option`)
 carries its help text, accepted values, range and aliases, and that drives
-validation, the magics' flags and ``%magic?`` help, YAML round-trips and the
-error messages. Names follow ``TrainingArguments`` / ``LoraConfig`` where they
-overlap; the short names the issues use (``alpha``, ``targets``, ``epochs``…)
+validation, the magics' flags and ``%magic?`` help, the widgets' controls,
+YAML round-trips and the error messages. A concept that several classes share
+(quantization, LoRA, batch and sequence length, the optimizer) is a
+:class:`~qlora_nb.options.Concept` below, used by each class that has it, so
+``%qlora_plan`` forecasts with the defaults a default ``%%qlora_train`` runs.
+Names follow ``TrainingArguments`` / ``LoraConfig`` where they overlap; the
+short names the issues use (``alpha``, ``dropout``, ``targets``, ``epochs``…)
 are the canonical ones and the library names are accepted as aliases.
 """
 
@@ -14,11 +18,62 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import QloraError
-from .options import OptionsBase, option
+from .options import Concept, OptionsBase, option
 from .units import parse_memory
 
 DTYPES = ("bfloat16", "float16", "float32")
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+METHODS = ("full", "lora", "qlora")
+
+# The notebook names a magic binds when none is given (``--session`` / ``-o``), for magics and views alike.
+SESSION_NAME = "qlora"
+TRAIN_RESULT_NAME = "train_result"
+
+# ---------------------------------------------------------------- shared concepts (one declaration each)
+MODEL = Concept("model", "smollm2-135m", "Alias from the built-in table (smollm2-135m), a local HF folder, a .gguf "
+                "file or a hub id. Planning also takes the architectures table's names (llama-2-7b) and a "
+                "config.json, and fetches only a hub model's config.")
+QUANT = Concept("quant", "nf4", "4-bit data type: NormalFloat4 (QLoRA) or FP4 (E2M1).", choices=("nf4", "fp4"))
+DOUBLE_QUANT = Concept("double_quant", True, "Quantize the per-block absmax constants to 8 bits in blocks of 256.")
+COMPUTE_DTYPE = Concept(
+    "compute_dtype", "auto", "dtype of the matmuls, activations and 16-bit weights. auto: bfloat16 on CPU and on "
+    "GPUs of compute capability >= 8.0, float16 (with a loss scaler) on older GPUs such as T4/V100 (see "
+    "qlora_nb.precision); both cost 2 bytes, which is what the planner counts.",
+    choices=("auto",) + DTYPES + tuple(DTYPE_ALIASES))
+LORA_R = Concept("r", 16, "LoRA rank r: each adapted matrix gets r*(d_in+d_out) trainable parameters.", min=1,
+                 flags=("-r",))
+DROPOUT = Concept("dropout", 0.05, "Dropout on the LoRA input (QLoRA: 0.05-0.1); > 0 keeps a dropped copy of each "
+                  "adapted input for backward.", min=0.0, max=0.99, aliases=("lora_dropout",))
+TARGETS = Concept("targets", factory=lambda: ["all-linear"], help="Modules that get adapters: 'all-linear' (QLoRA) "
+                  "or module names such as q_proj,v_proj.", aliases=("target_modules",))
+DORA = Concept("dora", False, "Weight-decomposed LoRA (DoRA): adds a magnitude vector (d_out) per adapted matrix.",
+               aliases=("use_dora",))
+BATCH_SIZE = Concept("batch_size", 8, "Rows per device per step.", min=1, aliases=("per_device_train_batch_size",))
+GRADIENT_CHECKPOINTING = Concept("gradient_checkpointing", False, "Recompute activations in backward to save "
+                                 "memory.")
+OPTIMIZER = Concept("optimizer", "adamw", "Optimizer; paged_* fall back to unpaged on CPU.", choices=OPTIMIZERS,
+                    aliases=("optim",))
+OVERWRITE = Concept("overwrite", False, "Replace a folder that qlora_nb wrote before (a saved adapter, merged "
+                    "model, exported job or run). A folder holding anything else, the notebook's folder and the "
+                    "base model's folder are never replaced.")
+# The longest tokenized row: training truncates there (cutoff_len) and the planner forecasts rows that long
+# (seq_len, its worst case), so both read this one default and help.
+_SEQ_DEFAULT, _SEQ_HELP = 256, ("Longest tokenized row: longer rows are truncated (and counted). The planner "
+                                "forecasts rows this long, the worst case of a batch.")
+CUTOFF_LEN = Concept("cutoff_len", _SEQ_DEFAULT, _SEQ_HELP, min=8, aliases=("max_seq_length", "max_length"))
+SEQ_LEN = Concept("seq_len", _SEQ_DEFAULT, _SEQ_HELP, min=1, aliases=("cutoff_len", "max_seq_length"))
+
+
+def _dtype(value: str) -> str:
+    return DTYPE_ALIASES.get(value, value)
+
+
+def _check_targets(targets: list[Any], where: str) -> list[str]:
+    if not targets:
+        raise QloraError("targets is empty.", where=where, hint="Use 'all-linear' or name modules such as "
+                                                                 "q_proj,v_proj.")
+    return [str(t) for t in targets]
 
 
 @dataclass
@@ -27,30 +82,20 @@ class LoadConfig(OptionsBase):
 
     _kind: ClassVar[str] = "load option"
 
-    model: str = option("smollm2-135m", "Alias from the built-in table, a local HF folder, a .gguf file or a hub id.")
+    model: str = MODEL()
     bits: int = option(4, "Base weight storage: 4 (QLoRA), 8 (LLM.int8) or 16 (plain LoRA).", choices=(4, 8, 16))
-    quant: str = option("nf4", "4-bit data type: NormalFloat4 (QLoRA) or FP4 (E2M1).", choices=("nf4", "fp4"))
-    double_quant: bool = option(True, "Quantize the per-block absmax constants to 8 bits in blocks of 256.")
+    quant: str = QUANT()
+    double_quant: bool = DOUBLE_QUANT()
     quant_storage: str = option("uint8", "dtype the packed 4-bit weights are stored in; FSDP-QLoRA needs the float "
                                          "dtype of the other weights (bfloat16) so it can shard them.",
                                 choices=("uint8",) + DTYPES)
-    compute_dtype: str = option(
-        "auto", "dtype of the matmuls and of 16-bit weights. auto: bfloat16 on CPU and on GPUs of compute "
-                "capability >= 8.0, float16 (with a loss scaler) on older GPUs such as T4/V100 "
-                "(see qlora_nb.precision).", choices=("auto",) + DTYPES + tuple(DTYPE_ALIASES)
-    )
-    r: int = option(16, "LoRA rank r: each adapted matrix gets r*(d_in+d_out) trainable parameters.", min=1,
-                    flags=("-r",))
+    compute_dtype: str = COMPUTE_DTYPE()
+    r: int = LORA_R()
     alpha: float = option(32.0, "LoRA alpha: the update is scaled by alpha/r (alpha/sqrt(r) with rslora).",
                           min=0, min_exclusive=True, aliases=("lora_alpha",))
-    dropout: float = option(0.05, "Dropout on the LoRA input (QLoRA: 0.05-0.1).", min=0.0, max=0.99,
-                            aliases=("lora_dropout",))
-    targets: list[str] = option(
-        factory=lambda: ["all-linear"],
-        help="Modules that get adapters: 'all-linear' (QLoRA) or module names such as q_proj,v_proj.",
-        aliases=("target_modules",),
-    )
-    dora: bool = option(False, "Weight-decomposed LoRA (DoRA).", aliases=("use_dora",))
+    dropout: float = DROPOUT()
+    targets: list[str] = TARGETS()
+    dora: bool = DORA()
     rslora: bool = option(False, "Rank-stabilised scaling alpha/sqrt(r).", aliases=("use_rslora",))
     adapter: str | None = option(None, "A saved adapter folder to load instead of fresh adapters.")
     adapter_name: str = option("default", "Name of the (first) adapter in the session.")
@@ -60,14 +105,8 @@ class LoadConfig(OptionsBase):
     device: str = option("auto", "Where to run: auto (cuda when available), cpu or cuda.", choices=("auto", "cpu", "cuda"))
 
     def validate(self) -> None:
-        self.compute_dtype = DTYPE_ALIASES.get(self.compute_dtype, self.compute_dtype)
-        if not self.targets:
-            raise QloraError("targets is empty.", where="load option 'targets'",
-                             hint="Use 'all-linear' or name modules such as q_proj,v_proj.")
-        self.targets = [str(t) for t in self.targets]
-
-
-OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+        self.compute_dtype = _dtype(self.compute_dtype)
+        self.targets = _check_targets(self.targets, self.where("targets"))
 
 
 @dataclass
@@ -80,13 +119,12 @@ class TrainConfig(OptionsBase):
                              "(list of dicts / DataFrame) from the notebook.")
     template: str | None = option(None, "Format string; everything before {output} is the prompt. "
                                         "None: chat template for 'messages' rows, or prompt/completion columns.")
-    cutoff_len: int = option(256, "Longest tokenized example; longer rows are truncated and counted.", min=8,
-                             aliases=("max_seq_length", "max_length"))
+    cutoff_len: int = CUTOFF_LEN()
     val_split: float = option(0.1, "Fraction (or count when >= 1) of rows held out for evaluation.", min=0.0)
     epochs: float = option(3.0, "Passes over the training rows (ignored when max_steps > 0).", min=0,
                            min_exclusive=True, aliases=("num_train_epochs",))
     max_steps: int = option(-1, "Stop after this many optimizer steps (-1: use epochs).", min=-1)
-    batch_size: int = option(8, "Rows per device per step.", min=1, aliases=("per_device_train_batch_size",))
+    batch_size: int = BATCH_SIZE()
     gradient_accumulation_steps: int = option(1, "Micro-batches accumulated per optimizer step.", min=1)
     learning_rate: float = option(2e-4, "Peak learning rate (QLoRA: 2e-4 for 7B, 1e-4 for 65B).", min=0,
                                   min_exclusive=True, aliases=("lr",))
@@ -104,9 +142,8 @@ class TrainConfig(OptionsBase):
     group_by_length: bool = option(True, "Batch rows of similar length so little compute is spent on padding.")
     packing: bool = option(False, "Concatenate rows into cutoff_len blocks (no padding at all).")
     completion_only: bool = option(True, "Mask the prompt from the loss: learn only the completion.")
-    optimizer: str = option("adamw", "Optimizer; paged_* fall back to unpaged on CPU.", choices=OPTIMIZERS,
-                            aliases=("optim",))
-    gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
+    optimizer: str = OPTIMIZER()
+    gradient_checkpointing: bool = GRADIENT_CHECKPOINTING()
     seed: int = option(42, "Seed for shuffling, dropout and the split.", min=0)
     output_dir: str | None = option(None, "Where checkpoints and the final adapter go (default: runs/<name>).")
     run_name: str | None = option(None, "Name of this run (default: run-<date>-<time>); output_dir defaults to "
@@ -117,7 +154,7 @@ class TrainConfig(OptionsBase):
                           aliases=("resume_from_checkpoint",))
     probes: list[str] = option(factory=list, help="Prompts generated base vs adapted at each eval.")
     n_probes: int = option(2, "How many validation rows to use as probes when probes is empty.", min=0)
-    overwrite: bool = option(False, "Reuse a non-empty output_dir that holds another run.")
+    overwrite: bool = OVERWRITE()
     fused_lora: bool = option(True, "CPU: train each LoRA layer and each Llama-family RMSNorm as one fused op "
                                     "(same maths; dropout masks from 16-bit draws, rate rounded to 1/65536); "
                                     "false: peft's and transformers' own modules.")
@@ -145,6 +182,8 @@ class GenerateConfig(OptionsBase):
                                                      "(default: all).")
     chat: bool | None = option(None, "Apply the chat template (default: yes when the tokenizer has one and "
                                      "no training template is set).")
+    logprobs: bool = option(False, "Score each output token's log-prob: compare shades each token by how much the "
+                                   "adapter changed it, the playground shows each column's mean.")
 
 
 @dataclass
@@ -153,37 +192,31 @@ class PlanConfig(OptionsBase):
 
     _kind: ClassVar[str] = "plan option"
 
-    model: str = option("smollm2-135m", "Name from the architectures table, a local config.json/model folder "
-                                        "or a hub id (only its config is fetched).")
+    model: str = MODEL()
     gpu: str | None = option(None, "Memory to fit in: '24GB', '80GiB', '512MB' or a number of GB (GB = GiB, as GPU "
                                    "makers count). Default: this machine's RAM on cpu, the visible GPU or 24GB.")
     method: str = option("qlora", "full fine-tuning, lora on a 16-bit base, or qlora on a 4-bit base.",
-                         choices=("full", "lora", "qlora"))
+                         choices=METHODS)
+    # Not LoadConfig's bits (default 4): here the method decides unless bits is given (lora + bits 8 = LLM.int8).
     bits: int | None = option(None, "Base storage override: 4, 8 (LLM.int8 + LoRA) or 16; default from method.",
                               choices=(4, 8, 16))
-    quant: str = option("nf4", "4-bit data type.", choices=("nf4", "fp4"))
-    double_quant: bool = option(True, "Quantize the absmax constants (8 bits, blocks of 256).")
-    r: int = option(16, "LoRA rank.", min=1, flags=("-r",))
-    targets: list[str] = option(factory=lambda: ["all-linear"], help="LoRA targets: all-linear or module names.",
-                                aliases=("target_modules",))
-    lora_dropout: float = option(0.05, "LoRA dropout (> 0 keeps a dropped fp32 copy of each adapted input).",
-                                 min=0.0, max=0.99, aliases=("dropout",))
-    dora: bool = option(False, "DoRA adds a magnitude vector (d_out) per adapted matrix.", aliases=("use_dora",))
-    seq_len: int = option(512, "Tokens per row.", min=1, aliases=("cutoff_len", "max_seq_length"))
-    batch_size: int = option(4, "Rows per step.", min=1, aliases=("per_device_train_batch_size",))
-    gradient_checkpointing: bool = option(False, "Recompute activations in backward.")
-    optimizer: str = option("adamw", "Optimizer.", choices=OPTIMIZERS, aliases=("optim",))
-    compute_dtype: str = option("bfloat16", "dtype of activations and 16-bit weights.",
-                                choices=DTYPES + tuple(DTYPE_ALIASES))
+    quant: str = QUANT()
+    double_quant: bool = DOUBLE_QUANT()
+    r: int = LORA_R()
+    targets: list[str] = TARGETS()
+    dropout: float = DROPOUT()
+    dora: bool = DORA()
+    seq_len: int = SEQ_LEN()
+    batch_size: int = BATCH_SIZE()
+    gradient_checkpointing: bool = GRADIENT_CHECKPOINTING()
+    optimizer: str = OPTIMIZER()
+    compute_dtype: str = COMPUTE_DTYPE()
     device: str = option("cuda", "Where training runs: cuda (allocator bytes) or cpu (process RSS).",
                          choices=("cuda", "cpu"))
 
     def validate(self) -> None:
-        self.compute_dtype = DTYPE_ALIASES.get(self.compute_dtype, self.compute_dtype)
-        if not self.targets:
-            raise QloraError("targets is empty.", where="plan option 'targets'",
-                             hint="Use 'all-linear' or module names such as q_proj,v_proj.")
-        self.targets = [str(t) for t in self.targets]
+        self.compute_dtype = _dtype(self.compute_dtype)
+        self.targets = _check_targets(self.targets, self.where("targets"))
         if self.gpu is not None:
             parse_memory(self.gpu)  # refuse "0GB", "-3", "lots" here, naming the option
         if self.method == "full" and self.bits not in (None, 16):
@@ -194,7 +227,71 @@ class PlanConfig(OptionsBase):
                              hint="Use method: lora, or bits: 4/8.")
 
     @property
+    def lora_dropout(self) -> float:
+        """The old PlanConfig name of ``dropout`` (still accepted as a keyword too)."""
+        return self.dropout
+
+    @property
     def base_bits(self) -> int:
         if self.bits is not None:
             return self.bits
         return 4 if self.method == "qlora" else 16
+
+
+# ---------------------------------------------------------------- what save, merge, export and quant_report take
+ADAPTER = Concept("adapter", None, "Adapter to use (default: the active one).")
+
+
+@dataclass
+class SaveOptions(OptionsBase):
+    """``%qlora_save`` / ``Session.save``: write an adapter as a standard PEFT folder."""
+
+    _kind: ClassVar[str] = "save option"
+    _flag_in_where: ClassVar[bool] = True
+
+    overwrite: bool = OVERWRITE()
+    adapter: str | None = ADAPTER()
+
+
+@dataclass
+class MergeOptions(OptionsBase):
+    """``%qlora_merge`` / ``Session.merge``: a verified 16/32-bit merged copy of the base."""
+
+    _kind: ClassVar[str] = "merge option"
+    _flag_in_where: ClassVar[bool] = True
+
+    dtype: str = option("bfloat16", "dtype of the merged weights; float32 is exact.",
+                        choices=DTYPES + tuple(DTYPE_ALIASES))
+    overwrite: bool = OVERWRITE()
+    verify: bool = option(True, "Reload the merged folder and compare its weights and logits with the session.")
+    adapter: str | None = ADAPTER()
+
+    def validate(self) -> None:
+        self.dtype = _dtype(self.dtype)
+
+
+@dataclass
+class ExportOptions(OptionsBase):
+    """``%qlora_export`` / ``Session.export``: a standalone train.py and configs for ``accelerate launch``."""
+
+    _kind: ClassVar[str] = "export option"
+    _flag_in_where: ClassVar[bool] = True
+
+    overwrite: bool = OVERWRITE()
+    num_processes: int = option(2, "Processes (GPUs) per machine written into the accelerate config.", min=1)
+    fsdp: bool = option(False, "Make the FSDP-QLoRA config the default in the README.")
+    data: str | None = option(None, "Data file for the script (default: the last run's data file).")
+
+
+@dataclass
+class QuantReportOptions(OptionsBase):
+    """``%qlora_quant_report`` / ``Session.quant_report``: what 4-bit storage costs in error and perplexity."""
+
+    _kind: ClassVar[str] = "quant report option"
+    _flag_in_where: ClassVar[bool] = True
+
+    sample: int | None = option(65536, "Values per weight to quantize (whole rows of blocks of 64); 'all' for "
+                                       "every value (slow on CPU).", min=64, words={"all": None})
+    max_tokens: int = option(512, "Held-out tokens for the 4-bit vs 16-bit perplexity.", min=2)
+    perplexity: bool = option(True, "Measure the 4-bit vs 16-bit perplexity (loads a temporary 16-bit copy).",
+                              aliases=("perplexity_check",))

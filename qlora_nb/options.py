@@ -1,9 +1,12 @@
 """The option machinery: dataclass fields that carry their own help, choices, range and aliases.
 
 Each field's ``metadata`` (the peft ``LoraConfig`` style) drives validation,
-YAML round-trips, the error messages and the magics' generated flags and
-``%magic?`` help (:mod:`qlora_nb.magics.flags`). The declarations themselves
-are in :mod:`qlora_nb.config`.
+YAML round-trips, the error messages, the magics' generated flags and
+``%magic?`` help (:mod:`qlora_nb.magics.flags`) and the widgets' controls
+(:func:`option_specs`). A concept that several option classes share (the LoRA
+rank, the batch size…) is a :class:`Concept`, declared once and used as each
+class's field, so its name, default, help and range cannot drift apart. The
+declarations themselves are in :mod:`qlora_nb.config`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -35,11 +38,14 @@ def option(
     aliases: tuple[str, ...] = (),
     flags: tuple[str, ...] = (),
     factory: Any = dataclasses.MISSING,
+    words: Mapping[str, Any] | None = None,
+    concept: Concept | None = None,
 ) -> Any:
     """A dataclass field with the metadata that validation, the magics' flags and their help read.
 
     ``aliases`` are other accepted names (YAML keys, keyword arguments and
-    ``--flags``); ``flags`` are extra command-line spellings only (e.g. ``-r``).
+    ``--flags``); ``flags`` are extra command-line spellings only (e.g. ``-r``);
+    ``words`` are values written as text (``{"all": None}``: ``--sample all``).
     """
     meta = {
         "help": help,
@@ -49,10 +55,31 @@ def option(
         "min_exclusive": min_exclusive,
         "aliases": aliases,
         "flags": flags,
+        "words": dict(words or {}),
+        "concept": concept,
     }
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+class Concept:
+    """One option concept, declared once: its name, default, help, choices, range and aliases.
+
+    Calling it gives a fresh dataclass field for each options class that has the
+    concept (``r: int = LORA_R()``), so ``LoadConfig`` and ``PlanConfig`` cannot
+    drift apart: the field must be named ``name`` (checked when the class is
+    built) and a test checks that no two classes declare one name differently.
+    """
+
+    def __init__(self, name: str, default: Any = dataclasses.MISSING, help: str = "", **meta: Any) -> None:
+        self.name, self.default, self.help, self.meta = name, default, help, meta
+
+    def __call__(self) -> Any:
+        return option(self.default, self.help, concept=self, **self.meta)
+
+    def __repr__(self) -> str:
+        return f"Concept({self.name!r})"
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
@@ -71,7 +98,14 @@ def field_type(cls: type, name: str) -> Any:
     return _strip_optional(typing.get_type_hints(cls)[name])[0]
 
 
-def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
+def _type_hint(base: Any, words: Mapping[str, Any] | None) -> str | None:
+    extra = "".join(f" or {w!r}" for w in words or {})
+    if base is int:
+        return f"It takes whole numbers{extra}."
+    return f"It takes a number{extra}." if base is float and extra else None
+
+
+def _coerce(name: str, value: Any, tp: Any, where: str, words: Mapping[str, Any] | None = None) -> Any:
     """Turn YAML / command-line values into the field's type, or say why not."""
     base, optional = _strip_optional(tp)
     if value is None:
@@ -82,7 +116,7 @@ def _coerce(name: str, value: Any, tp: Any, where: str) -> Any:
         return None
     bad = QloraError(
         f"{value!r} is not a valid value for {name} (expected {getattr(base, '__name__', str(base))}).",
-        where=where,
+        where=where, hint=_type_hint(base, words),
     )
     if base is bool:
         if isinstance(value, bool):
@@ -144,6 +178,21 @@ class OptionsBase:
     """Validation, aliases and YAML round-trip shared by every options dataclass."""
 
     _kind: ClassVar[str] = "option"
+    _flag_in_where: ClassVar[bool] = False  # errors also name the --flag (options that are mostly flags)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A :class:`Concept` used under another name would be two names for one thing: refuse it."""
+        super().__init_subclass__(**kwargs)
+        for name, value in list(vars(cls).items()):
+            concept = getattr(value, "metadata", {}).get("concept") if isinstance(value, dataclasses.Field) else None
+            if concept is not None and concept.name != name:
+                raise TypeError(f"{cls.__name__}.{name} uses the concept {concept.name!r} under another name")
+
+    @classmethod
+    def where(cls, name: str) -> str:
+        """How an error names option ``name``: ``merge option 'dtype' (--dtype)``."""
+        text = f"{cls._kind} {name!r}"
+        return f"{text} (--{name.replace('_', '-')})" if cls._flag_in_where else text
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -188,9 +237,13 @@ class OptionsBase:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            where = f"{self._kind} {f.name!r}"
-            value = _coerce(f.name, getattr(self, f.name), hints[f.name], where)
+            where = self.where(f.name)
             meta = f.metadata
+            value = getattr(self, f.name)
+            words = meta.get("words") or {}
+            if isinstance(value, str) and value.strip().lower() in words:
+                value = words[value.strip().lower()]
+            value = _coerce(f.name, value, hints[f.name], where, words)
             choices = meta.get("choices")
             if choices is not None and value is not None:
                 if isinstance(value, str):
@@ -234,3 +287,32 @@ class OptionsBase:
         for k, v in changes.items():
             current[self._canonical(k)] = v
         return type(self)(**current)
+
+
+def _kind_of(cls: type, f: dataclasses.Field) -> str:
+    tp = field_type(cls, f.name)
+    if f.metadata.get("choices"):
+        return "choice"
+    return {bool: "bool", int: "int", float: "float", str: "str"}.get(tp, "list" if typing.get_origin(tp) in
+                                                                          (list, tuple) else "text")
+
+
+def option_specs(cls: type[OptionsBase], names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """One widget control description per field of ``cls`` (all, or ``names`` in that order).
+
+    What the widgets draw their controls from (kind, choices, range, default,
+    help), so a choice list or a default lives only in the declaration.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for name in names if names is not None else fields:
+        f = fields[name]
+        meta = f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        specs.append({"name": name, "kind": _kind_of(cls, f), "default": default, "help": meta.get("help", ""),
+                      "choices": list(meta["choices"]) if meta.get("choices") else None,
+                      "min": meta.get("min"), "max": meta.get("max"), "min_exclusive": bool(meta.get("min_exclusive")),
+                      "optional": _strip_optional(hints[name])[1]})
+    return specs

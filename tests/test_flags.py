@@ -6,18 +6,30 @@ import dataclasses
 
 import pytest
 
-from qlora_nb.config import GenerateConfig, LoadConfig, PlanConfig
+from qlora_nb.config import (
+    ExportOptions,
+    GenerateConfig,
+    LoadConfig,
+    MergeOptions,
+    PlanConfig,
+    QuantReportOptions,
+    SaveOptions,
+)
 from qlora_nb.magics.base import parse_args
 from qlora_nb.magics.compare import CompareMagics
+from qlora_nb.magics.export import ExportMagics
 from qlora_nb.magics.flags import options_from_args
 from qlora_nb.magics.load import LoadMagics
 from qlora_nb.magics.plan import PlanMagics
 
 CASES = [(LoadMagics.qlora_load, LoadConfig, {"model"}), (PlanMagics.qlora_plan, PlanConfig, {"model"}),
-         (CompareMagics.qlora_compare, GenerateConfig, set())]
+         (CompareMagics.qlora_compare, GenerateConfig, set()), (ExportMagics.qlora_save, SaveOptions, set()),
+         (ExportMagics.qlora_merge, MergeOptions, set()), (ExportMagics.qlora_export, ExportOptions, set()),
+         (PlanMagics.qlora_quant_report, QuantReportOptions, set())]
 
 
-@pytest.mark.parametrize("magic,cls,positional", CASES, ids=["load", "plan", "compare"])
+@pytest.mark.parametrize("magic,cls,positional", CASES,
+                         ids=["load", "plan", "compare", "save", "merge", "export", "quant_report"])
 def test_every_field_is_a_flag_with_its_help(magic, cls, positional):
     flags = {s for a in magic.parser._actions for s in a.option_strings}
     for f in dataclasses.fields(cls):

@@ -2,7 +2,7 @@
 // so sliders re-plan in the browser without a kernel round-trip (tests compare both on a grid via node).
 import { el, bytes, mount, listen } from "./format.js";
 
-const DT = { bfloat16: 2, float16: 2, float32: 4 };
+const DT = { bfloat16: 2, float16: 2, float32: 4, auto: 2 };  // auto: bfloat16 or float16, 2 bytes either way
 const PLAN_KEYS = ["quantized_weights", "quant_constants", "other_weights", "adapters", "gradients",
   "optimizer_states", "activations", "logits", "overhead"];
 const PCOLORS = {
@@ -63,7 +63,7 @@ export function components(a, o, K) {
   const h = a.hidden, qd = a.heads * a.head_dim, kvd = a.kv_heads * a.head_dim, cpu = o.device === "cpu";
   let per = a.norms_per_layer * (4 * h + 4) + cd * (2 * qd + 2 * kvd) + 4 * a.heads + 3 * cd * a.intermediate;
   if (!full) {
-    const perIn = 4 + (o.lora_dropout > 0 ? (cpu ? 4 : 1) : 0);
+    const perIn = 4 + (o.dropout > 0 ? (cpu ? 4 : 1) : 0);
     let lora = 0;
     for (const m of mats) lora += (perIn * m.d_in + 4 * o.r) * m.count;
     per += Math.floor(lora / a.layers);
@@ -144,6 +144,7 @@ function render({ model, el: host }) {
   mount(host, root);
   const { off } = listen(model);  // no model listeners (it redraws from its own inputs); render still returns it
   const archs = model.get("archs"), K = model.get("constants");
+  const C = model.get("choices");  // method / quant / optimizer choices, from PlanConfig's declarations
   const state = { ...model.get("options") };
   build();
   // (re)builds the controls from `state`: after "apply" every control shows the applied option
@@ -177,14 +178,14 @@ function render({ model, el: host }) {
     const controls = el("div", { class: "qn-controls" },
       control("model", select("model", names)),
       control("memory (GiB)", range("gpu_gib", gpus.includes(state.gpu_gib) ? gpus : [...gpus, state.gpu_gib].sort((x, y) => x - y))),
-      control("method", select("method", ["full", "lora", "qlora"])),
-      control("quant", select("quant", ["nf4", "fp4"])),
+      control("method", select("method", C.method)),
+      control("quant", select("quant", C.quant)),
       control("double quant", check("double_quant")),
       control("r", range("r", pow2(1, 512))),
       control("seq_len", range("seq_len", pow2(64, 32768))),
       control("batch", range("batch_size", pow2(1, 128))),
       control("checkpointing", check("gradient_checkpointing")),
-      control("optimizer", select("optimizer", ["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"])),
+      control("optimizer", select("optimizer", C.optimizer)),
     );
     // controls that do not apply to the chosen method are disabled (quantization only for QLoRA, r not for full)
     const applies = { quant: (o) => o.method === "qlora", double_quant: (o) => o.method === "qlora", r: (o) => o.method !== "full" };

@@ -53,18 +53,18 @@ function render({ model, el: host }) {
   generate.addEventListener("click", () => run(prompt.value));
   prompt.addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey || e.shiftKey)) { e.preventDefault(); run(prompt.value); } });
 
-  function option(name, label, kind) {
-    const o = model.get("options") || {};
-    const input = kind === "bool" ? el("input", { type: "checkbox", checked: !!o[name], "data-testid": `gen-${name}` })
+  // one control per generation option; names, kinds and help come from GenerateConfig's declarations in Python
+  function option(spec) {
+    const o = model.get("options") || {}, name = spec.name, bool = spec.kind === "bool";
+    const input = bool ? el("input", { type: "checkbox", checked: !!o[name], "data-testid": `gen-${name}` })
       : el("input", { type: "text", class: "qn-input", size: 6, value: String(o[name] ?? ""), "data-testid": `gen-${name}` });
     input.addEventListener("change", () => {
-      model.set("options", { ...model.get("options"), [name]: kind === "bool" ? input.checked : input.value });
+      model.set("options", { ...model.get("options"), [name]: bool ? input.checked : input.value });
       model.save_changes();
     });
-    return el("label", { class: "qn-muted" }, `${label} `, input);
+    return el("label", { class: "qn-muted", title: spec.help }, `${name} `, input);
   }
-  opts.append(option("max_new_tokens", "max_new_tokens", "text"), option("sample", "sample (off: greedy)", "bool"),
-    option("temperature", "temperature", "text"), option("seed", "seed", "text"), option("logprobs", "mean log-prob", "bool"));
+  opts.append(...(model.get("specs") || []).map(option));
 
   function drawPicks() {
     const chosen = model.get("chosen") || [];

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import TrainConfig
+from ..config import ExportOptions, TrainConfig
 from ..errors import QloraError
 from ..fileio import atomic_dir
 
@@ -147,19 +147,14 @@ the notebook with `%qlora_load {cfg.model} --adapter output/adapter` or `%qlora_
 def export_script(session: Session, directory: str | Path, overwrite: bool = False, **options: Any) -> Path:
     """Write train.py, config.yaml, accelerate configs, copied data and a README into ``directory``.
 
-    Options: ``num_processes`` (default 2), ``fsdp`` (README leads with the FSDP config), ``data`` (a file to
-    train on instead of the last run's data) and any :class:`~qlora_nb.config.TrainConfig` field to override.
+    Options: :class:`~qlora_nb.config.ExportOptions` (``num_processes``, ``fsdp``: the README leads with the
+    FSDP config, ``data``: a file to train on instead of the last run's data) and any
+    :class:`~qlora_nb.config.TrainConfig` field to override.
     """
     import yaml
 
-    try:
-        num_processes = int(options.pop("num_processes", 2))
-    except (TypeError, ValueError):
-        raise QloraError("num_processes must be a whole number.", where="--num-processes",
-                         hint="e.g. --num-processes 4 (one per GPU).") from None
-    if num_processes < 1:
-        raise QloraError(f"num_processes must be at least 1, got {num_processes}.", where="--num-processes")
-    fsdp = bool(options.pop("fsdp", False))
+    export = ExportOptions.from_options({k: options.pop(k) for k in ("num_processes", "fsdp") if k in options})
+    num_processes, fsdp = export.num_processes, export.fsdp
     train = _train_options(session, options)
     load = {**session.config.to_dict(), "device": "auto"}
     model_path = Path(str(load["model"])).expanduser()

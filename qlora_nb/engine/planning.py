@@ -18,7 +18,7 @@ def session_plan_options(session) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "model": str(session.model_path), "bits": c.bits, "method": "qlora" if c.bits == 4 else "lora",
         "quant": c.quant, "double_quant": c.double_quant, "r": c.r, "targets": list(c.targets),
-        "lora_dropout": c.dropout, "dora": c.dora, "compute_dtype": c.compute_dtype,
+        "dropout": c.dropout, "dora": c.dora, "compute_dtype": c.compute_dtype,
         "device": "cuda" if str(session.device).startswith("cuda") else "cpu",
     }
     peft_cfg = getattr(session.model, "peft_config", {}).get(getattr(session.model, "active_adapter", None))
@@ -26,7 +26,7 @@ def session_plan_options(session) -> dict[str, Any]:
         opts["r"] = int(peft_cfg.r)
         tm = peft_cfg.target_modules
         opts["targets"] = [tm] if isinstance(tm, str) else sorted(tm)
-        opts["lora_dropout"] = float(peft_cfg.lora_dropout)
+        opts["dropout"] = float(peft_cfg.lora_dropout)
         opts["dora"] = bool(getattr(peft_cfg, "use_dora", False))
     run_cfg = getattr(session.runs[-1], "config", None) if getattr(session, "runs", None) else None
     if run_cfg is not None:

@@ -12,6 +12,7 @@ import gc
 import math
 import time
 
+from ..config import QuantReportOptions
 from ..errors import QloraError
 from ..memory.quant_report import (
     BLOCK,
@@ -58,8 +59,9 @@ def _load_16bit(session):
                                                     trust_remote_code=cfg.trust_remote_code)
 
 
-def quant_report(session, *, sample: int | None = 65536, text: str | None = None, max_tokens: int = 512,
-                 perplexity_check: bool = True) -> QuantReport:
+def quant_report(session, *, sample: int | None = QuantReportOptions.sample, text: str | None = None,
+                 max_tokens: int = QuantReportOptions.max_tokens,
+                 perplexity_check: bool = QuantReportOptions.perplexity) -> QuantReport:
     """Reconstruction error of NF4/FP4/Int4 per layer and in total, and 4-bit vs 16-bit perplexity."""
     if sample is not None and sample < BLOCK:
         raise QloraError(f"sample={sample} is smaller than one block of {BLOCK}.", where="quant_report sample",

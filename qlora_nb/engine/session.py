@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import LoadConfig
+from ..config import ExportOptions, LoadConfig, MergeOptions, SaveOptions
 from ..errors import QloraError
 from ..events import EventBus
 
@@ -131,7 +131,9 @@ class Session:
         with rolled_back_on_error(self):
             return stream(self, prompt, columns=columns, logprobs=logprobs, on_event=on_event, **options)
 
-    def save(self, directory: str | Path, *, overwrite: bool = False, adapter: str | None = None) -> Path:
+    def save(self, directory: str | Path, *, overwrite: bool = SaveOptions.overwrite,
+             adapter: str | None = SaveOptions.adapter) -> Path:
+        """Write an adapter as a PEFT folder; the keywords are :class:`~qlora_nb.config.SaveOptions`."""
         from .arguments import require_bool, require_optional_name, require_path
         from .export import save_adapter
 
@@ -149,7 +151,9 @@ class Session:
         with rolled_back_on_error(self):  # a failure inside peft leaves the adapters as they were
             return load_adapter(self, directory, name=name, allow_pickle=allow_pickle)
 
-    def merge(self, directory: str | Path, *, dtype: str = "bfloat16", overwrite: bool = False, **options: Any):
+    def merge(self, directory: str | Path, *, dtype: str = MergeOptions.dtype, overwrite: bool = MergeOptions.overwrite,
+              **options: Any):
+        """A verified merged copy; the keywords are :class:`~qlora_nb.config.MergeOptions` (plus ``verbose``…)."""
         from .arguments import require_bool, require_path
         from .merge import merge
         from .rollback import rolled_back_on_error
@@ -160,7 +164,8 @@ class Session:
         with rolled_back_on_error(self):
             return merge(self, directory, dtype=dtype, overwrite=require_bool(overwrite, "overwrite"), **options)
 
-    def export(self, directory: str | Path, *, overwrite: bool = False, **options: Any) -> Path:
+    def export(self, directory: str | Path, *, overwrite: bool = ExportOptions.overwrite, **options: Any) -> Path:
+        """train.py + accelerate configs; options are :class:`~qlora_nb.config.ExportOptions` and TrainConfig's."""
         from .accelerate_export import export_script
         from .arguments import require_bool, require_path
 
@@ -174,6 +179,7 @@ class Session:
         return plan_session(self, **options)
 
     def quant_report(self, **options: Any):
+        """4-bit reconstruction error and perplexity; options are :class:`~qlora_nb.config.QuantReportOptions`."""
         from .quant_report import quant_report
 
         return quant_report(self, **options)

@@ -11,11 +11,12 @@ from typing import Any
 
 from IPython.core.magic import Magics, no_var_expand
 
+from ..config import SESSION_NAME
 from ..errors import QloraError
 from ..textsplit import interpolate, split_args
 from .names import check_bind
 
-DEFAULT_SESSION = "qlora"
+DEFAULT_SESSION = SESSION_NAME  # kept as a name here; declared once in qlora_nb.config
 
 
 def parse_args(func, line: str, magic: str, namespace: Mapping[str, Any] | None = None, *,

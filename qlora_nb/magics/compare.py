@@ -9,8 +9,8 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..config import GenerateConfig
 from ..errors import QloraError
-from .base import DEFAULT_SESSION, QloraMagicsBase, friendly, parse_args
-from .flags import option_flags, options_from_args
+from .base import QloraMagicsBase, friendly, parse_args
+from .flags import option_flags, options_from_args, output_flag, shared_flags
 
 
 @magics_class
@@ -21,12 +21,9 @@ class CompareMagics(QloraMagicsBase):
     @argument("--data", default=None, choices=["val"], help="Prompts from data rows: 'val' is the validation split "
                                                              "of the last training run.")
     @argument("--n", default="8", help="How many rows with --data (8).")
-    @argument("--logprobs", action="store_true", help="Shade each token by how much the adapter changed its log-prob.")
-    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
-    @argument("-o", dest="output", default="compare_result", help="Bind the CompareResult to this name.")
+    @shared_flags("session", "force")
+    @output_flag("CompareResult", "compare_result")
     @option_flags(GenerateConfig, "generation options (also keyword arguments of Session.compare)")
-    @argument("--force", action="store_true", help="Bind the result even over a Session, your own variable or "
-                                                   "a builtin of that name.")
     @line_magic
     @friendly("qlora_compare")
     def qlora_compare(self, line: str = ""):
@@ -35,14 +32,15 @@ class CompareMagics(QloraMagicsBase):
         for key, value in vars(args).items():  # IPython's argument splitter keeps quotes
             setattr(args, key, [_unquote(v) for v in value] if isinstance(value, list) else _unquote(value))
         options: dict[str, Any] = options_from_args(args, GenerateConfig)
-        GenerateConfig.from_options(options)  # bad flags fail before any heavy import
+        logprobs = GenerateConfig.from_options(options).logprobs  # bad flags fail before any heavy import
+        options.pop("logprobs", None)
         session = self.session(args.session)
         prompts = self._prompts(args, session)
         self.check_bind(args.output, "CompareResult", flag="-o", force=args.force)
         widget = self._widget(session) if getattr(self.shell, "kernel", None) is not None else None
         handle = _display(widget)
         try:
-            result = session.compare(prompts, logprobs=args.logprobs, **options)
+            result = session.compare(prompts, logprobs=logprobs, **options)
         except BaseException as exc:
             if widget is not None:
                 _withdraw(widget, handle, exc)

@@ -1,78 +1,68 @@
-"""%qlora_save, %qlora_merge and %qlora_export: thin wrappers over Session.save / merge / export."""
+"""%qlora_save, %qlora_merge and %qlora_export: thin wrappers over Session.save / merge / export.
+
+Their flags are generated from :class:`~qlora_nb.config.SaveOptions`, ``MergeOptions`` and ``ExportOptions``.
+"""
 
 from __future__ import annotations
 
 from IPython.core.magic import line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from .base import DEFAULT_SESSION, QloraMagicsBase, display, friendly, parse_args
+from ..config import ExportOptions, MergeOptions, SaveOptions
+from .base import QloraMagicsBase, display, friendly, parse_args
+from .flags import option_flags, options_from_args, output_flag, shared_flags
 
 
 @magics_class
 class ExportMagics(QloraMagicsBase):
     @magic_arguments()
     @argument("directory", help="Folder to write (adapter_config.json + adapter_model.safetensors + model card).")
-    @argument("--overwrite", action="store_true", help="Replace a non-empty folder.")
-    @argument("--adapter", default=None, help="Adapter to save (default: the active one).")
-    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
+    @shared_flags("session")
+    @option_flags(SaveOptions, "save options (also keyword arguments of Session.save)")
     @line_magic
     @friendly("qlora_save")
     def qlora_save(self, line: str = ""):
         """Save an adapter as a standard PEFT folder (plain peft loads it) plus qlora_nb.json and a model card."""
         args = parse_args(self.qlora_save, line, "qlora_save", self.ns)
+        opts = SaveOptions.from_options(options_from_args(args, SaveOptions))
         session = self.session(args.session)
         from ..engine.export import saved_summary
 
-        out = session.save(args.directory, overwrite=args.overwrite, adapter=args.adapter)
-        print(saved_summary(out, args.adapter or session.active_adapter))
+        out = session.save(args.directory, overwrite=opts.overwrite, adapter=opts.adapter)
+        print(saved_summary(out, opts.adapter or session.active_adapter))
 
     @magic_arguments()
     @argument("directory", help="Folder for the merged model (safetensors + config + tokenizer).")
-    @argument("--dtype", default="bf16", help="bf16 (default), fp16 or fp32 (exact).")
-    @argument("--overwrite", action="store_true", help="Replace a non-empty folder.")
-    @argument("--no-verify", dest="verify", action="store_false",
-              help="Skip reloading the merged model and comparing weights and logits.")
-    @argument("--adapter", default=None, help="Adapter to merge (default: the active one).")
-    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
-    @argument("-o", dest="output", default=None, help="Bind the MergeResult to this variable.")
-    @argument("--force", action="store_true", help="Bind the result even over a Session, your own variable or "
-                                                   "a builtin of that name.")
+    @shared_flags("session", "force")
+    @output_flag("MergeResult")
+    @option_flags(MergeOptions, "merge options (also keyword arguments of Session.merge)")
     @line_magic
     @friendly("qlora_merge")
     def qlora_merge(self, line: str = ""):
         """Merge an adapter into a 16/32-bit copy of the base, after a memory check, and verify the result."""
-        from ..engine.merge import normalize_dtype
-
         args = parse_args(self.qlora_merge, line, "qlora_merge", self.ns)
-        dtype = normalize_dtype(args.dtype)  # refuse bad flags before touching the session
+        opts = MergeOptions.from_options(options_from_args(args, MergeOptions))  # bad flags fail first
         session = self.session(args.session)
         if args.output:
             self.check_bind(args.output, "MergeResult", flag="-o", force=args.force)
-        result = session.merge(args.directory, dtype=dtype, overwrite=args.overwrite, verify=args.verify,
-                               adapter=args.adapter, verbose=True)
+        result = session.merge(args.directory, dtype=opts.dtype, overwrite=opts.overwrite, verify=opts.verify,
+                               adapter=opts.adapter, verbose=True)
         if args.output:
             self.bind(args.output, result, flag="-o", force=args.force)
 
     @magic_arguments()
     @argument("directory", help="Folder for train.py, its config, accelerate configs and a README.")
-    @argument("--overwrite", action="store_true", help="Replace a non-empty folder.")
-    @argument("--num-processes", dest="num_processes", default=None,
-              help="Processes (GPUs) per machine written into the accelerate config (default 2).")
-    @argument("--fsdp", action="store_true", help="Make the FSDP-QLoRA config the default in the README.")
-    @argument("--data", default=None, help="Data file for the script (default: the last run's data file).")
-    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
+    @shared_flags("session")
+    @option_flags(ExportOptions, "export options (also keyword arguments of Session.export)")
     @line_magic
     @friendly("qlora_export")
     def qlora_export(self, line: str = ""):
         """Export this session's run as a standalone train.py + config for `accelerate launch` (DDP or FSDP-QLoRA)."""
         args = parse_args(self.qlora_export, line, "qlora_export", self.ns)
+        options = options_from_args(args, ExportOptions)  # `$name` data was resolved to text by parse_args
+        ExportOptions.from_options(options)
         session = self.session(args.session)
-        options = {"fsdp": args.fsdp}
-        if args.data is not None:
-            options["data"] = args.data  # `$name` was resolved to text by parse_args (objects are refused there)
-        if args.num_processes is not None:
-            options["num_processes"] = args.num_processes
-        out = session.export(args.directory, overwrite=args.overwrite, **options)
+        out = session.export(args.directory, **options)
         from IPython.display import Markdown
 
         display(Markdown((out / "README.md").read_text(encoding="utf-8")))

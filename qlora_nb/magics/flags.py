@@ -1,11 +1,14 @@
 """Command-line flags and ``%magic?`` help generated from the option dataclasses.
 
-One declaration per option: a field of :class:`~qlora_nb.config.LoadConfig`,
-``PlanConfig`` or ``GenerateConfig`` (name, type, default, help, choices, range,
-aliases, extra flag spellings) becomes ``--name`` (plus ``--alias`` spellings;
-booleans get ``--name/--no-name`` only) with its help line, so a new option reaches
-the magic and its help by being declared once. Values stay text here: the
-dataclass coerces and validates them, and its errors name the option.
+One declaration per option: a field of an options class in :mod:`qlora_nb.config`
+(name, type, default, help, choices, range, aliases, extra flag spellings)
+becomes ``--name`` (plus ``--alias`` spellings; booleans get ``--name/--no-name``
+only) with its help line, so a new option reaches the magic and its help by
+being declared once. Values stay text here: the dataclass coerces and validates
+them, and its errors name the option. The flags many magics share (``--session``,
+``--force``, ``--quiet``, ``-o``) are declared once in :class:`MagicFlags`.
+Every generated flag is recorded on the magic (``__qlora_flags__``), so a test
+can check that no magic grows a hand-written one.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import dataclasses
 import inspect
 import textwrap
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from IPython.core.magic_arguments import argument, argument_group
 
-from ..options import OptionsBase, field_type
+from ..config import SESSION_NAME
+from ..options import OptionsBase, field_type, option
 
 _METAVAR_CHOICES_MAX = 24  # a longer a|b|c list goes in the help text instead of the metavar
 
@@ -81,20 +86,75 @@ def _argument(cls: type[OptionsBase], f: dataclasses.Field) -> tuple[tuple[str, 
     return names, kwargs
 
 
-def option_flags(cls: type[OptionsBase], title: str, exclude: Iterable[str] = ()) -> Callable:
+def _record(func, names: Iterable[str], source: str) -> None:
+    """Note on the magic that flags ``names`` were generated from ``source`` (read by the flag contract test)."""
+    if "__qlora_flags__" not in func.__dict__:
+        func.__qlora_flags__ = {}
+    for name in names:
+        func.__qlora_flags__[name] = source
+
+
+def option_flags(cls: type[OptionsBase], title: str | None, exclude: Iterable[str] = (),
+                 only: Iterable[str] | None = None) -> Callable:
     """Decorator (under ``@magic_arguments()``): one flag per field of ``cls``, in a help group named ``title``.
 
-    It must be the last ``@argument``-style decorator in source order: an IPython
-    argument group collects every argument declared after it.
+    ``only``: just these fields (e.g. ``TrainConfig``'s ``resume`` on ``%%qlora_train``'s line).
+    With a ``title`` it must be the last ``@argument``-style decorator in source order: an
+    IPython argument group collects every argument declared after it.
     """
     skip = set(exclude)
-    fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
+    keep = set(only) if only is not None else None
+    fields = [f for f in dataclasses.fields(cls) if f.name not in skip and (keep is None or f.name in keep)]
 
     def deco(func):
         for f in reversed(fields):  # IPython applies argument decorators in source order, i.e. reversed here
             names, kwargs = _argument(cls, f)
             func = argument(*names, **kwargs)(func)
-        return argument_group(title)(func)
+            negated = [f"--no-{n[2:]}" for n in names if n.startswith("--")] if "action" in kwargs else []
+            _record(func, [*names, *negated], cls.__name__)
+        return argument_group(title)(func) if title else func
+
+    return deco
+
+
+@dataclass
+class MagicFlags(OptionsBase):
+    """The flags that say where a magic's result goes, declared once for every magic that has them."""
+
+    _kind: ClassVar[str] = "magic flag"
+
+    session: str = option(SESSION_NAME, "The Session variable to use.")
+    force: bool = option(False, "Bind the result even over a Session, your own variable or a builtin of that name.")
+    quiet: bool = option(False, "Show nothing while it runs: no breakdown, dashboard or progress lines.")
+
+
+def shared_flags(*names: str) -> Callable:
+    """Decorator: the :class:`MagicFlags` ``names`` as flags with their real defaults (``--session qlora``)."""
+    fields = {f.name: f for f in dataclasses.fields(MagicFlags)}
+
+    def deco(func):
+        for name in reversed(names):
+            f = fields[name]
+            kwargs: dict[str, Any] = {"dest": name, "help": field_help(f)}
+            if field_type(MagicFlags, name) is bool:
+                kwargs["action"] = "store_true"
+            else:
+                kwargs.update(default=f.default, metavar=name.upper())
+            func = argument(_flag(name), **kwargs)(func)
+            _record(func, [_flag(name)], MagicFlags.__name__)
+        return func
+
+    return deco
+
+
+def output_flag(what: str, default: str | None = None) -> Callable:
+    """Decorator: ``-o/--output NAME``, the variable the ``what`` (e.g. "TrainResult") is bound to."""
+    text = f"Bind the {what} to this variable" + (f" (default: {default})." if default else " (default: not bound).")
+
+    def deco(func):
+        func = argument("-o", "--output", dest="output", default=default, metavar="NAME", help=text)(func)
+        _record(func, ["-o", "--output"], "output_flag")
+        return func
 
     return deco
 
@@ -123,4 +183,5 @@ def options_doc(cls: type[OptionsBase], heading: str, width: int = 78) -> Callab
     return deco
 
 
-__all__ = ["field_help", "option_flags", "options_doc", "options_from_args"]
+__all__ = ["MagicFlags", "field_help", "option_flags", "options_doc", "options_from_args", "output_flag",
+           "shared_flags"]

@@ -5,20 +5,18 @@ from __future__ import annotations
 from IPython.core.magic import line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..config import LoadConfig
-from .base import DEFAULT_SESSION, QloraMagicsBase, display, friendly, parse_args
-from .flags import option_flags, options_from_args
+from ..config import SESSION_NAME, LoadConfig
+from .base import QloraMagicsBase, display, friendly, parse_args
+from .flags import option_flags, options_from_args, output_flag, shared_flags
 
 
 @magics_class
 class LoadMagics(QloraMagicsBase):
     @magic_arguments()
     @argument("model", nargs="?", default=None, help="Alias (smollm2-135m), local HF folder, .gguf file or hub id.")
-    @argument("--name", default=DEFAULT_SESSION, help="Variable the Session is bound to (default: qlora).")
-    @argument("--quiet", action="store_true", help="Bind the session without displaying the breakdown.")
+    @argument("--name", default=SESSION_NAME, help=f"Variable the Session is bound to (default: {SESSION_NAME}).")
+    @shared_flags("quiet", "force")
     @option_flags(LoadConfig, "load options (also keyword arguments of qlora_nb.load)", exclude=("model",))
-    @argument("--force", action="store_true", help="Bind the result even over a Session, your own variable or "
-                                                   "a builtin of that name.")
     @line_magic
     @friendly("qlora_load")
     def qlora_load(self, line: str = ""):
@@ -42,22 +40,20 @@ class LoadMagics(QloraMagicsBase):
     @magic_arguments()
     @argument("directory", help="Folder written by %%qlora_save / Session.save (adapter_config.json + safetensors).")
     @argument("--name", default=None, help="Adapter name in the session (default: the folder name).")
-    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
-    @argument("--allow-pickle", dest="allow_pickle", action="store_true", help="Allow adapter_model.bin pickles.")
+    @shared_flags("session")
+    @option_flags(LoadConfig, None, only=("allow_pickle",))
     @line_magic
     @friendly("qlora_load_adapter")
     def qlora_load_adapter(self, line: str = ""):
         """Load a saved adapter into the session under a name (compare with %qlora_compare --adapters)."""
         args = parse_args(self.qlora_load_adapter, line, "qlora_load_adapter", self.ns)
         session = self.session(args.session)
-        name = session.load_adapter(args.directory, name=args.name, allow_pickle=args.allow_pickle)
+        name = session.load_adapter(args.directory, name=args.name, allow_pickle=bool(args.allow_pickle))
         print(f"adapter {name!r} loaded from {args.directory}; adapters: {', '.join(session.adapters)}")
 
     @magic_arguments()
-    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
-    @argument("-o", dest="output", default=None, help="Bind the Ledger to this variable.")
-    @argument("--force", action="store_true", help="Bind the result even over a Session, your own variable or "
-                                                   "a builtin of that name.")
+    @shared_flags("session", "force")
+    @output_flag("Ledger")
     @line_magic
     @friendly("qlora_ledger")
     def qlora_ledger(self, line: str = ""):
@@ -70,7 +66,7 @@ class LoadMagics(QloraMagicsBase):
         self._show_breakdown(session)
 
     @magic_arguments()
-    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
+    @shared_flags("session")
     @line_magic
     @friendly("qlora_unload")
     def qlora_unload(self, line: str = ""):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from IPython.core.magic import line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..config import PlanConfig
-from .base import DEFAULT_SESSION, QloraMagicsBase, display, friendly, parse_args
-from .flags import option_flags, options_from_args
+from ..config import PlanConfig, QuantReportOptions
+from .base import QloraMagicsBase, display, friendly, parse_args
+from .flags import option_flags, options_from_args, output_flag, shared_flags
 
 
 @magics_class
@@ -16,12 +16,10 @@ class PlanMagics(QloraMagicsBase):
     @argument("model", nargs="?", default=None,
               help="Table name (llama-2-7b, qwen2.5-7b…), config.json/model folder or hub id (config only). "
                    "Omit to plan the loaded session, next to its measured ledger.")
-    @argument("--session", default=DEFAULT_SESSION, help="Session to plan when no MODEL is given (default: qlora).")
+    @shared_flags("session", "force")
     @argument("--text", action="store_true", help="Print the plan as text instead of the widget.")
-    @argument("-o", dest="output", default=None, help="Bind the Plan to this variable.")
+    @output_flag("Plan")
     @option_flags(PlanConfig, "plan options (also keyword arguments of qlora_nb.plan)", exclude=("model",))
-    @argument("--force", action="store_true", help="Bind the result even over a Session, your own variable or "
-                                                   "a builtin of that name.")
     @line_magic
     @friendly("qlora_plan")
     def qlora_plan(self, line: str = ""):
@@ -49,35 +47,19 @@ class PlanMagics(QloraMagicsBase):
         display(PlannerWidget(result))
 
     @magic_arguments()
-    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
-    @argument("--sample", default="65536",
-              help="Values per weight to quantize (whole rows); 'all' for every value (slow on CPU).")
-    @argument("--max-tokens", dest="max_tokens", default="512", help="Held-out tokens for the perplexity.")
-    @argument("--no-perplexity", dest="perplexity", action="store_false",
-              help="Skip the 4-bit vs 16-bit perplexity (no 16-bit copy is loaded).")
-    @argument("-o", dest="output", default=None, help="Bind the QuantReport to this variable.")
-    @argument("--force", action="store_true", help="Bind the result even over a Session, your own variable or "
-                                                   "a builtin of that name.")
+    @shared_flags("session", "force")
+    @output_flag("QuantReport")
+    @option_flags(QuantReportOptions, "report options (also keyword arguments of Session.quant_report)")
     @line_magic
     @friendly("qlora_quant_report")
     def qlora_quant_report(self, line: str = ""):
         """NF4 vs FP4 vs Int4 reconstruction error per layer, and 4-bit vs 16-bit perplexity, as plots."""
-        from ..errors import QloraError
-
         args = parse_args(self.qlora_quant_report, line, "qlora_quant_report", self.ns)
+        opts = QuantReportOptions.from_options(options_from_args(args, QuantReportOptions))  # bad flags fail first
         session = self.session(args.session)
         if args.output:
             self.check_bind(args.output, "QuantReport", flag="-o", force=args.force)
-        try:
-            sample = None if str(args.sample).lower() in ("all", "none") else int(args.sample)
-            max_tokens = int(args.max_tokens)
-        except ValueError:
-            raise QloraError("--sample and --max-tokens take whole numbers ('all' for --sample).",
-                             where="%qlora_quant_report") from None
-        if max_tokens < 2:
-            raise QloraError(f"--max-tokens {max_tokens} is too small.", where="%qlora_quant_report --max-tokens",
-                             hint="Use at least 2.")
-        report = session.quant_report(sample=sample, max_tokens=max_tokens, perplexity_check=args.perplexity)
+        report = session.quant_report(sample=opts.sample, max_tokens=opts.max_tokens, perplexity_check=opts.perplexity)
         if args.output:
             self.bind(args.output, report, flag="-o", force=args.force)
         print(report)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from IPython.core.magic import cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.core.magic_arguments import magic_arguments
 
-from ..config import TrainConfig
-from .base import DEFAULT_SESSION, QloraMagicsBase, friendly, parse_args, parse_yaml_body
-from .flags import options_doc
+from ..config import TRAIN_RESULT_NAME, TrainConfig
+from .base import QloraMagicsBase, friendly, parse_args, parse_yaml_body
+from .flags import option_flags, options_doc, output_flag, shared_flags
 
 
 def _live_view(session, cfg: TrainConfig, quiet: bool):
@@ -24,14 +24,10 @@ def _live_view(session, cfg: TrainConfig, quiet: bool):
 @magics_class
 class TrainMagics(QloraMagicsBase):
     @magic_arguments()
-    @argument("--session", default=DEFAULT_SESSION, help="Session variable to train (default: qlora).")
-    @argument("-o", "--output", dest="output", default="train_result",
-              help="Bind the TrainResult to this variable (default: train_result).")
-    @argument("--resume", action="store_true", help="Continue from the last checkpoint in output_dir.")
-    @argument("--quiet", action="store_true", help="No dashboard or progress lines.")
+    @shared_flags("session", "quiet", "force")
+    @output_flag("TrainResult", TRAIN_RESULT_NAME)
+    @option_flags(TrainConfig, None, only=("resume",))
     @options_doc(TrainConfig, "Options (one `name: value` per line of the body; aliases after the name):")
-    @argument("--force", action="store_true", help="Bind the result even over a Session, your own variable or "
-                                                   "a builtin of that name.")
     @cell_magic
     @friendly("qlora_train")
     def qlora_train(self, line: str = "", cell: str = ""):
@@ -42,8 +38,8 @@ class TrainMagics(QloraMagicsBase):
         """
         args = parse_args(self.qlora_train, line, "qlora_train", self.ns)
         options = self.resolve_values(parse_yaml_body(cell, "qlora_train"), "%%qlora_train")
-        if args.resume:
-            options["resume"] = True
+        if args.resume is not None:  # --resume / --no-resume on the line win over the body
+            options["resume"] = args.resume
         cfg = TrainConfig.from_options(options)  # unknown keys / bad values fail before anything heavy
         self.check_bind(args.output, "TrainResult", flag="-o", force=args.force)
         session = self.session(args.session)

@@ -8,15 +8,16 @@ from __future__ import annotations
 from IPython.core.magic import line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from .base import DEFAULT_SESSION, QloraMagicsBase, display, friendly, parse_args
+from .base import QloraMagicsBase, display, friendly, parse_args
+from .flags import output_flag, shared_flags
 
 
 @magics_class
 class WorkbenchMagics(QloraMagicsBase):
     @magic_arguments()
     @argument("data", nargs="?", default=None, help="Data to start with: a path, 'demo' or $variable (optional).")
-    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
-    @argument("-o", dest="output", default="studio", help="Bind the Studio to this name (default: studio).")
+    @shared_flags("session")
+    @output_flag("Studio", "studio")
     @line_magic
     @no_var_expand
     @friendly("qlora_studio")
@@ -36,8 +37,8 @@ class WorkbenchMagics(QloraMagicsBase):
 
     @magic_arguments()
     @argument("prompt", nargs="*", help="A first prompt to show in the box (optional).")
-    @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
-    @argument("-o", dest="output", default="playground", help="Bind the Playground to this name.")
+    @shared_flags("session")
+    @output_flag("Playground", "playground")
     @line_magic
     @no_var_expand
     @friendly("qlora_playground")

@@ -23,7 +23,7 @@ BLOCK2 = 256  # double-quantization block size
 CODE4_ENTRIES = 16
 CODE8_ENTRIES = 256
 FP32 = 4
-DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "auto": 2}  # auto is bfloat16 or float16: 2 bytes
 
 
 def packed_4bit_bytes(n: int) -> int:

@@ -93,7 +93,7 @@ def activation_bytes_per_token_layer(arch: Arch, cfg: PlanConfig, matrices: list
     lora = 0
     if cfg.method != "full":
         # lora_A's fp32 input per target; dropout adds its noise tensor (fp32 on CPU, a bool mask on CUDA).
-        per_in = 4 + ((4 if cfg.device == "cpu" else 1) if cfg.lora_dropout > 0 else 0)
+        per_in = 4 + ((4 if cfg.device == "cpu" else 1) if cfg.dropout > 0 else 0)
         for m in matrices:
             lora += (per_in * int(m["d_in"]) + 4 * int(m["r"])) * int(m["count"]) // arch.layers
     else:  # trainable weights: each linear keeps its input (shared inputs once)

@@ -24,6 +24,17 @@ def planner_constants() -> dict[str, float]:
             "logit_fp32_copies": P.LOGIT_FP32_COPIES}
 
 
+PLANNER_CHOICES = ("method", "quant", "optimizer")
+
+
+def plan_choices() -> dict[str, list]:
+    """The planner's dropdown values, read from PlanConfig's field declarations (the JS lists none itself)."""
+    from ..config import PlanConfig
+    from ..options import option_specs
+
+    return {s["name"]: s["choices"] for s in option_specs(PlanConfig, PLANNER_CHOICES)}
+
+
 def arch_payload(arch) -> dict:
     d = dataclasses.asdict(arch)
     d.pop("aliases", None)
@@ -38,6 +49,7 @@ class PlannerWidget(QloraWidget):
     archs = traitlets.Dict().tag(sync=True)
     arch = traitlets.Dict().tag(sync=True)  # the planned model's own dimensions (may be off-table)
     options = traitlets.Dict().tag(sync=True)
+    choices = traitlets.Dict().tag(sync=True)  # the dropdowns' values, from PlanConfig's declarations
     constants = traitlets.Dict().tag(sync=True)
     limit_bytes = traitlets.Int(0).tag(sync=True)
     measured = traitlets.Dict().tag(sync=True)
@@ -48,7 +60,7 @@ class PlannerWidget(QloraWidget):
         opts = plan.config.to_dict()
         opts["model"] = plan.arch.name if plan.arch.name in ARCHITECTURES else plan.model
         super().__init__(archs={k: arch_payload(a) for k, a in ARCHITECTURES.items()}, arch=arch_payload(plan.arch),
-                         options=opts, constants=planner_constants(), limit_bytes=int(plan.limit_bytes),
+                         options=opts, choices=plan_choices(), constants=planner_constants(), limit_bytes=int(plan.limit_bytes),
                          measured=dict(plan.measured or {}), **kwargs)
         self._plan = plan
 

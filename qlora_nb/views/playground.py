@@ -25,12 +25,14 @@ from .base import QloraWidget, esm
 from .workbench import error_text, workbench_css
 
 MAX_HISTORY = 20
+# The generation options the playground shows; names, defaults, help and kinds come from GenerateConfig.
+GENERATION_OPTIONS = ("max_new_tokens", "sample", "temperature", "top_p", "seed", "logprobs")
 
 
-def _generation_defaults() -> dict[str, Any]:
-    d = GenerateConfig()
-    return {"max_new_tokens": d.max_new_tokens, "sample": d.sample, "temperature": d.temperature, "seed": d.seed,
-            "logprobs": False}
+def generation_specs() -> list[dict[str, Any]]:
+    from ..options import option_specs
+
+    return option_specs(GenerateConfig, GENERATION_OPTIONS)
 
 
 class Playground(QloraWidget):
@@ -41,6 +43,7 @@ class Playground(QloraWidget):
 
     title = traitlets.Unicode("playground").tag(sync=True)
     prompt = traitlets.Unicode("").tag(sync=True)
+    specs = traitlets.List().tag(sync=True)  # one control per generation option (GenerateConfig's declarations)
     options = traitlets.Dict().tag(sync=True)
     available = traitlets.List().tag(sync=True)  # adapter names in the session (base is always shown)
     chosen = traitlets.List().tag(sync=True)  # adapters ticked (empty: all trained ones)
@@ -58,7 +61,8 @@ class Playground(QloraWidget):
         self._cells: dict[str, dict[str, Any]] = {}
         self._last_push = 0.0
         self.title = f"playground · {getattr(getattr(session, 'config', None), 'model', '')}"
-        self.options = _generation_defaults()
+        self.specs = generation_specs()
+        self.options = {spec["name"]: spec["default"] for spec in self.specs}
         self.prompt = prompt
         self.refresh_adapters()
         self.on_msg(self._on_front_msg)

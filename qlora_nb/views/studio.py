@@ -25,7 +25,7 @@ from typing import Any
 
 import traitlets
 
-from ..config import TrainConfig
+from ..config import SESSION_NAME, TRAIN_RESULT_NAME, TrainConfig
 from ..errors import QloraError
 from .base import QloraWidget, esm
 from .workbench import PREVIEW_ROWS, default_values, error_text, option_specs, workbench_css, yaml_value
@@ -56,7 +56,8 @@ class Studio(QloraWidget):
     error = traitlets.Unicode("").tag(sync=True)
     code = traitlets.Unicode("").tag(sync=True)
 
-    def __init__(self, session: Any, *, data: Any = None, session_name: str = "qlora", result_name: str = "train_result",
+    def __init__(self, session: Any, *, data: Any = None, session_name: str = SESSION_NAME,
+                 result_name: str = TRAIN_RESULT_NAME,
                  user_ns: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.session = session
@@ -128,7 +129,7 @@ class Studio(QloraWidget):
     def to_code(self) -> str:
         """The exact ``%%qlora_train`` cell for the current data and options."""
         line = f"%%qlora_train -o {self.result_name}"
-        if self.session_name != "qlora":
+        if self.session_name != SESSION_NAME:
             line += f" --session {self.session_name}"
         text = self.data.strip()
         if not text and self._data_object is not None:  # passed as an object: name the variable holding it

@@ -6,7 +6,6 @@ tested) without a front-end.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from typing import Any
@@ -27,19 +26,9 @@ PREVIEW_ROWS = 3
 
 def option_specs(names: tuple[str, ...] = OPTIONS) -> list[dict[str, Any]]:
     """One control description per option, read from TrainConfig's fields (name, kind, default, help, range)."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    specs = []
-    for name in names:
-        f = fields[name]
-        meta = f.metadata
-        default = f.default
-        tp = str(f.type)
-        kind = ("choice" if meta.get("choices") else "bool" if isinstance(default, bool)
-                else "int" if tp.startswith("int") else "float")
-        specs.append({"name": name, "kind": kind, "default": default, "help": meta.get("help", ""),
-                      "choices": list(meta["choices"]) if meta.get("choices") else None,
-                      "min": meta.get("min"), "max": meta.get("max"), "optional": "None" in tp})
-    return specs
+    from ..options import option_specs as specs_of
+
+    return specs_of(TrainConfig, names)
 
 
 def default_values() -> dict[str, Any]:
