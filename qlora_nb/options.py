@@ -167,8 +167,16 @@ class OptionsBase:
                     f"options must be a mapping of name: value, got {type(src).__name__}.",
                     hint="Write one `name: value` per line.",
                 )
+            spelled: dict[str, str] = {}
             for key, value in src.items():
-                merged[cls._canonical(str(key))] = value
+                name = cls._canonical(str(key))
+                if name in spelled:  # an alias and its name (lr + learning_rate) are one key written twice
+                    raise QloraError(
+                        f"{spelled[name]!r} and {key!r} both set {name}; which one is meant is not clear.",
+                        where=f"{cls._kind} {name!r}", hint=f"Keep one of them (the usual spelling is {name}).",
+                    )
+                spelled[name] = str(key)
+                merged[name] = value
         return cls(**merged)
 
     @classmethod

@@ -29,7 +29,7 @@ PKG = Path(__file__).resolve().parent.parent / "qlora_nb"
 
 LAYERS: list[tuple[str, ...]] = [
     ("config", "options", "errors", "events", "units", "fileio", "_version", "precision", "textsplit", "overwrite",
-     "weightfiles"),
+     "weightfiles", "naming"),
     ("data", "memory"),
     ("engine",),
     ("views",),

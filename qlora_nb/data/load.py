@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QloraError
+from ..fileio import path_kind
 from .integrity import (
     DuplicateKey,
     allow_long_cells,
@@ -74,9 +75,20 @@ def load_data(data: Any) -> RawData:
         if text == "demo":
             return load_demo()
         path = Path(text).expanduser()
-        if path.is_file():
+        kind = path_kind(path)
+        if kind is None:
             return load_file(path)
-        if path.suffix.lower() in FILE_SUFFIXES or path.is_dir() or text.startswith((".", "/", "~")):
+        if kind != "missing":  # a folder, FIFO or link loop is there: say what it is, not "no data file"
+            inside = ""
+            if kind == "a folder":
+                try:
+                    found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in FILE_SUFFIXES)[:5]
+                except OSError:
+                    found = []
+                inside = f" (data files in it: {', '.join(found)})" if found else ""
+            raise QloraError(f"{text!r} is {kind}, not a data file{inside}.", where=WHERE,
+                             hint="Give the path of a .json/.jsonl/.csv/.tsv/.parquet file itself.")
+        if path.suffix.lower() in FILE_SUFFIXES or text.startswith((".", "/", "~")):
             raise QloraError(f"no data file {text!r}.", where=WHERE,
                              hint=f"Give an existing .json/.jsonl/.csv/.tsv/.parquet file (the current folder is "
                                   f"{Path.cwd()}), 'demo', a hub dataset name or a $variable.")
