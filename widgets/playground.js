@@ -105,6 +105,7 @@ function render({ model, el: host }) {
       return li;
     }));
   }
+  model.on("msg:custom", (msg) => { if (msg && msg.event === "handled") draw(); });  // the kernel's status wins
   model.on("change:prompt", () => { if (document.activeElement !== prompt) prompt.value = model.get("prompt"); });
   for (const name of ["available", "chosen"]) model.on(`change:${name}`, drawPicks);
   for (const name of ["status", "columns", "cells", "notes", "history", "error", "title"]) model.on(`change:${name}`, draw);

@@ -181,6 +181,7 @@ function render({ model, el: host }) {
   for (const name of ["status", "can_resume", "stop_live", "run", "message", "error", "code", "title", "dashboard_id"]) {
     model.on(`change:${name}`, draw);
   }
+  model.on("msg:custom", (msg) => { if (msg && msg.event === "handled") { pending = null; draw(); } });
   drawOptions(); drawPreview(); drawForecast(); draw();
 }
 export default { render };
