@@ -68,6 +68,9 @@ class LoadConfig(OptionsBase):
                              hint="Use 'all-linear' or name modules such as q_proj,v_proj.")
         self.targets = [str(t) for t in self.targets]
         check_adapter_name(self.adapter_name, "load option 'adapter_name'")
+        if self.quant != "nf4" and self.bits != 4:  # the 4-bit data type means nothing for an 8/16-bit base
+            raise QloraError(f"quant {self.quant} is a 4-bit data type, but bits is {self.bits}.",
+                             where="load option 'quant'", hint="Use bits: 4 with quant: fp4, or drop quant.")
 
 
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
@@ -149,7 +152,8 @@ class GenerateConfig(OptionsBase):
 
     max_new_tokens: int = option(48, "Tokens generated per output.", min=1, max=4096)
     sample: bool = option(False, "Sample instead of greedy decoding.", aliases=("do_sample",))
-    temperature: float = option(0.7, "Sampling temperature (only with sample).", min=0, min_exclusive=True)
+    temperature: float = option(0.7, "Sampling temperature (only with sample); below 0.01 the logits overflow to "
+                                     "inf/NaN (for the most likely token every time, turn sample off).", min=0.01)
     top_p: float = option(0.95, "Nucleus sampling mass (only with sample).", min=0, max=1, min_exclusive=True)
     seed: int = option(0, "Seed used before each generation so base and adapted draw the same noise.", min=0,
                        max=SEED_MAX)
@@ -204,6 +208,9 @@ class PlanConfig(OptionsBase):
         if self.method == "qlora" and self.bits == 16:
             raise QloraError("qlora means a quantized base; bits 16 is plain lora.", where="plan option 'bits'",
                              hint="Use method: lora, or bits: 4/8.")
+        if self.quant != "nf4" and self.base_bits != 4:
+            raise QloraError(f"quant {self.quant} is a 4-bit data type, but the base is {self.base_bits}-bit.",
+                             where="plan option 'quant'", hint="Use method: qlora (or bits: 4) with quant: fp4.")
 
     @property
     def base_bits(self) -> int:
