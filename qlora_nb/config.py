@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import QloraError
+from .naming import check_adapter_name, check_folder_name, check_path_text
 from .options import Concept, OptionsBase, option
 from .units import parse_memory
 
 DTYPES = ("bfloat16", "float16", "float32")
+SEED_MAX = 2**32 - 1  # numpy's seed range; transformers' set_seed seeds numpy too
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 METHODS = ("full", "lora", "qlora")
@@ -101,12 +103,16 @@ class LoadConfig(OptionsBase):
     adapter_name: str = option("default", "Name of the (first) adapter in the session.")
     trust_remote_code: bool = option(False, "Run model code from the model folder/hub. Off unless you trust it.")
     allow_pickle: bool = option(False, "Allow reading pickle (.bin) weights; only safetensors otherwise.")
-    seed: int = option(0, "Seed for the LoRA initialisation.", min=0)
+    seed: int = option(0, "Seed for the LoRA initialisation.", min=0, max=SEED_MAX)
     device: str = option("auto", "Where to run: auto (cuda when available), cpu or cuda.", choices=("auto", "cpu", "cuda"))
 
     def validate(self) -> None:
         self.compute_dtype = _dtype(self.compute_dtype)
         self.targets = _check_targets(self.targets, self.where("targets"))
+        check_adapter_name(self.adapter_name, "load option 'adapter_name'")
+        if self.quant != "nf4" and self.bits != 4:  # the 4-bit data type means nothing for an 8/16-bit base
+            raise QloraError(f"quant {self.quant} is a 4-bit data type, but bits is {self.bits}.",
+                             where="load option 'quant'", hint="Use bits: 4 with quant: fp4, or drop quant.")
 
 
 @dataclass
@@ -144,7 +150,7 @@ class TrainConfig(OptionsBase):
     completion_only: bool = option(True, "Mask the prompt from the loss: learn only the completion.")
     optimizer: str = OPTIMIZER()
     gradient_checkpointing: bool = GRADIENT_CHECKPOINTING()
-    seed: int = option(42, "Seed for shuffling, dropout and the split.", min=0)
+    seed: int = option(42, "Seed for shuffling, dropout and the split.", min=0, max=SEED_MAX)
     output_dir: str | None = option(None, "Where checkpoints and the final adapter go (default: runs/<name>).")
     run_name: str | None = option(None, "Name of this run (default: run-<date>-<time>); output_dir defaults to "
                                         "runs/<run_name>.")
@@ -165,6 +171,14 @@ class TrainConfig(OptionsBase):
         if self.data is None:
             raise QloraError("no data given.", where="train option 'data'",
                              hint="Add `data: path.jsonl` (or csv/parquet/'demo'/$variable) to the cell body.")
+        if self.max_steps == 0:  # the Trainer reads 0 as "use epochs": 3 full epochs for a user who asked for none
+            raise QloraError("max_steps 0 would train no step, yet the Trainer reads it as 'run every epoch'.",
+                             where="train option 'max_steps'",
+                             hint="Give a number of steps >= 1, or -1 (the default) to train for `epochs`.")
+        if self.run_name is not None:  # one folder under runs/: never ../x, a/b or a name with a line break
+            check_folder_name(self.run_name, "train option 'run_name'", "runs")
+        if self.output_dir is not None:
+            check_path_text(self.output_dir, "train option 'output_dir'")
 
 
 @dataclass
@@ -175,9 +189,11 @@ class GenerateConfig(OptionsBase):
 
     max_new_tokens: int = option(48, "Tokens generated per output.", min=1, max=4096)
     sample: bool = option(False, "Sample instead of greedy decoding.", aliases=("do_sample",))
-    temperature: float = option(0.7, "Sampling temperature (only with sample).", min=0, min_exclusive=True)
+    temperature: float = option(0.7, "Sampling temperature (only with sample); below 0.01 the logits overflow to "
+                                     "inf/NaN (for the most likely token every time, turn sample off).", min=0.01)
     top_p: float = option(0.95, "Nucleus sampling mass (only with sample).", min=0, max=1, min_exclusive=True)
-    seed: int = option(0, "Seed used before each generation so base and adapted draw the same noise.", min=0)
+    seed: int = option(0, "Seed used before each generation so base and adapted draw the same noise.", min=0,
+                       max=SEED_MAX)
     adapters: list[str] = option(factory=list, help="Adapter names to compare with the base, comma-separated on the command line "
                                                      "(default: all).")
     chat: bool | None = option(None, "Apply the chat template (default: yes when the tokenizer has one and "
@@ -225,6 +241,9 @@ class PlanConfig(OptionsBase):
         if self.method == "qlora" and self.bits == 16:
             raise QloraError("qlora means a quantized base; bits 16 is plain lora.", where="plan option 'bits'",
                              hint="Use method: lora, or bits: 4/8.")
+        if self.quant != "nf4" and self.base_bits != 4:
+            raise QloraError(f"quant {self.quant} is a 4-bit data type, but the base is {self.base_bits}-bit.",
+                             where="plan option 'quant'", hint="Use method: qlora (or bits: 4) with quant: fp4.")
 
     @property
     def lora_dropout(self) -> float:

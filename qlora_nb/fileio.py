@@ -7,6 +7,7 @@ the new one, never a torn one. ``os.replace`` is atomic on one filesystem.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -71,3 +72,32 @@ def atomic_dir(target: str | Path, *, overwrite: bool = False, kind: str = "fold
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def path_kind(path: str | Path) -> str | None:
+    """What ``path`` is when it is *not* a regular file (``None`` when it is one): for messages that say so.
+
+    ``Path.is_file`` is False for a folder, a FIFO, a socket, a dangling link and a
+    link loop alike; reporting them all as "missing" sent users looking for a file
+    that was there (issue 25, class 7). A FIFO must never be opened: reading it blocks.
+    """
+    import stat
+
+    p = Path(path).expanduser()
+    try:
+        mode = os.stat(p).st_mode
+    except OSError as exc:
+        if os.path.lexists(p):
+            return "a symbolic link loop" if exc.errno == errno.ELOOP else "a link to something that does not exist"
+        return "missing"
+    except ValueError:  # an embedded NUL
+        return "missing"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device file"

@@ -23,6 +23,7 @@ from .errors import QloraError, did_you_mean
 
 T = TypeVar("T", bound="OptionsBase")
 
+INT_MAX = 2**63 - 1
 _TRUE = {"true", "yes", "on", "1", "y"}
 _FALSE = {"false", "no", "off", "0", "n", "none"}
 
@@ -129,21 +130,26 @@ def _coerce(name: str, value: Any, tp: Any, where: str, words: Mapping[str, Any]
     if base is int:
         if isinstance(value, bool):
             raise bad
-        if isinstance(value, int):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
+            value = int(value)
+        elif isinstance(value, str):
             try:
-                return int(value.strip().replace("_", ""))
+                value = int(value.strip().replace("_", ""))
             except ValueError:
                 raise bad from None
-        raise bad
+        if not isinstance(value, int):
+            raise bad
+        if abs(value) > INT_MAX:  # torch, numpy and the Trainer hold counts in int64; past that they fail inside
+            raise QloraError(f"{str(value)[:12]}… ({len(str(abs(value)))} digits) is too large for {name}.", where=where, hint=f"It must be <= {INT_MAX}.")
+        return value
     if base is float:
         if isinstance(value, bool):
             raise bad
         if isinstance(value, (int, float)):
-            out = float(value)
+            try:
+                out = float(value)
+            except OverflowError:  # an int beyond 1.8e308
+                raise bad from None
         elif isinstance(value, str):
             try:
                 out = float(value.strip())
@@ -216,8 +222,16 @@ class OptionsBase:
                     f"options must be a mapping of name: value, got {type(src).__name__}.",
                     hint="Write one `name: value` per line.",
                 )
+            spelled: dict[str, str] = {}
             for key, value in src.items():
-                merged[cls._canonical(str(key))] = value
+                name = cls._canonical(str(key))
+                if name in spelled:  # an alias and its name (lr + learning_rate) are one key written twice
+                    raise QloraError(
+                        f"{spelled[name]!r} and {key!r} both set {name}; which one is meant is not clear.",
+                        where=f"{cls._kind} {name!r}", hint=f"Keep one of them (the usual spelling is {name}).",
+                    )
+                spelled[name] = str(key)
+                merged[name] = value
         return cls(**merged)
 
     @classmethod

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import QloraError
+from .naming import check_path_text
 
 MARKER = "written_by_qlora_nb.json"
 # Folders written before the marker existed: a toolkit file whose JSON holds the toolkit's key
@@ -74,6 +75,7 @@ def check_target(target: str | Path, *, overwrite: bool, flag: str = "DIR",
     base model folder; ``target`` may be neither one of them nor a folder
     containing one.
     """
+    check_path_text(target, flag)  # a 300-character name is the user's to shorten, not an OSError
     path = Path(target).expanduser()
     full = _resolved(path)
     cwd = _resolved(Path.cwd())
@@ -117,7 +119,7 @@ def check_target(target: str | Path, *, overwrite: bool, flag: str = "DIR",
 
 def check_writable(folder: str | Path, flag: str) -> None:
     """The nearest existing parent of ``folder`` must be a writable folder (not a file)."""
-    path = _resolved(folder)
+    path = _resolved(check_path_text(folder, flag))
     probe = path
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent

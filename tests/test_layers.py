@@ -30,7 +30,7 @@ PKG = Path(__file__).resolve().parent.parent / "qlora_nb"
 
 LAYERS: list[tuple[str, ...]] = [
     ("config", "options", "errors", "events", "units", "fileio", "_version", "precision", "textsplit", "overwrite",
-     "weightfiles", "quiet"),
+     "weightfiles", "quiet", "naming"),
     ("data", "memory"),
     ("engine",),
     ("views",),

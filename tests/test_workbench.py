@@ -74,7 +74,8 @@ def test_preview_is_what_training_tokenizes(tiny_session):
     st = _studio(tiny_session, data="rows")
     st.template = TEMPLATE
     p = st.preview
-    assert p["n_rows"] == len(ROWS) and len(p["rows"]) == 3 and st.data_error == ""
+    # the split training makes (val_split 0.1 of 24 rows: 2 held out), not every row as training rows
+    assert (p["n_rows"], p["n_val"]) == (22, 2) and len(p["rows"]) == 3 and st.data_error == ""
     ex = tokenize_rows(ROWS[:1], Template.parse(TEMPLATE), tiny_session.tokenizer, 256).examples[0]
     row = p["rows"][0]
     assert row["learned"] == [label != -100 for label in ex["labels"]]

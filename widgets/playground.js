@@ -106,6 +106,7 @@ function render({ model, el: host }) {
       return li;
     }));
   }
+  on("msg:custom", (msg) => { if (msg && msg.event === "handled") draw(); });  // the kernel's status wins
   on("change:prompt", () => { if (document.activeElement !== prompt) prompt.value = model.get("prompt"); });
   for (const name of ["available", "chosen"]) on(`change:${name}`, drawPicks);
   for (const name of ["status", "columns", "cells", "notes", "history", "error", "title"]) on(`change:${name}`, draw);

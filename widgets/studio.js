@@ -182,6 +182,7 @@ function render({ model, el: host }) {
   for (const name of ["status", "can_resume", "stop_live", "run", "message", "error", "code", "title", "dashboard_id"]) {
     on(`change:${name}`, draw);
   }
+  on("msg:custom", (msg) => { if (msg && msg.event === "handled") { pending = null; draw(); } });
   drawOptions(); drawPreview(); drawForecast(); draw();
   return off;
 }

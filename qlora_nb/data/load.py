@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QloraError
+from ..fileio import path_kind
 from ..quiet import hub_offline, quiet_libraries
 from .integrity import (
     DuplicateKey,
@@ -74,9 +75,20 @@ def load_data(data: Any) -> RawData:
         if text == "demo":
             return load_demo()
         path = Path(text).expanduser()
-        if path.is_file():
+        kind = path_kind(path)
+        if kind is None:
             return load_file(path)
-        if path.suffix.lower() in FILE_SUFFIXES or path.is_dir() or text.startswith((".", "/", "~")):
+        if kind != "missing":  # a folder, FIFO or link loop is there: say what it is, not "no data file"
+            inside = ""
+            if kind == "a folder":
+                try:
+                    found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in FILE_SUFFIXES)[:5]
+                except OSError:
+                    found = []
+                inside = f" (data files in it: {', '.join(found)})" if found else ""
+            raise QloraError(f"{text!r} is {kind}, not a data file{inside}.", where=WHERE,
+                             hint="Give the path of a .json/.jsonl/.csv/.tsv/.parquet file itself.")
+        if path.suffix.lower() in FILE_SUFFIXES or text.startswith((".", "/", "~")):
             raise QloraError(f"no data file {text!r}.", where=WHERE,
                              hint=f"Give an existing .json/.jsonl/.csv/.tsv/.parquet file (the current folder is "
                                   f"{Path.cwd()}), 'demo', a hub dataset name or a $variable.")
@@ -154,9 +166,24 @@ def _object_row(obj: Any, loc: str, hint: str) -> dict:
     return _literal_bools(obj)
 
 
+# A record ends only at CR, LF or CRLF: where ``csv`` (on a file opened with ``newline=""``) and JSON
+# (which forbids raw CR/LF inside strings) end one. ``str.splitlines`` also breaks on U+2028/U+2029,
+# U+0085, form feed, vertical tab and the separators \x1c-\x1e: characters a cell or a JSON
+# string may hold (issue 25, class 1).
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def physical_lines(text: str, keepends: bool = False) -> list[str]:
+    """``text`` split at CR, LF and CRLF only (``str.splitlines`` splits at ten more characters)."""
+    lines = _LINE.findall(text)
+    if keepends:
+        return lines
+    return [ln.rstrip("\r\n") for ln in lines]
+
+
 def parse_jsonl(text: str, name: str) -> RawData:
     rows, where = [], []
-    for i, line in enumerate(text.splitlines(), start=1):
+    for i, line in enumerate(physical_lines(text), start=1):
         if not line.strip():
             continue
         try:
@@ -236,7 +263,7 @@ def parse_csv(text: str, name: str, delimiter: str = ",") -> RawData:
     so an unbalanced quote is an error naming its line, never fewer rows.
     """
     allow_long_cells()
-    lines = text.splitlines(keepends=True)
+    lines = physical_lines(text, keepends=True)
     reader = csv.reader(lines, delimiter=delimiter, strict=True)
     try:
         header = next(reader)

@@ -70,7 +70,7 @@ def _train_options(session: Session, overrides: dict[str, Any]) -> dict[str, Any
     last = session.runs[-1].config if session.runs else {}
     last = last.to_dict() if hasattr(last, "to_dict") else dict(last or {})
     merged = {k: v for k, v in last.items() if k not in ("output_dir", "resume", "overwrite")}
-    merged.update(overrides)
+    merged.update({TrainConfig._canonical(k): v for k, v in overrides.items()})  # lr= replaces learning_rate
     data = merged.get("data")
     if data is None or (isinstance(data, str) and data.startswith("<") and data.endswith(">")):
         raise QloraError("the exported script needs data it can read from a file: "

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import QloraError
 from ..fileio import atomic_dir
+from ..naming import RESERVED_ADAPTER_NAMES, check_adapter_name
 from .adapters import flatten_adapter_folder, is_trained, no_adapter
 
 if TYPE_CHECKING:
@@ -325,7 +326,13 @@ def load_adapter(session: Session, directory: str | Path, name: str | None = Non
     path = check_adapter_dir(directory, allow_pickle)
     meta = read_toolkit_metadata(path)
     check_base_matches(path, meta, session.base_fingerprint)
-    name = safe_adapter_name(name or path.resolve().name)
+    if name is not None:
+        name = check_adapter_name(name, "--name")  # typed by the user: refused, never silently renamed
+    else:
+        name = safe_adapter_name(path.resolve().name)  # derived from the folder name
+        if name.lower() in RESERVED_ADAPTER_NAMES:
+            raise QloraError(f"the adapter folder is named {path.name!r}, which is reserved for the base model.",
+                             where="--name", hint="Give the adapter a name: --name my_adapter (name='my_adapter').")
     if name in session.model.peft_config:
         raise QloraError(f"the session already has an adapter named {name!r}.", where="--name",
                          hint=f"Pick another name (loaded: {', '.join(session.model.peft_config)}).")
@@ -358,7 +365,7 @@ def open_adapter(base_model, directory: str | Path, name: str = "default", allow
     meta = read_toolkit_metadata(path)
     base_fp = model_fingerprint(Path(model_path)) if model_path is not None else {}
     check_base_matches(path, meta, base_fp)
-    name = safe_adapter_name(name)
+    name = check_adapter_name(name, "load option 'adapter_name'")
     with _peft_load_errors(path, meta, base_fp):
         model = PeftModel.from_pretrained(base_model, str(path), adapter_name=name, is_trainable=True)
     _check_keys_loaded(model, path, name, meta, base_fp)

@@ -68,7 +68,12 @@ def warn_rank(peft_model, r: int, adapter: str) -> int | None:
             dims.append(min(getattr(a, "in_features", r), getattr(b, "out_features", r)))
     smallest = min(dims, default=None)
     if smallest is not None and r > smallest:
+        params = sum(p.numel() for n, p in peft_model.named_parameters()
+                     if "lora_" in n and f".{adapter}." in f"{n}.")
+        at_smallest = params * smallest // r  # LoRA parameters grow linearly with r
         warnings.warn(f"LoRA rank r={r} is larger than the smallest adapted dimension ({smallest}); the update of "
-                      f"such a layer cannot have rank above {smallest}, so the extra rank only costs memory. "
+                      f"such a layer cannot have rank above {smallest}, so the extra rank only costs memory: r={r} "
+                      f"means {params:,} trainable parameters ({params * 4 / 2**20:,.1f} MiB in fp32, before "
+                      f"gradients and optimizer state), against {at_smallest:,} at r={smallest}. "
                       f"Use --r {smallest} or less.", QloraWarning, stacklevel=3)
     return smallest

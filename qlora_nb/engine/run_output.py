@@ -24,8 +24,27 @@ def output_dir(session, cfg: TrainConfig) -> tuple[Path, str]:
             return out, out.name
         raise QloraError("resume: true but no output_dir is given and this session has no earlier run.",
                          where="train option 'resume'", hint="Add `output_dir: runs/<name>` of the run to resume.")
-    name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
+    name = cfg.run_name or default_run_name(Path("runs"))
     return Path("runs") / name, name
+
+
+_ISSUED: set[str] = set()  # default names handed out in this process (a run's folder may not exist yet)
+
+
+def default_run_name(root: Path) -> str:
+    """``run-<date>-<time>``, with ``-2``, ``-3``… when that name is taken (issue 25, class 8).
+
+    Run All, a script or the studio's Train right after a cell start two runs in
+    one second; with the same name the second was refused with advice (resume,
+    overwrite) that acted on the first run.
+    """
+    base = time.strftime("run-%Y%m%d-%H%M%S")
+    name, k = base, 1
+    while name in _ISSUED or (root / name).exists():
+        k += 1
+        name = f"{base}-{k}"
+    _ISSUED.add(name)
+    return name
 
 
 def find_checkpoint(out: Path) -> str:

@@ -44,7 +44,9 @@ def parse_args(func, line: str, magic: str, namespace: Mapping[str, Any] | None 
             argv = split_args(line, where=f"%{magic}")
         if namespace is not None:
             argv = [_word_value(w, argv[i - 1] if i else magic, namespace, magic) for i, w in enumerate(argv)]
-        return func.parser.parse_args(argv)
+        args = func.parser.parse_args(argv)
+        vars(args).pop("_given_flags", None)  # flags._StoreOnce's record of which spelling set each option
+        return args
     except (UsageError, argparse.ArgumentError) as exc:
         raise QloraError(f"{exc}.", where=f"%{magic}", hint=f"See %{magic}? for the accepted flags.") from None
     except ValueError as exc:  # shlex: unbalanced quotes

@@ -20,7 +20,7 @@ class CompareMagics(QloraMagicsBase):
     @argument("--greedy", dest="sample", action="store_const", const=False, help="Same as --no-sample.")
     @argument("--data", default=None, choices=["val"], help="Prompts from data rows: 'val' is the validation split "
                                                              "of the last training run.")
-    @argument("--n", default="8", help="How many rows with --data (8).")
+    @argument("--n", default=None, help="How many rows with --data (8).")
     @shared_flags("session", "force")
     @output_flag("CompareResult", "compare_result")
     @option_flags(GenerateConfig, "generation options (also keyword arguments of Session.compare)")
@@ -29,6 +29,7 @@ class CompareMagics(QloraMagicsBase):
     def qlora_compare(self, line: str = ""):
         """Generate from the base (adapters disabled) and each adapter on the same weights, seed and settings."""
         args = parse_args(self.qlora_compare, line, "qlora_compare", keep_quotes=True)
+        args.quoted = [_is_quoted(w) for w in args.prompt]  # "A" "B" are two prompts; plain words are one
         for key, value in vars(args).items():  # IPython's argument splitter keeps quotes
             setattr(args, key, [_unquote(v) for v in value] if isinstance(value, list) else _unquote(value))
         options: dict[str, Any] = options_from_args(args, GenerateConfig)
@@ -59,7 +60,7 @@ class CompareMagics(QloraMagicsBase):
             if args.prompt:
                 raise QloraError("give either a prompt or --data, not both.", where="%qlora_compare")
             try:
-                n = int(args.n)
+                n = int(args.n or 8)
             except ValueError:
                 raise QloraError(f"{args.n!r} is not a number.", where="--n", hint="Write e.g. --n 8.") from None
             if n < 1:
@@ -70,6 +71,9 @@ class CompareMagics(QloraMagicsBase):
                                  "with val_split: 0.", where="--data val",
                                  hint="Train with %%qlora_train first, or pass prompts (\"text\" or $list).")
             return list(rows[:n])
+        if args.n is not None:  # --n -1 next to a prompt would otherwise be dropped without a word
+            raise QloraError(f"--n {args.n} only applies with --data val; a prompt given on the line is one row.",
+                             where="--n", hint="Drop --n, or use --data val --n 8 for rows of the validation split.")
         if not args.prompt:
             raise QloraError("no prompt given.", where="%qlora_compare",
                              hint='Write %qlora_compare "your prompt", pass $variable, or use --data val --n 8.')
@@ -80,6 +84,13 @@ class CompareMagics(QloraMagicsBase):
                 return value
             raise QloraError(f"{args.prompt[0]} is a {type(value).__name__}; expected a str or a list of str.",
                              where="%qlora_compare prompt", hint="Assign the prompt text (or a list of texts).")
+        if len(args.prompt) > 1 and all(args.quoted):  # "A" "B": each quoted text is its own prompt
+            return list(args.prompt)
+        if len(args.prompt) > 1 and any(args.quoted):
+            raise QloraError(f"the line mixes quoted and unquoted words ({len(args.prompt)} of them); it is not "
+                             "clear where one prompt ends.", where="%qlora_compare prompt",
+                             hint='Quote each prompt: %qlora_compare "first prompt" "second prompt", or pass a '
+                                  "$list of prompts.")
         return " ".join(args.prompt)  # unquoted words form one prompt
 
     def _widget(self, session):
@@ -88,6 +99,10 @@ class CompareMagics(QloraMagicsBase):
         except ImportError:  # no anywidget: the text view still works
             return None
         return CompareWidget.for_session(session)
+
+
+def _is_quoted(word: str) -> bool:
+    return len(word) >= 2 and word[0] == word[-1] and word[0] in "'\""
 
 
 def _unquote(value: Any) -> Any:

@@ -82,6 +82,7 @@ def _argument(cls: type[OptionsBase], f: dataclasses.Field) -> tuple[tuple[str, 
         kwargs["action"] = argparse.BooleanOptionalAction
         return (_flag(f.name), *meta.get("flags", ())), kwargs
     names = (_flag(f.name), *(_flag(a) for a in meta.get("aliases", ())), *meta.get("flags", ()))
+    kwargs["action"] = _StoreOnce
     kwargs["metavar"] = _metavar_choices(f) or f.name.upper()  # IPython's help shows a|b|c as <a|b|c>
     return names, kwargs
 
@@ -92,6 +93,21 @@ def _record(func, names: Iterable[str], source: str) -> None:
         func.__qlora_flags__ = {}
     for name in names:
         func.__qlora_flags__[name] = source
+
+
+class _StoreOnce(argparse.Action):
+    """Store a flag's value, refusing a second spelling of it (``--lr 1e-3 --learning-rate 2e-4``) or a repeat.
+
+    argparse keeps the last value silently; the YAML body and the keyword arguments refuse a key given twice,
+    and an alias is the same key (issue 25, class 2).
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given_flags", {})
+        if self.dest in given:
+            raise argparse.ArgumentError(self, f"given twice ({given[self.dest]} and {option_string}); keep one")
+        given[self.dest] = option_string
+        setattr(namespace, self.dest, values)
 
 
 def option_flags(cls: type[OptionsBase], title: str | None, exclude: Iterable[str] = (),

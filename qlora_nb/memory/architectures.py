@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QloraError, did_you_mean
+from ..fileio import path_kind
 from ..quiet import hub_offline
 
 
@@ -223,40 +224,57 @@ def unknown_model_error(name: str) -> QloraError:
                       hint=did_you_mean(name.lower(), sorted(ARCHITECTURES)))
 
 
-def arch_from_config(cfg: dict[str, Any], name: str = "config") -> Arch:
-    """An :class:`Arch` from a transformers ``config.json`` dict (multimodal: its ``text_config``)."""
+def _dim(cfg: dict[str, Any], key: str, source: str, default: Any = None) -> int:
+    """A positive whole-number field of a config (``default`` when absent or null), or an error naming file and key."""
+    value = cfg.get(key)
+    if value is None:
+        if default is not None:
+            return default
+        raise QloraError(f"{source} has no {key!r}; the planner needs hidden_size, intermediate_size, "
+                         "num_hidden_layers, num_attention_heads and vocab_size.", where="MODEL",
+                         hint="Pass the config.json of a decoder-only transformers model, or a name from the table.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+        raise QloraError(f"{source}: {key} is {value!r}, not a positive whole number.", where="MODEL",
+                         hint=f"Fix {key} in the file (e.g. {key}: 576), or pass a name from the table.")
+    return int(value)
+
+
+def arch_from_config(cfg: dict[str, Any], name: str = "config", source: str | None = None) -> Arch:
+    """An :class:`Arch` from a transformers ``config.json`` dict (multimodal: its ``text_config``).
+
+    ``source`` names the file in errors (default: the model name).
+    """
+    source = source or f"the config of {name!r}"
     if "text_config" in cfg and "hidden_size" not in cfg:
+        if not isinstance(cfg["text_config"], dict):
+            raise QloraError(f"{source}: text_config is a {type(cfg['text_config']).__name__}, not a mapping.",
+                             where="MODEL", hint="Pass a transformers config.json.")
         cfg = {**cfg["text_config"], "tie_word_embeddings": cfg.get("tie_word_embeddings",
                                                                      cfg["text_config"].get("tie_word_embeddings"))}
     family = str(cfg.get("model_type", "llama"))
     if family == "gemma3":
         family = "gemma3_text"
-    try:
-        h = int(cfg["hidden_size"])
-        heads = int(cfg["num_attention_heads"])
-        arch = Arch(
-            name=name,
-            hub_id=str(cfg.get("_name_or_path") or name),
-            family=family,
-            hidden=h,
-            intermediate=int(cfg["intermediate_size"]),
-            layers=int(cfg["num_hidden_layers"]),
-            heads=heads,
-            kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or h // heads),
-            vocab=int(cfg["vocab_size"]),
-            tied=bool(cfg.get("tie_word_embeddings", family.startswith("gemma"))),
-            qkv_bias=family == "qwen2" or bool(cfg.get("attention_bias", False)),
-            fused_qkv=family == "phi3",
-            norms_per_layer=4 if family in ("gemma2", "gemma3_text") else 2,
-            qk_norm=family in ("gemma3_text", "qwen3"),
-            scalar_buffers=1 if family.startswith("gemma") else 0,
-            context=_context_of(cfg),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise QloraError(f"the config of {name!r} lacks or mangles {exc} (needs hidden_size, intermediate_size, "
-                         "num_hidden_layers, num_attention_heads, vocab_size).", where="MODEL",
-                         hint="Pass a decoder-only transformers config.json, or a name from the table.") from None
+    h = _dim(cfg, "hidden_size", source)
+    heads = _dim(cfg, "num_attention_heads", source)
+    arch = Arch(
+        name=name,
+        hub_id=str(cfg.get("_name_or_path") or name),
+        family=family,
+        hidden=h,
+        intermediate=_dim(cfg, "intermediate_size", source),
+        layers=_dim(cfg, "num_hidden_layers", source),
+        heads=heads,
+        kv_heads=_dim(cfg, "num_key_value_heads", source, heads),
+        head_dim=_dim(cfg, "head_dim", source, max(h // heads, 1)),
+        vocab=_dim(cfg, "vocab_size", source),
+        tied=bool(cfg.get("tie_word_embeddings", family.startswith("gemma"))),
+        qkv_bias=family == "qwen2" or bool(cfg.get("attention_bias", False)),
+        fused_qkv=family == "phi3",
+        norms_per_layer=4 if family in ("gemma2", "gemma3_text") else 2,
+        qk_norm=family in ("gemma3_text", "qwen3"),
+        scalar_buffers=1 if family.startswith("gemma") else 0,
+        context=_context_of(cfg),
+    )
     if family not in _SUPPORTED:
         raise QloraError(f"model_type {family!r} is not a supported decoder layout for the planner.", where="MODEL",
                          hint=f"Supported: {', '.join(_SUPPORTED)}.")
@@ -279,8 +297,11 @@ def read_config(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise QloraError(f"cannot read {path} ({exc.strerror or exc}).", where="MODEL",
                          hint="Pass a readable config.json or model folder.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise QloraError(f"{path} is not valid JSON ({exc}).", where="MODEL",
+    except json.JSONDecodeError as exc:
+        raise QloraError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).",
+                         where="MODEL", hint="Pass a transformers config.json.") from None
+    except UnicodeDecodeError as exc:
+        raise QloraError(f"{path} is not UTF-8 text (byte {exc.start}).", where="MODEL",
                          hint="Pass a transformers config.json.") from None
     if not isinstance(data, dict):
         raise QloraError(f"{path} holds a {type(data).__name__}, not a config mapping.", where="MODEL")
@@ -293,13 +314,17 @@ def resolve_arch(model: str) -> tuple[Arch, str]:
     if not name:
         raise QloraError("no model given.", where="MODEL", hint="Name a model, e.g. llama-2-7b.")
     path = Path(os.path.expanduser(name))
-    if path.exists():
+    kind = path_kind(path)
+    if kind not in ("missing", "a folder", None):  # a FIFO would block the read; a link loop is not "unknown"
+        raise QloraError(f"{name!r} is {kind}, not a config.json or model folder.", where="MODEL",
+                         hint="Pass a model folder with config.json, or the config.json itself.")
+    if kind != "missing":
         cfg_path = path / "config.json" if path.is_dir() else path
-        if not cfg_path.is_file():
-            raise QloraError(f"folder {str(path)!r} has no config.json.", where="MODEL",
+        if path_kind(cfg_path) is not None:
+            raise QloraError(f"the folder {str(path)!r} has no config.json file.", where="MODEL",
                              hint="Pass a model folder with config.json, or the config.json itself.")
-        return arch_from_config(read_config(cfg_path), name=path.name if path.is_dir() else path.parent.name), \
-            str(cfg_path)
+        return arch_from_config(read_config(cfg_path), name=path.name if path.is_dir() else path.parent.name,
+                                source=str(cfg_path)), str(cfg_path)
     found = lookup(name)
     if found is not None:
         return found, "architectures table"

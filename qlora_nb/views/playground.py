@@ -27,6 +27,8 @@ from .workbench import error_text, workbench_css
 MAX_HISTORY = 20
 # The generation options the playground shows; names, defaults, help and kinds come from GenerateConfig.
 GENERATION_OPTIONS = ("max_new_tokens", "sample", "temperature", "top_p", "seed", "logprobs")
+UNLOADED = ("playground: this session was unloaded (%qlora_unload), so there is no model to generate with. "
+            "Load one with %qlora_load (or qlora_nb.load()) and open a new playground with %qlora_playground.")
 
 
 def generation_specs() -> list[dict[str, Any]]:
@@ -69,16 +71,34 @@ class Playground(QloraWidget):
 
     def refresh_adapters(self) -> None:
         """Re-read the session's adapters (after ``%qlora_load_adapter`` or more training)."""
+        from ..engine.lifecycle import is_unloaded
+
+        if is_unloaded(self.session):
+            self.available = []
+            self.status, self.error = "error", UNLOADED
+            return
         self.available = [n for n in self.session.adapters if n in getattr(self.session.model, "peft_config", {})]
 
     # -------------------------------------------------------------- actions
     def _on_front_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        """A click always ends in a visible status: no exception leaves a comm handler (issue 25, class 4).
+
+        The front end shows "generating" as soon as Generate is clicked; the ``handled`` message tells it to
+        redraw from the kernel's status even when that status did not change (error, then error again).
+        """
         if not isinstance(content, dict):
             return
-        if content.get("event") == "generate":
-            self.generate(content.get("prompt", self.prompt))
-        elif content.get("event") == "refresh":
-            self.refresh_adapters()
+        try:
+            if content.get("event") == "generate":
+                self.generate(content.get("prompt", self.prompt))
+            elif content.get("event") == "refresh":
+                self.refresh_adapters()
+        except Exception as exc:
+            self.status, self.error = "error", error_text(exc, "%qlora_playground")
+        finally:
+            if self.status == "generating":
+                self.status = "error"
+            self.send({"event": "handled"})
 
     def generate(self, prompt: str | None = None) -> Any:
         """Stream ``prompt`` (default: the prompt box) through the base and the chosen adapters."""
@@ -88,6 +108,8 @@ class Playground(QloraWidget):
         self.prompt = prompt
         self.error = ""
         self.refresh_adapters()
+        if self.error == UNLOADED:
+            return None
         opts = dict(self.options)
         logprobs = bool(opts.pop("logprobs", False))
         chosen = [c for c in self.chosen if c in self.available]

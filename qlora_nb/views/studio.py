@@ -27,8 +27,12 @@ import traitlets
 
 from ..config import SESSION_NAME, TRAIN_RESULT_NAME, TrainConfig
 from ..errors import QloraError
+from ..textsplit import interpolate, variable_name
 from .base import QloraWidget, esm
 from .workbench import PREVIEW_ROWS, default_values, error_text, option_specs, workbench_css, yaml_value
+
+UNLOADED = ("studio: this session was unloaded (%qlora_unload), so there is no model to train. Load one with "
+            "%qlora_load (or qlora_nb.load()) and open a new studio with %qlora_studio.")
 
 
 class Studio(QloraWidget):
@@ -89,17 +93,34 @@ class Studio(QloraWidget):
 
     # ------------------------------------------------------------ options
     def resolved_data(self) -> Any:
-        """What ``data`` names: a notebook variable (``$df`` or ``df``) or the text itself (path, 'demo', hub)."""
+        """What ``data`` names: a notebook variable (``$df`` or ``df``) or the text itself (path, 'demo', hub).
+
+        ``$name`` and ``$$text`` follow :func:`qlora_nb.textsplit.interpolate`, the magic's rule, so
+        ``$$x.jsonl`` is the file ``$x.jsonl`` here as in ``%%qlora_train``.
+        """
         text = self.data.strip()
         if not text:
             return self._data_object
-        name = text[1:] if text.startswith("$") else text
-        if name.isidentifier() and name in self.user_ns and name != "demo":
-            return self.user_ns[name]
-        if text.startswith("$"):
-            raise QloraError(f"no variable named {name!r} in the notebook.", where="studio data",
-                             hint="Define it in a cell above, or type a file path instead.")
-        return text
+        name = self._variable(text)
+        if name is not None:
+            return interpolate(f"${name}", self.user_ns, "studio data")
+        return interpolate(text, {}, "studio data")
+
+    def _variable(self, text: str) -> str | None:
+        """The notebook variable ``text`` names (``$name``, or a bare name bound in the notebook), else None."""
+        name = variable_name(text)
+        if name is None and text.isidentifier() and text in self.user_ns and text != "demo":
+            name = text
+        return name
+
+    @traitlets.validate("values")
+    def _canonical_values(self, proposal: dict[str, Any]) -> dict[str, Any]:
+        """``lr`` is ``learning_rate``: an alias key moves to its option's name (issue 25, class 9)."""
+        aliases = TrainConfig.aliases()
+        out = dict(proposal["value"] or {})
+        for key in [k for k in out if str(k).replace("-", "_") in aliases]:
+            out[aliases[str(key).replace("-", "_")]] = out.pop(key)
+        return out
 
     def typed_options(self) -> dict[str, Any]:
         """The options that differ from TrainConfig's defaults, typed and validated one by one."""
@@ -108,6 +129,7 @@ class Studio(QloraWidget):
         for name, raw in self.values.items():
             value = None if raw == "" else raw
             try:
+                name = TrainConfig._canonical(str(name))  # an unknown name is this field's error
                 typed = getattr(TrainConfig.from_options({"data": "demo", name: value}), name)
             except QloraError as exc:
                 errors[name] = str(exc)
@@ -132,37 +154,41 @@ class Studio(QloraWidget):
         if self.session_name != SESSION_NAME:
             line += f" --session {self.session_name}"
         text = self.data.strip()
-        if not text and self._data_object is not None:  # passed as an object: name the variable holding it
-            text = next((f"${k}" for k, v in self.user_ns.items() if v is self._data_object and k.isidentifier()
-                         and not k.startswith("_")), "$data")
-        data = f"${text.lstrip('$')}" if text and self._is_variable(text) else text or "$data"
-        body = [f"data: {yaml_value(data) if not data.startswith('$') else data}"]
+        if not text:  # passed as an object: name the variable holding it
+            data = next((f"${k}" for k, v in self.user_ns.items() if v is self._data_object and k.isidentifier()
+                         and not k.startswith("_")), "$data") if self._data_object is not None else "$data"
+        elif self._variable(text) is not None:
+            data = f"${self._variable(text)}"
+        else:  # literal text (a path, 'demo', a hub name); yaml_value escapes a leading $ the magic would read
+            data = yaml_value(interpolate(text, {}, "studio data"))
+        body = [f"data: {data}"]
         if self.template.strip():
             body.append(f"template: {yaml_value(self.template)}")
-        try:
-            opts = self.typed_options()
-        except QloraError:
-            opts = {}
-        body += [f"{k}: {yaml_value(v)}" for k, v in opts.items()]
+        opts = self.typed_options()
+        for name, raw in self.values.items():  # an invalid field is written as typed, so the cell fails alike
+            key = TrainConfig.aliases().get(str(name), str(name))
+            if key in opts:
+                body.append(f"{key}: {yaml_value(opts[key])}")
+            elif name in self.field_errors:
+                body.append(f"{name}: {yaml_value(None if raw == '' else raw)}")
         return "\n".join([line, *body]) + "\n"
-
-    def _is_variable(self, text: str) -> bool:
-        name = text[1:] if text.startswith("$") else text
-        return text.startswith("$") or (name.isidentifier() and name in self.user_ns and name != "demo")
 
     # ------------------------------------------------------------ preview / forecast
     def _changed(self, change: dict[str, Any]) -> None:
-        self.refresh()
+        try:
+            self.refresh()
+        except Exception as exc:  # a typed value reaches Python through the comm: never a silent kernel-log error
+            self.status, self.error = "error", error_text(exc)
 
     def refresh(self) -> None:
         """Recompute the preview, the forecast, the field errors and the code (after every change)."""
         opts = self.typed_options()
         cutoff = opts.get("cutoff_len", TrainConfig.cutoff_len)
-        self._refresh_preview(cutoff)
+        self._refresh_preview(cutoff, opts)
         self._refresh_forecast(opts, cutoff)
         self.code = self.to_code()
 
-    def _refresh_preview(self, cutoff: int) -> None:
+    def _refresh_preview(self, cutoff: int, opts: dict[str, Any] | None = None) -> None:
         from ..data.preview import load_preview
 
         try:
@@ -171,11 +197,11 @@ class Studio(QloraWidget):
                 self._preview, self._preview_key = None, None
                 self.preview, self.data_error = {}, ""
                 return
-            key = (id(data) if not isinstance(data, str) else data, self.template)
+            key = (id(data) if not isinstance(data, str) else (data, _file_signature(data)), self.template)
             if key != self._preview_key:
                 self._preview = load_preview(data, self.template.strip() or None, self.session.tokenizer)
                 self._preview_key = key
-            self.preview = self._preview_state(cutoff)
+            self.preview = self._preview_state(cutoff, opts or {})
             self.data_error = ""
         except QloraError as exc:
             self._preview, self._preview_key = None, None
@@ -184,8 +210,9 @@ class Studio(QloraWidget):
             self._preview, self._preview_key = None, None
             self.preview, self.data_error = {}, error_text(exc, "studio data")
 
-    def _preview_state(self, cutoff: int) -> dict[str, Any]:
+    def _preview_state(self, cutoff: int, opts: dict[str, Any]) -> dict[str, Any]:
         from ..engine.columns import token_pieces
+        from ..engine.train import split_rows
 
         p, tok = self._preview, self.session.tokenizer
         completion_only = TrainConfig.completion_only  # not a studio control: the %%qlora_train default
@@ -194,7 +221,12 @@ class Studio(QloraWidget):
             rows.append({"pieces": token_pieces(tok, ex["ids"]), "learned": ex["learned"],
                          "prompt_tokens": ex["prompt_tokens"], "completion_tokens": ex["completion_tokens"],
                          "truncated": ex["truncated"]})
-        return {"source": p.source, "n_rows": len(p.rows), "n_val": len(p.val_rows or []),
+        n_rows, n_val = len(p.rows), len(p.val_rows or [])
+        if p.val_rows is None:  # the split training will make with these options (issue 25, class 10)
+            train, val = split_rows(p.rows, opts.get("val_split", TrainConfig.val_split),
+                                    opts.get("seed", TrainConfig.seed))
+            n_rows, n_val = len(train), len(val)
+        return {"source": p.source, "n_rows": n_rows, "n_val": n_val,
                 "template": str(p.template), "chat": p.chat, "rows": rows, "cutoff_len": cutoff,
                 "truncated": p.truncated(cutoff), "longest": max(p.lengths, default=0)}
 
@@ -216,6 +248,8 @@ class Studio(QloraWidget):
             self._handle(content.get("event"))
         except Exception as exc:  # shown in the panel: a comm handler's exception would only reach the kernel log
             self.status, self.error = "error", error_text(exc)
+        finally:  # the front end drops its "starting" state even when the status did not change (error → error)
+            self.send({"event": "handled"})
 
     def _handle(self, event: Any) -> None:
         if event == "train":
@@ -238,6 +272,11 @@ class Studio(QloraWidget):
         if self.status == "running":
             return None
         self.error = self.message = ""
+        from ..engine.lifecycle import is_unloaded
+
+        if is_unloaded(self.session):
+            self.status, self.error = "error", UNLOADED
+            return None
         try:
             cfg = self.config()
         except QloraError as exc:
@@ -279,7 +318,8 @@ class Studio(QloraWidget):
             self.user_ns[self.result_name] = result
         ckpt = _checkpoint_step(result.checkpoint)
         self.run = {**run, "checkpoint_step": ckpt, "steps": result.metrics.get("steps")}
-        self.status = "stopped" if result.interrupted else "done"
+        # one status with the dashboard: a Stop that lands after the last step still reads "stopped" in both
+        self.status = "stopped" if result.interrupted or getattr(dash, "status", "") == "stopped" else "done"
         self.can_resume = bool(result.interrupted and result.checkpoint is not None)
         parts = [f"adapter saved in {result.adapter_dir}"]
         if result.interrupted and ckpt is not None:
@@ -353,6 +393,17 @@ def _track(run: dict[str, Any], event: dict[str, Any]) -> None:
     if event.get("kind") == "step":
         run.setdefault("first_step", event.get("step"))
         run["step"] = event.get("step")
+
+
+def _file_signature(text: str) -> tuple[int, int] | None:
+    """(size, mtime) of the file ``text`` names, so a rewritten or deleted file is read again; None otherwise."""
+    import os
+
+    try:
+        st = os.stat(os.path.expanduser(text))
+    except (OSError, ValueError):
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def _checkpoint_step(path: Any) -> int | None:

@@ -6,7 +6,6 @@ tested) without a front-end.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -36,7 +35,16 @@ def default_values() -> dict[str, Any]:
 
 
 def yaml_value(value: Any) -> str:
-    """A value as ``%%qlora_train``'s YAML body reads it back (text stays text, JSON quoting where needed)."""
+    """A value as ``%%qlora_train``'s body reads it back *as literal text*, whatever the characters.
+
+    Two readers stand between the cell and the option: YAML, then the magic's
+    ``$name`` rule (:func:`qlora_nb.textsplit.interpolate`), so text starting
+    with ``$`` gets one more ``$`` (``$$`` is a literal ``$``). Anything beyond
+    a plain ASCII word is written by PyYAML itself with ``allow_unicode`` (an
+    emoji stays one character; ``json.dumps`` wrote it as two surrogate escapes
+    that YAML reads back as two lone surrogates), on one line: text with line
+    breaks or characters YAML may not hold raw gets a double-quoted scalar with escapes.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -44,9 +52,19 @@ def yaml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     text = str(value)
-    if re.fullmatch(r"[\w./$~-]+", text) and text.lower() not in ("null", "true", "false", "yes", "no", "~"):
+    if text.startswith("$"):
+        text = "$" + text
+    if re.fullmatch(r"[A-Za-z0-9_./$][A-Za-z0-9_./$~-]*", text) and text.lower() not in ("null", "true", "false",
+                                                                                       "yes", "no", "on", "off"):
         return text
-    return json.dumps(text)
+    import yaml
+
+    for style in (None, '"'):  # PyYAML's own choice keeps emoji raw; double quotes escape line breaks
+        out = yaml.dump(text, Dumper=yaml.SafeDumper, default_style=style, allow_unicode=True, width=2**31 - 1)
+        out = out.removesuffix("\n").removesuffix("\n...").removesuffix("\n")
+        if "\n" not in out:
+            return out
+    return out
 
 
 def error_text(exc: BaseException, where: str = "%qlora_studio") -> str:
