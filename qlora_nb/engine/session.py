@@ -116,11 +116,21 @@ class Session:
         with rolled_back_on_error(self):
             return compare(self, prompts, on_event=on_event, **options)
 
-    def save(self, directory: str | Path, *, overwrite: bool = False, adapter: str | None = None) -> Path:
+    def save(self, directory: str | Path, *, overwrite: bool = False, adapter: str | None = None,
+             format: str = "peft") -> Path:
+        """Save an adapter as a PEFT folder (``format="peft"``) or a GGUF LoRA for llama.cpp/Ollama (``"gguf"``)."""
         from .arguments import require_bool, require_optional_name, require_path
         from .export import save_adapter
 
         directory = require_path(directory, "directory")
+        if str(format).strip().lower() == "gguf":
+            from .gguf_lora import save_gguf_lora
+
+            return save_gguf_lora(self, directory, overwrite=require_bool(overwrite, "overwrite"),
+                                  adapter=require_optional_name(adapter, "adapter"))
+        if str(format).strip().lower() != "peft":
+            raise QloraError(f"{format!r} is not an adapter format.", where="--format",
+                             hint="Accepted: peft (the default, a PEFT folder) or gguf (a llama.cpp LoRA file).")
         return save_adapter(self, directory, overwrite=require_bool(overwrite, "overwrite"),
                             adapter=require_optional_name(adapter, "adapter"))
 
@@ -134,7 +144,10 @@ class Session:
         with rolled_back_on_error(self):  # a failure inside peft leaves the adapters as they were
             return load_adapter(self, directory, name=name, allow_pickle=allow_pickle)
 
-    def merge(self, directory: str | Path, *, dtype: str = "bfloat16", overwrite: bool = False, **options: Any):
+    def merge(self, directory: str | Path, *, dtype: str = "bfloat16", overwrite: bool = False, format: str = "hf",
+              **options: Any):
+        """Merge into a Hugging Face folder (``format="hf"``) or one verified GGUF file (``"gguf"``, ``"ollama"``:
+        plus a Modelfile; ``outtype=`` q8_0/f16/bf16/f32, see :mod:`.gguf_export`)."""
         from .arguments import require_bool, require_path
         from .merge import merge
         from .rollback import rolled_back_on_error
@@ -142,6 +155,16 @@ class Session:
         directory = require_path(directory, "directory")
         if not isinstance(dtype, str):
             raise QloraError(f"dtype must be text such as 'bf16', got a {type(dtype).__name__}.", where="dtype")
+        from .gguf_export import export_gguf, normalize_format
+
+        fmt = normalize_format(format)
+        if fmt != "hf":
+            with rolled_back_on_error(self):
+                return export_gguf(self, directory, ollama=fmt == "ollama",
+                                   overwrite=require_bool(overwrite, "overwrite"), **options)
+        if "outtype" in options:
+            raise QloraError("outtype applies to GGUF exports only.", where="outtype",
+                             hint='Pass format="gguf" (or --format gguf), or use dtype= for a Hugging Face merge.')
         with rolled_back_on_error(self):
             return merge(self, directory, dtype=dtype, overwrite=require_bool(overwrite, "overwrite"), **options)
 

@@ -1,0 +1,122 @@
+"""Load a written GGUF back with transformers and compare it with the adapted session.
+
+Three things must survive the trip, each checked on the file itself:
+the weights (logits on probe prompts against the live session with the adapter
+active, and against the base so an export that lost the adapter is caught), the
+tokenizer (the same ids for the probes), and the chat template and EOS id
+(the usual cause of "the exported model talks gibberish").
+
+Bars (measured on the tiny test model and SmolLM2-135M, see tests/test_gguf.py):
+the comparison is against the session's own forward, which computes in its
+compute dtype over NF4 weights, so the bar is relative to the logits' scale.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import QloraError
+from .adapters import BASE, with_adapter
+from .merge_check import _encode, _logits, _max_diff
+
+if TYPE_CHECKING:
+    from .gguf_export import GGUFResult
+    from .session import Session
+
+FAILED = "GGUF verification FAILED"
+# max |Δlogit| / max |logit| allowed, per output type (rounding of the weights written, plus the session's own
+# 16-bit compute when it has one). q8_0 is also held to top-1 agreement.
+RELATIVE_BAR = {"f32": 2e-3, "bf16": 5e-2, "f16": 1e-2, "q8_0": 5e-2}
+SESSION_16BIT_BAR = 5e-2  # a bf16/fp16-compute session's own rounding dominates every type
+TOP1_BAR = 0.9
+
+
+def load_back(folder: Path, filename: str):
+    """(model in fp32, tokenizer) read from the GGUF by transformers, as a user of the file would."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .quiet import quiet_libraries
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = gguf_utils.tqdm  # a plain tqdm.auto bar that transformers' progress switch does not reach
+    gguf_utils.tqdm = lambda items, **_: items
+    try:
+        with quiet_libraries(("transformers",)):
+            model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=filename, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=filename)
+    finally:
+        gguf_utils.tqdm = bar
+    model.eval()
+    return model, tokenizer
+
+
+def check_gguf(session: Session, adapter: str, folder: Path, filename: str, result: GGUFResult) -> None:
+    """Fill ``result``'s figures; raise one "GGUF verification FAILED" error naming the file when a check fails."""
+    path = folder / filename
+    batch = _encode(session.tokenizer, result.probes, "cpu")
+    with with_adapter(session.model, adapter):
+        ref = _logits(session.model, {k: v.to(session.device) for k, v in batch.items()})
+    with with_adapter(session.model, BASE):
+        base = _logits(session.model, {k: v.to(session.device) for k, v in batch.items()})
+    try:
+        model, tokenizer = load_back(folder, filename)
+    except Exception as exc:  # noqa: BLE001 - any failure to read the file back is the verdict
+        raise QloraError(f"transformers could not load {path} back ({type(exc).__name__}: {str(exc)[:300]}).",
+                         where=FAILED, hint="Nothing was kept under that name. Rerun with --debug and report it.") \
+            from None
+    got = _logits(model, batch)
+    del model
+    gc.collect()
+    result.max_abs_diff = _max_diff(got, ref)
+    result.logit_scale = float(ref.abs().max())
+    result.adapter_effect = _max_diff(ref, base)
+    result.top1_agreement = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
+    result.tokens_match = _same_ids(session.tokenizer, tokenizer, result.probes)
+    result.template_match = (tokenizer.chat_template or None) == (session.tokenizer.chat_template or None)
+    result.eos_match = tokenizer.eos_token_id == session.tokenizer.eos_token_id
+    _judge(session, path, result, got, base)
+
+
+def _same_ids(mine, theirs, probes: list[str]) -> bool:
+    return all(mine(p)["input_ids"] == theirs(p)["input_ids"] for p in probes)
+
+
+def relative_bar(session: Session, outtype: str) -> float:
+    compute16 = getattr(session.config, "compute_dtype", "float32") != "float32"
+    return max(RELATIVE_BAR[outtype], SESSION_16BIT_BAR if compute16 else 0.0)
+
+
+def _judge(session: Session, path: Path, result: GGUFResult, got, base) -> None:
+    problems = []
+    if not result.tokens_match:
+        problems.append("the re-loaded tokenizer splits the probe prompts into different ids")
+    if not result.template_match:
+        problems.append("the chat template did not round-trip")
+    if not result.eos_match:
+        problems.append("the EOS id did not round-trip")
+    bar = relative_bar(session, result.outtype) * result.logit_scale
+    if result.max_abs_diff > bar:
+        problems.append(f"max |Δlogit| {result.max_abs_diff:.3g} against the adapted session is above the "
+                        f"{result.outtype} bar {bar:.3g}")
+    to_base = _max_diff(got, base)
+    if result.adapter_effect > bar and to_base < result.max_abs_diff:
+        problems.append(f"the file is closer to the base model ({to_base:.3g}) than to the adapter "
+                        f"({result.max_abs_diff:.3g}): the adapter was lost")
+    if result.outtype == "q8_0" and result.top1_agreement < TOP1_BAR:
+        problems.append(f"top-1 tokens agree on only {result.top1_agreement:.0%} of positions (bar {TOP1_BAR:.0%})")
+    if problems:
+        raise QloraError(f"{path.name}: " + "; ".join(problems) + ".", where=FAILED,
+                         hint=f"Nothing was kept under {path}. Rerun with --debug and report it.")
+
+
+def verdict_figures(result: Any) -> str:
+    n = len(result.probes)
+    top1 = f", top-1 agreement {result.top1_agreement:.1%}" if result.outtype == "q8_0" else ""
+    return (f"max |Δlogit| {result.max_abs_diff:.2g} vs the adapted session on {n} prompts "
+            f"(logits up to {result.logit_scale:.3g}; the adapter moves them by up to {result.adapter_effect:.2g})"
+            f"{top1}; chat template {'✓' if result.template_match else '✗'}, EOS id "
+            f"{'✓' if result.eos_match else '✗'}, tokenizer {'✓' if result.tokens_match else '✗'}")
