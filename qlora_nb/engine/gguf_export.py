@@ -169,7 +169,8 @@ def export_gguf(session: Session, directory: str | Path, *, outtype: str = DEFAU
         if chat is not None:
             from .ollama import modelfile_text
 
-            (tmp / "Modelfile").write_text(modelfile_text(session.tokenizer, filename), encoding="utf-8")
+            ctx = min(int(getattr(model_config, "max_position_embeddings", 4096) or 4096), 8192)
+            (tmp / "Modelfile").write_text(modelfile_text(session.tokenizer, filename, num_ctx=ctx), encoding="utf-8")
             result.modelfile = target / "Modelfile"
         if verify:
             from .gguf_check import check_gguf
