@@ -14,6 +14,8 @@ class ExportMagics(QloraMagicsBase):
     @argument("directory", help="Folder to write (adapter_config.json + adapter_model.safetensors + model card).")
     @argument("--overwrite", action="store_true", help="Replace a non-empty folder.")
     @argument("--adapter", default=None, help="Adapter to save (default: the active one).")
+    @argument("--format", default="peft", help="peft (default: a PEFT folder) or gguf (a GGUF LoRA file for "
+                                               "llama.cpp --lora and Ollama's ADAPTER).")
     @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
     @line_magic
     @friendly("qlora_save")
@@ -23,8 +25,14 @@ class ExportMagics(QloraMagicsBase):
         session = self.session(args.session)
         from ..engine.export import saved_summary
 
-        out = session.save(args.directory, overwrite=args.overwrite, adapter=args.adapter)
-        print(saved_summary(out, args.adapter or session.active_adapter))
+        out = session.save(args.directory, overwrite=args.overwrite, adapter=args.adapter, format=args.format)
+        name = args.adapter or session.active_adapter
+        if str(args.format).strip().lower() == "gguf":
+            from ..engine.gguf_lora import lora_summary
+
+            print(lora_summary(out, name))
+        else:
+            print(saved_summary(out, name))
 
     @magic_arguments()
     @argument("directory", help="Folder for the merged model (safetensors + config + tokenizer).")
@@ -33,23 +41,40 @@ class ExportMagics(QloraMagicsBase):
     @argument("--no-verify", dest="verify", action="store_false",
               help="Skip reloading the merged model and comparing weights and logits.")
     @argument("--adapter", default=None, help="Adapter to merge (default: the active one).")
+    @argument("--format", default="hf", help="hf (default: a Hugging Face folder), gguf (one llama.cpp file) or "
+                                             "ollama (the GGUF plus a Modelfile with the chat TEMPLATE and stops).")
+    @argument("--outtype", default=None, help="GGUF type: q8_0 (default, the smallest written without llama.cpp), "
+                                              "f16, bf16 or f32. K-quants (Q4_K_M, ...) need llama-quantize: export "
+                                              "f16, then `llama-quantize IN-f16.gguf OUT-Q4_K_M.gguf Q4_K_M`, or "
+                                              "`ollama create NAME --quantize q4_K_M -f DIR/Modelfile`.")
     @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
-    @argument("-o", dest="output", default=None, help="Bind the MergeResult to this variable.")
+    @argument("-o", dest="output", default=None, help="Bind the MergeResult (GGUFResult) to this variable.")
     @argument("--force", action="store_true", help="Bind the result even over a Session, your own variable or "
                                                    "a builtin of that name.")
     @line_magic
     @friendly("qlora_merge")
     def qlora_merge(self, line: str = ""):
         """Merge an adapter into a 16/32-bit copy of the base, after a memory check, and verify the result."""
+        from ..engine.gguf_export import normalize_format
+        from ..engine.gguf_write import normalize_outtype
         from ..engine.merge import normalize_dtype
 
         args = parse_args(self.qlora_merge, line, "qlora_merge", self.ns)
         dtype = normalize_dtype(args.dtype)  # refuse bad flags before touching the session
+        fmt = normalize_format(args.format)
+        gguf = {} if fmt == "hf" else {"format": fmt}
+        if args.outtype is not None:
+            if fmt == "hf":
+                from ..errors import QloraError
+
+                raise QloraError("--outtype applies to GGUF exports only.", where="--outtype",
+                                 hint="Add --format gguf (or ollama), or use --dtype for a Hugging Face merge.")
+            gguf["outtype"] = normalize_outtype(args.outtype)
         session = self.session(args.session)
         if args.output:
-            self.check_bind(args.output, "MergeResult", flag="-o", force=args.force)
+            self.check_bind(args.output, "GGUFResult" if gguf else "MergeResult", flag="-o", force=args.force)
         result = session.merge(args.directory, dtype=dtype, overwrite=args.overwrite, verify=args.verify,
-                               adapter=args.adapter, verbose=True)
+                               adapter=args.adapter, verbose=True, **gguf)
         if args.output:
             self.bind(args.output, result, flag="-o", force=args.force)
 
