@@ -12,7 +12,7 @@ merge's 1e-2 (measured 8e-5 on SmolLM2-135M); the rounding of the other types is
 judged relative to the largest logit (measured on SmolLM2-135M, logits up to 36:
 bf16 0.24, q8_0 0.77, against bars of 5% = 1.8). A bf16-compute session rounds
 its own forward (measured 2.1 against the exact f32 file), so there every type
-gets a 10% bar plus top-1 agreement of at least 90% (measured 95%).
+gets a 10% bar plus top-1 agreement of at least 80% (measured 91-95%).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ FAILED = "GGUF verification FAILED"
 # 16-bit compute when it has one). q8_0 is also held to top-1 agreement.
 RELATIVE_BAR = {"f32": 2e-3, "bf16": 5e-2, "f16": 1e-2, "q8_0": 5e-2}
 SESSION_16BIT_BAR = 0.1  # a bf16/fp16-compute session's own rounding dominates every type (measured: 0.05 on SmolLM2)
-TOP1_BAR = 0.9
+TOP1_BAR = 0.9  # fp32 session: measured 100% on SmolLM2-135M at q8_0
+TOP1_BAR_16BIT = 0.8  # bf16 session: its own rounding flips near-ties (measured 91-95% against an exact f32 file)
 
 
 def load_back(folder: Path, filename: str):
@@ -111,9 +112,10 @@ def _judge(session: Session, path: Path, result: GGUFResult, got, base) -> None:
     if result.adapter_effect > bar and to_base < result.max_abs_diff:
         problems.append(f"the file is closer to the base model ({to_base:.3g}) than to the adapter "
                         f"({result.max_abs_diff:.3g}): the adapter was lost")
-    if (result.outtype == "q8_0" or relative_bar(session, "f32") > RELATIVE_BAR["f32"]) and \
-            result.top1_agreement < TOP1_BAR:
-        problems.append(f"top-1 tokens agree on only {result.top1_agreement:.0%} of positions (bar {TOP1_BAR:.0%})")
+    compute16 = relative_bar(session, "f32") > RELATIVE_BAR["f32"]
+    top1 = TOP1_BAR_16BIT if compute16 else TOP1_BAR
+    if (result.outtype == "q8_0" or compute16) and result.top1_agreement < top1:
+        problems.append(f"top-1 tokens agree on only {result.top1_agreement:.0%} of positions (bar {top1:.0%})")
     if problems:
         raise QloraError(f"{path}: " + "; ".join(problems) + ".", where=FAILED,
                          hint=f"Nothing was kept: {path} was not written. Rerun with --debug and report it.")
