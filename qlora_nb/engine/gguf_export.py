@@ -148,9 +148,8 @@ def export_gguf(session: Session, directory: str | Path, *, outtype: str = DEFAU
                          f"{probe_dir} has {human_bytes(free, floor='MiB')} free.", where="DIR",
                          hint="Free some space, choose a folder on another disk, or pick a smaller --outtype (q8_0).")
     filename = f"{file_stem(session, outtype)}.gguf"
-    result = GGUFResult(target / filename, target / filename, outtype, name, expected_bytes=expected,
+    result = GGUFResult(target, target / filename, outtype, name, expected_bytes=expected,
                         probes=list(probes or DEFAULT_PROBES))
-    result.directory = target
     ftype = OUTTYPES[outtype][1]
 
     def metadata(writer) -> None:
