@@ -270,6 +270,8 @@ class SaveOptions(OptionsBase):
 
     overwrite: bool = OVERWRITE()
     adapter: str | None = ADAPTER()
+    format: str = option("peft", "peft (a PEFT folder) or gguf (one GGUF LoRA file for llama.cpp --lora and "
+                         "Ollama's ADAPTER).", choices=("peft", "gguf"))
 
 
 @dataclass
@@ -284,9 +286,19 @@ class MergeOptions(OptionsBase):
     overwrite: bool = OVERWRITE()
     verify: bool = option(True, "Reload the merged folder and compare its weights and logits with the session.")
     adapter: str | None = ADAPTER()
+    format: str = option("hf", "hf (a Hugging Face folder), gguf (one llama.cpp file) or ollama (the GGUF plus a "
+                         "Modelfile with the chat TEMPLATE and stop tokens).", choices=("hf", "gguf", "ollama"))
+    # No choices: the engine's check (gguf_write.normalize_outtype) names the K-quants and how to make them.
+    outtype: str | None = option(None, "GGUF type: q8_0 (default, the smallest written without llama.cpp), f16, "
+                                 "bf16 or f32. K-quants (Q4_K_M, ...) need llama-quantize: export f16, then "
+                                 "`llama-quantize IN-f16.gguf OUT-Q4_K_M.gguf Q4_K_M`, or `ollama create NAME "
+                                 "--quantize q4_K_M -f DIR/Modelfile`.")
 
     def validate(self) -> None:
         self.dtype = _dtype(self.dtype)
+        if self.outtype is not None and self.format == "hf":
+            raise QloraError("outtype applies to GGUF exports only.", where=self.where("outtype"),
+                             hint="Add format gguf (--format gguf) or ollama, or use dtype for a Hugging Face merge.")
 
 
 @dataclass

@@ -39,6 +39,7 @@ DISTINCT = {
     "data": "rows or a path to train on (train) vs the data file an exported script copies (export)",
     "sample": "sampling instead of greedy decoding (generate) vs how many values per weight the report quantizes",
     "bits": "the base's storage (load) vs an override of the method's storage (plan: default from method)",
+    "format": "what an adapter is written as (save: peft, gguf) vs what a merged model is (merge: hf, gguf, ollama)",
 }
 
 

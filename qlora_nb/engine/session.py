@@ -132,12 +132,21 @@ class Session:
             return stream(self, prompt, columns=columns, logprobs=logprobs, on_event=on_event, **options)
 
     def save(self, directory: str | Path, *, overwrite: bool = SaveOptions.overwrite,
-             adapter: str | None = SaveOptions.adapter) -> Path:
-        """Write an adapter as a PEFT folder; the keywords are :class:`~qlora_nb.config.SaveOptions`."""
+             adapter: str | None = SaveOptions.adapter, format: str = SaveOptions.format) -> Path:
+        """Write an adapter as a PEFT folder (``format="peft"``) or a GGUF LoRA for llama.cpp/Ollama (``"gguf"``);
+        the keywords are :class:`~qlora_nb.config.SaveOptions`."""
         from .arguments import require_bool, require_optional_name, require_path
         from .export import save_adapter
 
         directory = require_path(directory, "directory")
+        if str(format).strip().lower() == "gguf":
+            from .gguf_lora import save_gguf_lora
+
+            return save_gguf_lora(self, directory, overwrite=require_bool(overwrite, "overwrite"),
+                                  adapter=require_optional_name(adapter, "adapter"))
+        if str(format).strip().lower() != "peft":
+            raise QloraError(f"{format!r} is not an adapter format.", where="--format",
+                             hint="Accepted: peft (the default, a PEFT folder) or gguf (a llama.cpp LoRA file).")
         return save_adapter(self, directory, overwrite=require_bool(overwrite, "overwrite"),
                             adapter=require_optional_name(adapter, "adapter"))
 
@@ -152,8 +161,9 @@ class Session:
             return load_adapter(self, directory, name=name, allow_pickle=allow_pickle)
 
     def merge(self, directory: str | Path, *, dtype: str = MergeOptions.dtype, overwrite: bool = MergeOptions.overwrite,
-              **options: Any):
-        """A verified merged copy; the keywords are :class:`~qlora_nb.config.MergeOptions` (plus ``verbose``…)."""
+              format: str = MergeOptions.format, **options: Any):
+        """A verified merged copy: a Hugging Face folder (``format="hf"``) or one GGUF file (``"gguf"``; ``"ollama"``
+        adds a Modelfile; ``outtype=``). The keywords are :class:`~qlora_nb.config.MergeOptions` (plus ``verbose``…)."""
         from .arguments import require_bool, require_path
         from .merge import merge
         from .rollback import rolled_back_on_error
@@ -161,6 +171,16 @@ class Session:
         directory = require_path(directory, "directory")
         if not isinstance(dtype, str):
             raise QloraError(f"dtype must be text such as 'bf16', got a {type(dtype).__name__}.", where="dtype")
+        from .gguf_export import export_gguf, normalize_format
+
+        fmt = normalize_format(format)
+        if fmt != "hf":
+            with rolled_back_on_error(self):
+                return export_gguf(self, directory, ollama=fmt == "ollama",
+                                   overwrite=require_bool(overwrite, "overwrite"), **options)
+        if "outtype" in options:
+            raise QloraError("outtype applies to GGUF exports only.", where="outtype",
+                             hint='Pass format="gguf" (or --format gguf), or use dtype= for a Hugging Face merge.')
         with rolled_back_on_error(self):
             return merge(self, directory, dtype=dtype, overwrite=require_bool(overwrite, "overwrite"), **options)
 

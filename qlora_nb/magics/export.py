@@ -28,13 +28,20 @@ class ExportMagics(QloraMagicsBase):
         session = self.session(args.session)
         from ..engine.export import saved_summary
 
-        out = session.save(args.directory, overwrite=opts.overwrite, adapter=opts.adapter)
-        print(saved_summary(out, opts.adapter or session.active_adapter))
+        out = session.save(args.directory, overwrite=opts.overwrite, adapter=opts.adapter, format=opts.format)
+        name = opts.adapter or session.active_adapter
+        if opts.format == "gguf":
+            from ..engine.gguf_lora import lora_summary
+
+            print(lora_summary(out, name))
+        else:
+            print(saved_summary(out, name))
 
     @magic_arguments()
-    @argument("directory", help="Folder for the merged model (safetensors + config + tokenizer).")
+    @argument("directory", help="Folder for the merged model (safetensors + config + tokenizer), or for the "
+                                ".gguf file (and Modelfile) with --format gguf/ollama.")
     @shared_flags("session", "force")
-    @output_flag("MergeResult")
+    @output_flag("MergeResult (GGUFResult with --format gguf/ollama)")
     @option_flags(MergeOptions, "merge options (also keyword arguments of Session.merge)")
     @line_magic
     @friendly("qlora_merge")
@@ -42,11 +49,18 @@ class ExportMagics(QloraMagicsBase):
         """Merge an adapter into a 16/32-bit copy of the base, after a memory check, and verify the result."""
         args = parse_args(self.qlora_merge, line, "qlora_merge", self.ns)
         opts = MergeOptions.from_options(options_from_args(args, MergeOptions))  # bad flags fail first
+        gguf: dict = {}
+        if opts.format != "hf":
+            from ..engine.gguf_write import normalize_outtype
+
+            gguf = {"format": opts.format}
+            if opts.outtype is not None:
+                gguf["outtype"] = normalize_outtype(opts.outtype)
         session = self.session(args.session)
         if args.output:
-            self.check_bind(args.output, "MergeResult", flag="-o", force=args.force)
+            self.check_bind(args.output, "GGUFResult" if gguf else "MergeResult", flag="-o", force=args.force)
         result = session.merge(args.directory, dtype=opts.dtype, overwrite=opts.overwrite, verify=opts.verify,
-                               adapter=opts.adapter, verbose=True)
+                               adapter=opts.adapter, verbose=True, **gguf)
         if args.output:
             self.bind(args.output, result, flag="-o", force=args.force)
 
