@@ -177,6 +177,14 @@ class PlanConfig(OptionsBase):
                                 choices=DTYPES + tuple(DTYPE_ALIASES))
     device: str = option("cuda", "Where training runs: cuda (allocator bytes) or cpu (process RSS).",
                          choices=("cuda", "cpu"))
+    max_steps: int = option(-1, "Optimizer steps of the run, for its total time (-1: epochs x rows of the data).",
+                            min=-1)
+    epochs: float = option(3.0, "Passes over the data, for the run's total time when max_steps is -1.", min=0,
+                           min_exclusive=True, aliases=("num_train_epochs",))
+    gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step (time per step scales with it).",
+                                              min=1)
+    data: Any = option(None, "Training data (path, 'demo', hub name or rows), for tokens per row and the run's "
+                             "total time; None: every row seq_len tokens, time per step only.")
 
     def validate(self) -> None:
         self.compute_dtype = DTYPE_ALIASES.get(self.compute_dtype, self.compute_dtype)

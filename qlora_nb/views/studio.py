@@ -201,7 +201,7 @@ class Studio(QloraWidget):
     def _refresh_forecast(self, opts: dict[str, Any], cutoff: int) -> None:
         seq = min(cutoff, max(self._preview.lengths)) if self._preview and self._preview.lengths else cutoff
         try:
-            plan = self.session.plan(measure=False, seq_len=seq, batch_size=opts.get("batch_size",
+            plan = self.session.plan(ledger=False, seq_len=seq, batch_size=opts.get("batch_size",
                                      TrainConfig.batch_size), optimizer=opts.get("optimizer", "adamw"),
                                      gradient_checkpointing=opts.get("gradient_checkpointing", False))
             self.forecast = {**plan.to_event(), "seq_len": seq, "limit_source": plan.limit_source}
