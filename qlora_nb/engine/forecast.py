@@ -114,3 +114,24 @@ def plan_session(session, *, measure: bool = False, ledger: bool = True, steps: 
 
         measure_setups(session, p, steps=steps, template=template, loader=loader)
     return p
+
+
+def run_prediction(session, cfg: Any, examples: list[dict[str, list[int]]]) -> float | None:
+    """Predicted seconds per optimizer step of a run about to start (its own tokenized rows); None if unpriceable.
+
+    The dashboard shows it beside the measured step time, and the ETA at step 1 uses it (step 1 pays for
+    warm-up, so elapsed time alone overstates the run).
+    """
+    from ..memory.forecast import price
+    from ..memory.planner import plan_session as memory_plan_session
+
+    try:
+        p = memory_plan_session(session, measure=False, batch_size=cfg.batch_size, seq_len=cfg.cutoff_len,
+                                gradient_checkpointing=cfg.gradient_checkpointing, optimizer=cfg.optimizer,
+                                gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+        lengths = [len(ex["input_ids"]) for ex in examples]
+        labelled = [sum(1 for t in ex["labels"][1:] if t != -100) for ex in examples]
+        work = Workload.from_lengths(cfg.batch_size, lengths, labelled, cfg.cutoff_len)
+        return price(p.arch, p.config, rates_for(p.arch, p.config), work)[0].step_seconds
+    except (QloraError, ValueError, KeyError, TypeError, AttributeError, OSError):  # advice only: never stop a run
+        return None
