@@ -273,3 +273,43 @@ def test_plan_magic_measure_flags(shell, capsys, tiny_session, cache):
     assert "time:" in out and "by method" in out
     with pytest.raises(QloraError, match="--measure times real steps"):
         shell.run_line_magic("qlora_plan", "smollm2-135m --measure --text")
+
+
+def test_dashboard_shows_predicted_beside_measured_and_an_eta_before_step_one():
+    from types import SimpleNamespace
+
+    from qlora_nb.events import EventBus
+    from qlora_nb.views.dashboard import TrainingDashboard
+
+    s = SimpleNamespace(events=EventBus(), config=SimpleNamespace(model="tiny"), stop_requested=False)
+    dash = TrainingDashboard.for_session(s, {"max_steps": 10})
+    s.events.emit("train_begin", max_steps=10, predicted_step_s=2.0)
+    dash.flush()
+    assert dash.progress["eta_s"] == pytest.approx(20.0) and dash.progress["predicted_step_s"] == 2.0
+    s.events.emit("step", step=1, loss=1.0, max_steps=10, eta_s=18.0, step_s=2.5, predicted_step_s=2.0)
+    dash.flush()
+    assert "2.50 s/step (predicted 2.00)" in dash.text()
+
+
+def test_training_uses_the_forecast_for_the_eta_at_step_one(tiny_session, cache, tmp_path):
+    events = []
+    rows = [{"instruction": f"say {i}", "output": "ok"} for i in range(12)]
+    tiny_session.train(data=rows, max_steps=3, batch_size=2, val_split=0, n_probes=0, output_dir=str(tmp_path / "r"),
+                       on_event=events.append)
+    begin = next(e for e in events if e["kind"] == "train_begin")
+    steps = [e for e in events if e["kind"] == "step"]
+    predicted = begin["predicted_step_s"]
+    assert predicted > 0 and all(e["predicted_step_s"] == predicted for e in steps)
+    assert steps[0]["eta_s"] == pytest.approx(predicted * 2)  # two steps left after step 1
+    assert all(e["step_s"] > 0 for e in steps)
+
+
+def test_studio_forecast_shows_step_and_run_time(tiny_session, cache):
+    from qlora_nb.views.studio import Studio
+
+    rows = [{"instruction": f"say {i}", "output": "ok"} for i in range(20)]
+    studio = Studio(tiny_session, data=rows, user_ns={"rows": rows})
+    studio.values = {**studio.values, "max_steps": 5, "batch_size": 4}
+    t = studio.forecast["time"]
+    assert t["step_seconds"] > 0 and t["run_seconds"] == pytest.approx(5 * t["step_seconds"])
+    assert t["fastest"]["applicable"] in (True, False) and t["from_data"]
