@@ -8,7 +8,9 @@ the 4-bit and 8-bit dequantization factors and the per-op count scale.
 ``ELEMENTWISE_TOUCHES`` stays structural (it scales with tokens exactly as the
 matmul term does, so the two cannot be told apart by these cells). Prints the
 constants to paste into ``qlora_nb/memory/speed.py`` and each cell's error.
-Run under the machine lock: ``flock /tmp/cpu.lock python benchmarks/speed_fit.py``.
+Run under the machine lock: ``flock /tmp/cpu.lock python benchmarks/speed_fit.py [CELLS.json]``. The constants
+in the code were fitted on ``results/speed-fit-*.json`` (the first run); ``speed_accuracy.py``'s later run is
+the check on cells the fit did not see.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def main() -> None:
     import qlora_nb
     from qlora_nb.memory import speed as S
 
-    cells = json.loads(results_path().read_text())["cells"]
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else results_path()
+    cells = json.loads(path.read_text())["cells"]
     S.MATMUL_EFFICIENCY = S.INT8_MATMUL_EFFICIENCY = 1.0
     S.DEQUANT_FACTOR = {4: 1.0, 8: 1.0}
     data = long_rows()

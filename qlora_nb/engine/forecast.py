@@ -40,7 +40,7 @@ def rates_for(arch: Arch, cfg: PlanConfig, gpu_name: str | None = None) -> Rates
         from .speed_calibration import machine_rates
 
         return machine_rates(shapes, cfg.compute_dtype, f"cuda:{torch.cuda.current_device()}")
-    name = gpu_name or "A100"
+    name = gpu_name or "A100"  # planning for a GPU that is not here, none named: the common cloud one
     rates = gpu_rates(name)
     if rates is None:
         from ..memory.speed import GPU_PEAKS

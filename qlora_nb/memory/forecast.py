@@ -21,7 +21,7 @@ from ..config import PlanConfig
 from ..units import human_bytes
 from .architectures import Arch
 from .planner import TIGHT, activation_bytes_per_token_layer, compute_components
-from .speed import Rates, StepTime, Workload, predict_step, run_steps
+from .speed import GPU_EFFICIENCY, Rates, StepTime, Workload, predict_step, run_steps
 
 SETUPS: tuple[tuple[str, int], ...] = (("full", 16), ("lora", 16), ("lora", 8), ("qlora", 4))
 
@@ -64,6 +64,7 @@ class Forecast:
     fastest_note: str
     workload: Workload
     measured: list[dict[str, Any]] = field(default_factory=list)  # filled by --measure
+    machine: str = ""  # whose rates: "cpu:<model>:<cores>", "cuda:<name>"
 
     @property
     def step_seconds(self) -> float:
@@ -79,11 +80,14 @@ class Forecast:
                 "uncertainty": self.time.uncertainty, "source": self.time.source, "terms": dict(self.time.terms),
                 "methods": [dict(m) for m in self.methods], "fastest": dict(self.fastest) if self.fastest else None,
                 "fastest_note": self.fastest_note, "measured": [dict(m) for m in self.measured],
-                "tokens_per_row": self.workload.tokens_per_row, "from_data": self.workload.from_data}
+                "tokens_per_row": self.workload.tokens_per_row, "from_data": self.workload.from_data,
+                "machine": self.machine}
 
     def lines(self) -> list[str]:
         t = self.time
-        pm = f"±{t.uncertainty:.0%}" + (", estimated from published peaks" if t.source == "estimated" else "")
+        pm = f"±{t.uncertainty:.0%}, " + (f"estimated for {self.machine.split(':', 1)[-1]} from its published peak "
+                                           f"x {GPU_EFFICIENCY:.0%}" if t.source == "estimated"
+                                           else f"rates measured on {self.machine or 'this machine'}")
         rows = (f"{self.workload.tokens_per_row:.0f} tokens per row from the data" if self.workload.from_data
                 else "every row seq_len tokens (no data)")
         out = [f"time: {format_seconds(t.step_seconds)} per optimizer step ({pm}), {t.tokens_per_s:,.0f} tokens/s; "
@@ -159,4 +163,4 @@ def build_forecast(arch: Arch, cfg: PlanConfig, rates: Rates, work: Workload, li
                             "memory_bytes": total, "text": _describe(method, bits, batch, accum, ckpt)}
     why = "" if best else (f"no setup fits in {human_bytes(limit)} (methods x batch sizes x gradient checkpointing "
                            f"searched)")
-    return Forecast(own, steps, note, methods, best, why, work)
+    return Forecast(own, steps, note, methods, best, why, work, machine=rates.machine)
