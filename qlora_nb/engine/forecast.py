@@ -57,7 +57,6 @@ def workload_for(cfg: PlanConfig, tokenizer: Any = None, template: str | None = 
     from ..data.collate import tokenize_rows
     from ..data.load import load_data
     from ..data.validate import validate
-    from .train import split_rows
 
     if tokenizer is None:
         raise QloraError("data was given but no tokenizer is at hand to count its tokens.",
@@ -65,11 +64,13 @@ def workload_for(cfg: PlanConfig, tokenizer: Any = None, template: str | None = 
                          hint="Plan the loaded session instead (session.plan(data=...) / %qlora_plan --data ...), "
                               "or leave data out for a time per step.")
     text = validate(load_data(cfg.data), template, tokenizer)
-    rows = text.rows if text.val_rows is not None else split_rows(text.rows, DEFAULT_VAL_SPLIT, 42)[0]
-    tok = tokenize_rows(rows, text.template, tokenizer, cfg.seq_len, True, text.chat_format)
+    tok = tokenize_rows(text.rows, text.template, tokenizer, cfg.seq_len, True, text.chat_format)
     lengths = [len(ex["input_ids"]) for ex in tok.examples]
     labelled = [sum(1 for t in ex["labels"][1:] if t != -100) for ex in tok.examples]
-    return Workload.from_lengths(cfg.batch_size, lengths, labelled, cfg.seq_len)
+    work = Workload.from_lengths(cfg.batch_size, lengths, labelled, cfg.seq_len)
+    if text.val_rows is None:  # training holds out a share (engine/train.split_rows); the mean length stays
+        work.rows = len(text.rows) - max(1, round(len(text.rows) * DEFAULT_VAL_SPLIT))
+    return work
 
 
 def attach_forecast(p: Plan, *, tokenizer: Any = None, template: str | None = None, rates: Rates | None = None,
