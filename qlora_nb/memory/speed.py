@@ -25,10 +25,10 @@ architecture (:mod:`.architectures`) times a rate measured once on the machine
 ``ELEMENTWISE_TOUCHES``, ``OPS_PER_LINEAR`` and ``OPS_PER_LAYER`` are
 structural counts (how many times a saved byte is read/written, how many
 dispatches a module makes), fitted once against measured steps of the demo
-model (``benchmarks/speed_accuracy.py``, results in ``benchmarks/RESULTS.md``);
+model (``benchmarks/speed_fit.py`` on ``benchmarks/speed_accuracy.py``'s cells; ``benchmarks/SPEED_ACCURACY.md``);
 the rates are what differ between machines. The prediction carries a relative
-uncertainty: ``MEASURED_UNCERTAINTY`` when every rate was measured here (the
-benchmark's worst cell), ``ESTIMATED_UNCERTAINTY`` for a GPU priced from its
+uncertainty: ``MEASURED_UNCERTAINTY`` when every rate was measured here (17 of 18
+cells of the check run were within it on a 2-core AMD EPYC; the worst was 32%), ``ESTIMATED_UNCERTAINTY`` for a GPU priced from its
 published peak.
 
 No torch import: pure arithmetic over plain numbers.
@@ -42,7 +42,7 @@ from typing import Any
 from .architectures import Arch
 
 # Structural coefficients, fitted by benchmarks/speed_fit.py (least squares on the relative error) against the
-# measured cells of benchmarks/speed_accuracy.py on a 2-core AMD EPYC (torch 2.13 CPU), see RESULTS.md.
+# measured cells of benchmarks/speed_accuracy.py on a 2-core AMD EPYC (torch 2.13 CPU), see SPEED_ACCURACY.md.
 MATMUL_EFFICIENCY = 0.56  # a step's bf16 matmuls vs the isolated ones the calibration times
 INT8_MATMUL_EFFICIENCY = 0.84  # LLM.int8's CPU training matmuls (fp32) vs the isolated fp32 ones
 DEQUANT_FACTOR = {4: 6.2, 8: 5.6}  # the training path's dequantization (casts, copies) vs the bare kernel
