@@ -15,8 +15,8 @@ from .errors import QloraError
 __all__ = ["QloraError", "Session", "load", "plan", "playground", "studio", "__version__"]
 
 if TYPE_CHECKING:
+    from .engine.forecast import plan
     from .engine.session import Session, load
-    from .memory.planner import plan
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: heavy parts load on first use
@@ -25,7 +25,7 @@ def __getattr__(name: str) -> Any:  # PEP 562: heavy parts load on first use
 
         return getattr(session, name)
     if name == "plan":
-        from .memory.planner import plan
+        from .engine.forecast import plan
 
         return plan
     raise AttributeError(f"module 'qlora_nb' has no attribute {name!r}")

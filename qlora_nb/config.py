@@ -65,6 +65,15 @@ _SEQ_DEFAULT, _SEQ_HELP = 256, ("Longest tokenized row: longer rows are truncate
                                 "forecasts rows this long, the worst case of a batch.")
 CUTOFF_LEN = Concept("cutoff_len", _SEQ_DEFAULT, _SEQ_HELP, min=8, aliases=("max_seq_length", "max_length"))
 SEQ_LEN = Concept("seq_len", _SEQ_DEFAULT, _SEQ_HELP, min=1, aliases=("cutoff_len", "max_seq_length"))
+# Training length and data: what %%qlora_train runs and what the planner prices in seconds for the run.
+TRAIN_DATA = Concept("data", None, "JSON/JSONL/CSV/parquet path, 'demo', a hub dataset name, or $variable (list of "
+                     "dicts / DataFrame) from the notebook. The planner tokenizes it as training does for tokens "
+                     "per row and the run's total time (None: every row seq_len tokens, time per step only).")
+EPOCHS = Concept("epochs", 3.0, "Passes over the training rows (ignored when max_steps > 0).", min=0,
+                 min_exclusive=True, aliases=("num_train_epochs",))
+MAX_STEPS = Concept("max_steps", -1, "Stop after this many optimizer steps (-1: use epochs).", min=-1)
+GRADIENT_ACCUMULATION = Concept("gradient_accumulation_steps", 1, "Micro-batches accumulated per optimizer step "
+                                "(time per step scales with it).", min=1)
 
 
 def _dtype(value: str) -> str:
@@ -121,17 +130,15 @@ class TrainConfig(OptionsBase):
 
     _kind: ClassVar[str] = "train option"
 
-    data: Any = option(None, "JSON/JSONL/CSV/parquet path, 'demo', a hub dataset name, or $variable "
-                             "(list of dicts / DataFrame) from the notebook.")
+    data: Any = TRAIN_DATA()
     template: str | None = option(None, "Format string; everything before {output} is the prompt. "
                                         "None: chat template for 'messages' rows, or prompt/completion columns.")
     cutoff_len: int = CUTOFF_LEN()
     val_split: float = option(0.1, "Fraction (or count when >= 1) of rows held out for evaluation.", min=0.0)
-    epochs: float = option(3.0, "Passes over the training rows (ignored when max_steps > 0).", min=0,
-                           min_exclusive=True, aliases=("num_train_epochs",))
-    max_steps: int = option(-1, "Stop after this many optimizer steps (-1: use epochs).", min=-1)
+    epochs: float = EPOCHS()
+    max_steps: int = MAX_STEPS()
     batch_size: int = BATCH_SIZE()
-    gradient_accumulation_steps: int = option(1, "Micro-batches accumulated per optimizer step.", min=1)
+    gradient_accumulation_steps: int = GRADIENT_ACCUMULATION()
     learning_rate: float = option(2e-4, "Peak learning rate (QLoRA: 2e-4 for 7B, 1e-4 for 65B).", min=0,
                                   min_exclusive=True, aliases=("lr",))
     lr_scheduler_type: str = option("cosine", "Learning-rate schedule.",
@@ -229,6 +236,10 @@ class PlanConfig(OptionsBase):
     compute_dtype: str = COMPUTE_DTYPE()
     device: str = option("cuda", "Where training runs: cuda (allocator bytes) or cpu (process RSS).",
                          choices=("cuda", "cpu"))
+    max_steps: int = MAX_STEPS()
+    epochs: float = EPOCHS()
+    gradient_accumulation_steps: int = GRADIENT_ACCUMULATION()
+    data: Any = TRAIN_DATA()
 
     def validate(self) -> None:
         self.compute_dtype = _dtype(self.compute_dtype)

@@ -26,6 +26,8 @@ HAND_WRITTEN = {
     ("qlora_compare", "--data"): "where the prompts come from (validation rows); the twin takes the prompts",
     ("qlora_compare", "--n"): "how many rows --data takes",
     ("qlora_plan", "--text"): "print instead of showing the widget; the twin returns the Plan",
+    ("qlora_plan", "--measure"): "times real steps of the loaded session (Session.plan's measure=), not a setting",
+    ("qlora_plan", "--gpu-model"): "which GPU's published peak prices the time (plan's gpu_model=), not a setting",
 }
 
 OPTION_CLASSES = [C.LoadConfig, C.TrainConfig, C.PlanConfig, C.GenerateConfig, C.SaveOptions, C.MergeOptions,

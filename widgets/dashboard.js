@@ -131,6 +131,9 @@ function render({ model, el: host }) {
     const tok = [stat("tokens/s", rate(p.tokens_per_s), "tokens-per-s")];
     if (p.mean_tokens_per_s) tok.push(stat("mean", rate(p.mean_tokens_per_s), "mean-tokens-per-s"));
     if (p.mfu !== undefined && p.mfu !== null) tok.push(stat("MFU", `${(100 * p.mfu).toFixed(1)}%`, "mfu"));
+    if (p.step_s && p.predicted_step_s) {
+      tok.push(stat("s/step", `${Number(p.step_s).toFixed(2)} (predicted ${Number(p.predicted_step_s).toFixed(2)})`, "step-seconds"));
+    }
     stats.replaceChildren(
       stat("loss", num(p.loss), "train-loss"),
       stat("eval loss", num(p.eval_loss), "eval-loss"),

@@ -194,7 +194,9 @@ function render({ model, el: host }) {
     const fixRow = el("div", { class: "qn-row", "data-testid": "plan-fix" });
     const table = el("div", { "data-testid": "plan-components" });
     const compare = el("div", { class: "qn-compare", "data-testid": "plan-compare" });
-    root.append(el("div", { class: "qn-title" }, "Will it fit? — memory planner"), controls, warning, verdict, fixRow, table, compare);
+    const timeBox = el("div", { "data-testid": "plan-time" });
+    root.append(el("div", { class: "qn-title" }, "Will it fit? — memory planner"), controls, warning, verdict, fixRow, timeBox, table, compare);
+    drawTime(timeBox, model.get("forecast"), (d) => { Object.assign(state, d); build(true); });
 
     function stackedBar(label, comps, limit, scaleMax) {
       const t = total(comps);
@@ -262,5 +264,30 @@ function render({ model, el: host }) {
     if (focusApply) (root.querySelector('[data-testid="plan-apply-fix"]') || root.querySelector('[data-testid="plan-verdict"]')).focus?.();
   }
   return off;
+}
+const secs = (s) => (s === null || s === undefined ? "–" : s < 120 ? `${s.toFixed(2)} s` : s < 7200 ? `${(s / 60).toFixed(1)} min` : `${(s / 3600).toFixed(1)} h`);
+
+// time next to memory, as priced in Python for the options the plan was made with (the sliders re-plan memory only)
+function drawTime(box, f, apply) {
+  box.replaceChildren();
+  if (!f || !f.step_seconds) return;
+  const est = f.source === "estimated" ? ", estimated from published peaks" : "";
+  box.append(el("div", { class: "qn-muted" }, `time (as planned; run %qlora_plan again after changes): `,
+    el("b", { "data-testid": "plan-step-seconds" }, secs(f.step_seconds)), ` per step (±${Math.round(100 * f.uncertainty)}%${est}), run `,
+    el("b", {}, f.run_seconds ? secs(f.run_seconds) : "–"), ` — ${f.run_note}`));
+  const rows = [el("tr", {}, el("th", {}, "setup"), el("th", {}, "s/step"), el("th", {}, "memory"), el("th", {}, "verdict"),
+    ...(f.measured && f.measured.length ? [el("th", {}, "measured")] : []))];
+  for (const m of f.methods || []) {
+    const meas = (f.measured || []).find((x) => x.method === m.method && x.bits === m.bits);
+    rows.push(el("tr", {}, el("td", {}, m.label), el("td", {}, secs(m.step_seconds)), el("td", {}, bytes(m.memory_bytes)), el("td", {}, m.verdict),
+      ...(f.measured && f.measured.length ? [el("td", {}, meas ? (meas.step_seconds ? secs(meas.step_seconds) : meas.why || "") : "")] : [])));
+  }
+  box.append(el("table", { class: "qn-table", "data-testid": "plan-time-table" }, ...rows));
+  if (f.fastest) {
+    const b = el("button", { class: "qn-btn", "data-testid": "plan-apply-fastest", textContent: `apply fastest: ${f.fastest.text}` });
+    b.addEventListener("click", () => apply({ method: f.fastest.method, bits: f.fastest.method === "qlora" ? null : f.fastest.bits,
+      batch_size: f.fastest.batch_size, gradient_checkpointing: f.fastest.gradient_checkpointing }));
+    box.append(el("div", { class: "qn-row" }, b, ` ${secs(f.fastest.step_seconds)} per step`));
+  } else box.append(el("div", { class: "qn-muted" }, `fastest that fits: ${f.fastest_note}`));
 }
 export default { render };

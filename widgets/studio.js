@@ -50,7 +50,7 @@ const EXTRA = { activations: ["activations", "#a78bfa"], logits: ["logits", "#c4
 const colour = (k) => COLORS[k] || (EXTRA[k] || [])[1] || "#999";
 const label = (k) => LABELS[k] || (EXTRA[k] || [])[0] || k;
 
-function renderForecast(node, f) {
+function renderForecast(node, f, apply) {
   node.replaceChildren(el("div", { class: "qn-title" }, "memory forecast"));
   if (!f || f.error) { node.append(el("div", { class: "qn-muted" }, f && f.error ? f.error : "–")); return; }
   const limit = f.limit_bytes || 1, total = f.total || 0;
@@ -70,6 +70,30 @@ function renderForecast(node, f) {
       fits ? "fits" : "won't fit")),
     bar, legend,
     el("div", { class: "qn-muted" }, `for batch_size × ${f.seq_len} tokens (the longest row, capped at cutoff_len); ${f.reason || ""}`));
+  if (f.time) node.append(renderTime(f.time, apply));
+}
+
+const secs = (s) => (s === null || s === undefined ? "–" : s < 120 ? `${s.toFixed(2)} s` : s < 7200 ? `${(s / 60).toFixed(1)} min` : `${(s / 3600).toFixed(1)} h`);
+
+// predicted step and run time before Train, and the fastest setup that fits (apply: batch/accumulation/checkpointing)
+function renderTime(t, apply) {
+  const box = el("div", { "data-testid": "forecast-time" });
+  const est = t.source === "estimated" ? ", estimated" : "";
+  box.append(el("div", { class: "qn-row" },
+    el("span", { class: "qn-stat" }, "predicted ", el("b", { "data-testid": "forecast-step-seconds" }, secs(t.step_seconds)), ` per step (±${Math.round(100 * t.uncertainty)}%${est})`),
+    el("span", { class: "qn-stat" }, "run ", el("b", { "data-testid": "forecast-run-seconds" }, t.run_seconds ? secs(t.run_seconds) : "–"), t.run_seconds ? ` (${t.run_note})` : ` (${t.run_note})`)));
+  if (t.fastest) {
+    const row = el("div", { class: "qn-row qn-muted" }, `fastest that fits: ${t.fastest.text}, ${secs(t.fastest.step_seconds)} per step`);
+    if (t.fastest.applicable && apply) {
+      const b = el("button", { class: "qn-btn", "data-testid": "forecast-apply-fastest", textContent: "apply" });
+      b.addEventListener("click", () => apply({ batch_size: t.fastest.batch_size, gradient_accumulation_steps: t.fastest.gradient_accumulation_steps, gradient_checkpointing: t.fastest.gradient_checkpointing }));
+      row.append(" ", b);
+    } else if (!t.fastest.applicable) {
+      row.append(" (load the model with that base to use it)");
+    }
+    box.append(row);
+  }
+  return box;
 }
 
 function render({ model, el: host }) {
@@ -170,7 +194,8 @@ function render({ model, el: host }) {
   }
 
   const drawPreview = () => renderPreview(preview, model.get("preview"), model.get("data_error"));
-  const drawForecast = () => renderForecast(forecast, model.get("forecast"));
+  const applyValues = (changes) => { model.set("values", { ...model.get("values"), ...changes }); model.save_changes(); };
+  const drawForecast = () => renderForecast(forecast, model.get("forecast"), applyValues);
   on("change:specs", drawOptions);
   on("change:values", drawOptions);
   on("change:field_errors", () => { drawOptions(); draw(); });

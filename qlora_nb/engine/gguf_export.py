@@ -108,12 +108,12 @@ def export_gguf(session: Session, directory: str | Path, *, outtype: str = DEFAU
     """
     from ..fileio import atomic_dir
     from ..overwrite import check_target
+    from ..quiet import quiet_libraries
     from .arguments import protected_folders
     from .gguf_arch import arch_of, write_model_metadata
     from .gguf_vocab import tokenizer_fields, write_tokenizer
     from .gguf_write import OUTTYPES, plan_tensors, tensor_rows, write_gguf
     from .merge import DEFAULT_PROBES
-    from ..quiet import quiet_libraries
 
     started = time.perf_counter()
     outtype = normalize_outtype(outtype)

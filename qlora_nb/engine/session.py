@@ -192,11 +192,15 @@ class Session:
         directory = require_path(directory, "directory")
         return export_script(self, directory, overwrite=require_bool(overwrite, "overwrite"), **options)
 
-    def plan(self, **options: Any):
-        """The planner's prediction for this session's model and settings."""
-        from .planning import plan_session
+    def plan(self, *, measure: bool = False, **options: Any):
+        """The planner's prediction (memory and time) for this session's model and settings.
 
-        return plan_session(self, **options)
+        ``measure=True`` (``%qlora_plan --measure``) also times a few real steps of each setup that fits,
+        on throwaway copies, and leaves this session exactly as it was.
+        """
+        from .forecast import plan_session
+
+        return plan_session(self, measure=measure, loader=load, **options)
 
     def quant_report(self, **options: Any):
         """4-bit reconstruction error and perplexity; options are :class:`~qlora_nb.config.QuantReportOptions`."""

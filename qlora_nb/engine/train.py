@@ -292,6 +292,9 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
         trainer.remove_callback(cb)
     state["trainer"] = trainer
     trainer.flops_model, state["peak_flops"] = _flops_and_peak(session, cfg)
+    from .forecast import run_prediction
+
+    state["predicted_step_s"] = run_prediction(session, cfg, prep.train)
     trainer.add_callback(make_callback(session, cfg, prep, flag, history, state))
     early = None
     if cfg.early_stopping_patience:

@@ -68,7 +68,7 @@ def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, his
             events.emit("train_begin", max_steps=st.max_steps, epochs=args.num_train_epochs,
                         train_rows=len(prep.train), val_rows=len(prep.val), truncated_rows=prep.truncated,
                         output_dir=args.output_dir, resumed_from=state.get("resume_from"),
-                        config=cfg.to_dict())
+                        config=cfg.to_dict(), predicted_step_s=state.get("predicted_step_s"))
 
         def on_pre_optimizer_step(self, args, st, control, **kw):
             flag.critical = True  # a second interrupt now waits for the step (see engine.interrupts)
@@ -106,12 +106,18 @@ def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, his
             done = st.global_step - state["start_step"]
             elapsed = time.perf_counter() - state["t_begin"]
             eta = elapsed / max(1, done) * max(0, st.max_steps - st.global_step)
+            predicted = state.get("predicted_step_s")
+            if predicted and done <= 1:  # step 1 pays for warm-up: the forecast knows the steady step better
+                eta = predicted * max(0, st.max_steps - st.global_step)
             entry = {"step": st.global_step, "loss": float(logs["loss"]),
                      "learning_rate": float(logs.get("learning_rate", 0.0)),
                      "tokens_per_s": last["tokens"] / last["dt"] if last["dt"] > 0 else 0.0,
                      "epoch": float(st.epoch or 0.0), "max_steps": st.max_steps, "eta_s": eta}
             if "grad_norm" in logs:
                 entry["grad_norm"] = float(logs["grad_norm"])
+            entry["step_s"] = last["dt"]
+            if predicted:
+                entry["predicted_step_s"] = predicted
             if state.get("peak_flops") and last["dt"] > 0 and last["flops"]:
                 entry["mfu"] = last["flops"] / last["dt"] / state["peak_flops"]  # see engine/flops.py
             history.append(entry)

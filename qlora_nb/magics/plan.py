@@ -18,25 +18,34 @@ class PlanMagics(QloraMagicsBase):
                    "Omit to plan the loaded session, next to its measured ledger.")
     @shared_flags("session", "force")
     @argument("--text", action="store_true", help="Print the plan as text instead of the widget.")
+    @argument("--measure", action="store_true",
+              help="Also run a few real steps of each setup that fits (on throwaway copies; the session is left "
+                   "exactly as it was) and show measured beside predicted seconds per step.")
+    @argument("--gpu-model", dest="gpu_model", default=None,
+              help="Price time for this GPU (T4, L4, A10, A100, H100…) from its published peak (estimated).")
     @output_flag("Plan")
     @option_flags(PlanConfig, "plan options (also keyword arguments of qlora_nb.plan)", exclude=("model",))
     @line_magic
     @friendly("qlora_plan")
     def qlora_plan(self, line: str = ""):
-        """Predict training memory by component and say whether it fits (the Python twin is qlora_nb.plan)."""
+        """Predict training memory by component and time per step, say whether it fits and which setup is fastest
+        (the Python twins are qlora_nb.plan and Session.plan)."""
         args = parse_args(self.qlora_plan, line, "qlora_plan", self.ns)
         options = options_from_args(args, PlanConfig, exclude=("model",))
         if args.output:
             self.check_bind(args.output, "Plan", flag="-o", force=args.force)
         if args.model is None:
-            from ..engine.planning import plan_session
-
-            result = plan_session(self.session(args.session), **options)
+            result = self.session(args.session).plan(measure=args.measure, gpu_model=args.gpu_model, **options)
         else:
-            from ..memory.planner import plan
+            from ..engine.forecast import plan
+            from ..errors import QloraError
 
+            if args.measure:
+                raise QloraError("--measure times real steps of the loaded session's model, not of a named one.",
+                                 where="%qlora_plan --measure", hint=f"Drop {args.model!r} to plan and measure the "
+                                                                     f"session, or drop --measure.")
             PlanConfig.from_options(options)  # flag errors before anything is resolved
-            result = plan(args.model, **options)
+            result = plan(args.model, gpu_model=args.gpu_model, **options)
         if args.output:
             self.bind(args.output, result, flag="-o", force=args.force)
         if args.text:

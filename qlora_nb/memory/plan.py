@@ -32,6 +32,22 @@ class Plan:
     paged_bytes: int = 0
     warnings: list[str] = field(default_factory=list)  # e.g. seq_len beyond the model's context
     measured: dict[str, int] | None = field(default=None, repr=False)
+    forecast: Any = field(default=None, repr=False)  # memory.forecast.Forecast: time next to memory, when priced
+
+    @property
+    def step_seconds(self) -> float | None:
+        """Predicted seconds per optimizer step (None before the time forecast is attached)."""
+        return self.forecast.step_seconds if self.forecast is not None else None
+
+    @property
+    def run_seconds(self) -> float | None:
+        """Predicted seconds for the whole run (None without data or max_steps)."""
+        return self.forecast.run_seconds if self.forecast is not None else None
+
+    @property
+    def fastest(self) -> dict[str, Any] | None:
+        """The fastest setup that fits (method, bits, batch_size, gradient_checkpointing, step_seconds)."""
+        return self.forecast.fastest if self.forecast is not None else None
 
     @property
     def total(self) -> int:
@@ -51,6 +67,8 @@ class Plan:
                    quantized_params=self.params["quantized"], bits_per_quantized_param=self.bits_per_quantized_param,
                    total=self.total, limit_bytes=self.limit_bytes, verdict=self.verdict, reason=self.reason,
                    warnings=list(self.warnings))
+        if self.forecast is not None:
+            out.update(step_seconds=self.step_seconds, run_seconds=self.run_seconds, fastest=self.fastest)
         return out
 
     def to_pandas(self):
@@ -83,6 +101,8 @@ class Plan:
                      f"({self.limit_source})")
         lines.append(f"verdict: {self.verdict} — {self.reason}")
         lines += [f"warning: {w}" for w in self.warnings]
+        if self.forecast is not None:
+            lines += ["", *self.forecast.lines()]
         return "\n".join(lines)
 
     def _repr_pretty_(self, printer, cycle) -> None:
@@ -92,4 +112,5 @@ class Plan:
         return {"model": self.model, "source": self.source, "components": dict(self.components),
                 "total": self.total, "limit_bytes": self.limit_bytes, "verdict": self.verdict, "reason": self.reason,
                 "trainable_params": self.trainable_params, "bits_per_quantized_param": self.bits_per_quantized_param,
-                "measured": self.measured, "warnings": list(self.warnings)}
+                "measured": self.measured, "warnings": list(self.warnings),
+                "forecast": self.forecast.as_dict() if self.forecast is not None else None}

@@ -188,9 +188,11 @@ class TrainingDashboard(QloraWidget):
         elif kind == "train_begin":
             self._status = "running"
             self._phase = "first step (model warm-up)"
-            for key in ("max_steps", "epochs"):
+            for key in ("max_steps", "epochs", "predicted_step_s"):
                 if event.get(key) is not None:
                     self._progress[key] = event[key]
+            if event.get("predicted_step_s") and event.get("max_steps"):  # an ETA before step 1: the forecast's
+                self._progress["eta_s"] = float(event["predicted_step_s"]) * int(event["max_steps"])
             warmup = (event.get("config") or {}).get("warmup_steps")
             if isinstance(warmup, int) and warmup > 0:
                 self._progress["warmup_steps"] = warmup
@@ -221,7 +223,8 @@ class TrainingDashboard(QloraWidget):
         if self._status == "waiting":
             self._status = "running"
         self._phase = ""
-        for key in ("step", "max_steps", "epoch", "eta_s", "loss", "learning_rate", "tokens_per_s", "mfu"):
+        for key in ("step", "max_steps", "epoch", "eta_s", "loss", "learning_rate", "tokens_per_s", "mfu",
+                    "step_s", "predicted_step_s"):
             if e.get(key) is not None:
                 self._progress[key] = e[key]
         if e.get("tokens_per_s"):
@@ -322,6 +325,8 @@ class TrainingDashboard(QloraWidget):
             parts.extend(step_fields(p))
         if p.get("mean_tokens_per_s"):
             parts.append(f"mean {p['mean_tokens_per_s']:.0f} tok/s")
+        if p.get("predicted_step_s") and p.get("step_s"):
+            parts.append(f"{p['step_s']:.2f} s/step (predicted {p['predicted_step_s']:.2f})")
         if self._status in ("running", "stopping"):
             parts.append(f"eta {_fmt_eta(p.get('eta_s'))}")
         if self._outputs.get("adapter_dir"):

@@ -53,6 +53,7 @@ class PlannerWidget(QloraWidget):
     constants = traitlets.Dict().tag(sync=True)
     limit_bytes = traitlets.Int(0).tag(sync=True)
     measured = traitlets.Dict().tag(sync=True)
+    forecast = traitlets.Dict().tag(sync=True)  # time next to memory (memory.forecast.Forecast.as_dict), when priced
 
     def __init__(self, plan, **kwargs) -> None:
         from ..memory.architectures import ARCHITECTURES
@@ -61,7 +62,8 @@ class PlannerWidget(QloraWidget):
         opts["model"] = plan.arch.name if plan.arch.name in ARCHITECTURES else plan.model
         super().__init__(archs={k: arch_payload(a) for k, a in ARCHITECTURES.items()}, arch=arch_payload(plan.arch),
                          options=opts, choices=plan_choices(), constants=planner_constants(), limit_bytes=int(plan.limit_bytes),
-                         measured=dict(plan.measured or {}), **kwargs)
+                         measured=dict(plan.measured or {}),
+                         forecast=plan.forecast.as_dict() if plan.forecast is not None else {}, **kwargs)
         self._plan = plan
 
     def current_plan(self):
