@@ -177,6 +177,11 @@ class PlanConfig(OptionsBase):
                                 choices=DTYPES + tuple(DTYPE_ALIASES))
     device: str = option("cuda", "Where training runs: cuda (allocator bytes) or cpu (process RSS).",
                          choices=("cuda", "cpu"))
+    gpus: int = option(1, "Devices training together (one process each); the verdict is for one of them.", min=1)
+    strategy: str = option("ddp", "How the devices share the model: ddp replicates it, fsdp shards it.",
+                           choices=("ddp", "fsdp"))
+    cpu_offload: bool = option(False, "FSDP only: keep the parameter shards, gradients and optimizer states in "
+                                      "host RAM.")
 
     def validate(self) -> None:
         self.compute_dtype = DTYPE_ALIASES.get(self.compute_dtype, self.compute_dtype)
@@ -189,6 +194,9 @@ class PlanConfig(OptionsBase):
         if self.method == "full" and self.bits not in (None, 16):
             raise QloraError(f"full fine-tuning trains 16-bit weights, not a {self.bits}-bit base.",
                              where="plan option 'bits'", hint="Use method: qlora (4-bit) or lora with bits: 8.")
+        if self.cpu_offload and self.strategy != "fsdp":
+            raise QloraError("cpu_offload moves FSDP's shards to host RAM; it needs strategy fsdp.",
+                             where="plan option 'cpu_offload'", hint="Add --strategy fsdp, or drop --cpu-offload.")
         if self.method == "qlora" and self.bits == 16:
             raise QloraError("qlora means a quantized base; bits 16 is plain lora.", where="plan option 'bits'",
                              hint="Use method: lora, or bits: 4/8.")
