@@ -146,3 +146,25 @@ def test_port_in_use_is_refused_by_launch_with_the_session_unchanged(tiny_sessio
         with pytest.raises(QloraError, match="already in use"):
             tiny_session.launch(1, port=held.getsockname()[1], data=str(data), directory=tmp_path / "job")
     assert not (tmp_path / "job").exists() and list(tiny_session.model.peft_config) == ["default"]
+
+
+@pytest.mark.slow
+def test_launch_magic_runs_the_body_and_binds_the_result(tiny_model_dir, write_jsonl, tmp_path):
+    from IPython.testing.globalipapp import get_ipython
+
+    data = write_jsonl(ROWS)
+    ip = get_ipython()
+    ip.run_line_magic("load_ext", "qlora_nb")
+    try:
+        ip.user_ns["qlora"] = qlora_nb.load(str(tiny_model_dir), bits=16, r=4, alpha=8, dropout=0.0)
+        with pytest.raises(QloraError, match="this machine has"):
+            ip.run_line_magic("qlora_launch", f"--processes {(os.cpu_count() or 1) + 1} --quiet")
+        with pytest.raises(QloraError, match="unknown train option"):
+            ip.run_cell_magic("qlora_launch", "--quiet", f"data: {data}\nmax_stepz: 2")
+        ip.run_cell_magic("qlora_launch", f"--processes 2 --fsdp --quiet --directory {tmp_path / 'job'}",
+                          f"data: {data}\nmax_steps: 2\nbatch_size: 2\nval_split: 0\nwarmup_steps: 0\nlogging_steps: 1")
+        result = ip.user_ns["launch_result"]
+        assert result.summary["strategy"] == "fsdp" and len(result.losses) == 2
+        assert result.adapter in ip.user_ns["qlora"].model.peft_config
+    finally:
+        ip.run_line_magic("unload_ext", "qlora_nb")
