@@ -74,6 +74,8 @@ EPOCHS = Concept("epochs", 3.0, "Passes over the training rows (ignored when max
 MAX_STEPS = Concept("max_steps", -1, "Stop after this many optimizer steps (-1: use epochs).", min=-1)
 GRADIENT_ACCUMULATION = Concept("gradient_accumulation_steps", 1, "Micro-batches accumulated per optimizer step "
                                 "(time per step scales with it).", min=1)
+CPU_OFFLOAD = Concept("cpu_offload", False, "FSDP only: keep the parameter shards, gradients and optimizer states "
+                      "in host RAM.")
 
 
 def _dtype(value: str) -> str:
@@ -240,6 +242,10 @@ class PlanConfig(OptionsBase):
     epochs: float = EPOCHS()
     gradient_accumulation_steps: int = GRADIENT_ACCUMULATION()
     data: Any = TRAIN_DATA()
+    gpus: int = option(1, "Devices training together (one process each); the verdict is for one of them.", min=1)
+    strategy: str = option("ddp", "How the devices share the model: ddp replicates it, fsdp shards it.",
+                           choices=("ddp", "fsdp"))
+    cpu_offload: bool = CPU_OFFLOAD()
 
     def validate(self) -> None:
         self.compute_dtype = _dtype(self.compute_dtype)
@@ -249,6 +255,9 @@ class PlanConfig(OptionsBase):
         if self.method == "full" and self.bits not in (None, 16):
             raise QloraError(f"full fine-tuning trains 16-bit weights, not a {self.bits}-bit base.",
                              where="plan option 'bits'", hint="Use method: qlora (4-bit) or lora with bits: 8.")
+        if self.cpu_offload and self.strategy != "fsdp":
+            raise QloraError("cpu_offload moves FSDP's shards to host RAM; it needs strategy fsdp.",
+                             where="plan option 'cpu_offload'", hint="Add --strategy fsdp, or drop --cpu-offload.")
         if self.method == "qlora" and self.bits == 16:
             raise QloraError("qlora means a quantized base; bits 16 is plain lora.", where="plan option 'bits'",
                              hint="Use method: lora, or bits: 4/8.")
@@ -310,6 +319,21 @@ class MergeOptions(OptionsBase):
         if self.outtype is not None and self.format == "hf":
             raise QloraError("outtype applies to GGUF exports only.", where=self.where("outtype"),
                              hint="Add format gguf (--format gguf) or ollama, or use dtype for a Hugging Face merge.")
+
+
+@dataclass
+class LaunchOptions(OptionsBase):
+    """``%qlora_launch`` / ``Session.launch``: the session's run on N processes through ``accelerate launch``."""
+
+    _kind: ClassVar[str] = "launch option"
+    _flag_in_where: ClassVar[bool] = True
+
+    processes: int = option(2, "Ranks to start, one per GPU (on the CPU: per core).", min=1)
+    fsdp: bool = option(False, "Shard the model (FSDP) instead of replicating it (DDP).")
+    cpu_offload: bool = CPU_OFFLOAD()
+    port: int | None = option(None, "Rendezvous port (default: a free one).", min=1, max=65535)
+    directory: str | None = option(None, "Job folder (default: runs/launch-<time>).")
+    overwrite: bool = OVERWRITE()
 
 
 @dataclass

@@ -31,7 +31,7 @@ HAND_WRITTEN = {
 }
 
 OPTION_CLASSES = [C.LoadConfig, C.TrainConfig, C.PlanConfig, C.GenerateConfig, C.SaveOptions, C.MergeOptions,
-                  C.ExportOptions, C.QuantReportOptions, MagicFlags]
+                  C.LaunchOptions, C.ExportOptions, C.QuantReportOptions, MagicFlags]
 
 # One name in several classes that means different things there, and why.
 DISTINCT = {
@@ -41,6 +41,7 @@ DISTINCT = {
     "data": "rows or a path to train on (train) vs the data file an exported script copies (export)",
     "sample": "sampling instead of greedy decoding (generate) vs how many values per weight the report quantizes",
     "bits": "the base's storage (load) vs an override of the method's storage (plan: default from method)",
+    "fsdp": "shard this launch's model (launch) vs which accelerate config the exported README runs (export)",
     "format": "what an adapter is written as (save: peft, gguf) vs what a merged model is (merge: hf, gguf, ollama)",
 }
 
@@ -145,10 +146,12 @@ def test_planner_widget_takes_its_choices_from_plan_config():
     from qlora_nb.views.planner import PlannerWidget
 
     w = PlannerWidget(qlora_nb.plan("smollm2-135m"))
-    assert w.choices == {"method": list(C.METHODS), "quant": ["nf4", "fp4"], "optimizer": list(C.OPTIMIZERS)}
+    assert w.choices == {"method": list(C.METHODS), "quant": ["nf4", "fp4"], "optimizer": list(C.OPTIMIZERS),
+                         "strategy": ["ddp", "fsdp"]}
     assert "dropout" in w.options and "lora_dropout" not in w.options  # the JS port reads o.dropout
     js = esm("planner.js")
-    for literal in ('"paged_adamw_32bit"', '["nf4", "fp4"]', '["full", "lora", "qlora"]', "lora_dropout"):
+    for literal in ('"paged_adamw_32bit"', '["nf4", "fp4"]', '["full", "lora", "qlora"]', '["ddp", "fsdp"]',
+                    "lora_dropout"):
         assert literal not in js, literal
 
 

@@ -8,7 +8,20 @@ const PLAN_KEYS = ["quantized_weights", "quant_constants", "other_weights", "ada
 const PCOLORS = {
   quantized_weights: "#2563eb", quant_constants: "#93c5fd", other_weights: "#64748b", adapters: "#16a34a",
   gradients: "#f59e0b", optimizer_states: "#dc2626", activations: "#a78bfa", logits: "#e879f9", overhead: "#cbd5e1",
+  ddp_buckets: "#fcd34d", fsdp_gathered: "#0ea5e9",
 };
+// memory/multi_device.py: what one of N devices holds (DDP replicates + its gradient buckets; FSDP shards)
+const SHARDED = ["quantized_weights", "quant_constants", "other_weights", "adapters", "gradients", "optimizer_states"];
+export function perDevice(a, o, c) {
+  const n = Number(o.gpus || 1), out = { ...c };
+  if (o.strategy !== "fsdp") { if (n > 1) out.ddp_buckets = c.gradients; return out; }
+  const root = (a.vocab * a.hidden * (a.tied ? 1 : 2) + a.hidden) * DT[o.compute_dtype || "bfloat16"];
+  const unit = Math.floor((c.quantized_weights + c.quant_constants + c.other_weights - root + c.adapters) / Math.max(1, a.layers));
+  const gathered = root + 2 * unit;
+  if (o.cpu_offload) { for (const k of SHARDED) out[k] = 0; out.fsdp_gathered = gathered; }
+  else { for (const k of SHARDED) out[k] = Math.ceil(c[k] / n); out.fsdp_gathered = Math.floor((gathered * (n - 1)) / n); }
+  return out;
+}
 
 export function linears(a) {
   const h = a.hidden, i = a.intermediate, n = a.layers, q = a.heads * a.head_dim, kv = a.kv_heads * a.head_dim;
@@ -73,9 +86,9 @@ export function components(a, o, K) {
   c.activations = Math.floor(act * scale);
   c.logits = tokens * a.vocab * (cd + 4 * K.logit_fp32_copies);
   c.overhead = cpu ? K.cpu_runtime_bytes : K.cuda_context_bytes;
-  return { components: c, trainable, quantized };
+  return { components: perDevice(a, o, c), trainable, quantized };
 }
-const total = (c) => PLAN_KEYS.reduce((t, k) => t + c[k], 0);
+const total = (c) => Object.values(c).reduce((t, v) => t + v, 0);
 
 export function changes(o) {
   const out = [];
@@ -88,18 +101,30 @@ export function changes(o) {
   if (o.method !== "qlora" && baseBits(o) !== 4) out.push(["switch to qlora (4-bit NF4 base)", { method: "qlora", bits: null, quant: "nf4" }]);
   if (baseBits(o) === 4 && !o.double_quant) out.push(["turn on double quantization", { double_quant: true }]);
   for (let r = Math.floor(o.r / 2); o.method !== "full" && r >= 1; r = Math.floor(r / 2)) out.push([`r ${r}`, { r }]);
+  // more devices or offload: last, as they need hardware rather than a setting
+  if (o.strategy === "fsdp" && !o.cpu_offload) out.push(["add CPU offload", { cpu_offload: true }]);
+  if (o.strategy !== "fsdp") {
+    const n = Math.max(2, Number(o.gpus || 1));
+    out.push([`${n} GPUs with FSDP`, { gpus: n, strategy: "fsdp" }]);
+    out.push([`${n} GPUs with FSDP and CPU offload`, { gpus: n, strategy: "fsdp", cpu_offload: true }]);
+  }
   return out;
 }
 
 export function plan(a, o, K, limit) {
   const res = components(a, o, K), t = total(res.components);
   const verdict = t <= K.tight * limit ? "fits" : t <= limit ? "tight" : "won't fit";
-  const [bigK, bigV] = PLAN_KEYS.map((k) => [k, res.components[k]]).reduce((m, x) => (x[1] > m[1] ? x : m));
+  const [bigK, bigV] = Object.keys(res.components).map((k) => [k, res.components[k]]).reduce((m, x) => (x[1] > m[1] ? x : m));
   const used = `${bytes(t)} of ${bytes(limit)}`, big = `biggest component: ${bigK.replace(/_/g, " ")} (${bytes(bigV)})`;
   let reason = `${used}; ${big}.`;
   let fix = null, fixDelta = null;
   if (verdict !== "fits") {
-    const fits = (opts) => total(components(a, opts, K).components) <= K.tight * limit;
+    const offloaded = (opts) => {  // memory/planner.py offloaded_bytes: the shards in host RAM
+      const w = components(a, { ...opts, gpus: 1, strategy: "ddp", cpu_offload: false }, K).components;
+      return SHARDED.reduce((t, k) => t + w[k], 0);
+    };
+    const fits = (opts) => !(opts.cpu_offload && offloaded(opts) > K.offload_host_bytes)
+      && total(components(a, opts, K).components) <= K.tight * limit;
     const ch = changes(o);
     for (const [text, d] of ch) if (fits({ ...o, ...d })) { fix = text; fixDelta = d; break; }
     if (fix === null) {
@@ -118,7 +143,7 @@ export function plan(a, o, K, limit) {
       }
     }
     reason = fix === null
-      ? `${used}; ${big}; nothing in the search fits (checkpointing, 8-bit optimizer, batch, seq_len, qlora, r) — it needs more memory.`
+      ? `${used}; ${big}; nothing in the search fits (checkpointing, 8-bit optimizer, batch, FSDP, offload, seq_len, qlora, r) — it needs more memory.`
       : `${used}; ${big}; cheapest change that fits: ${fix}.`;
   }
   return { ...res, total: t, verdict, reason, fix, fixDelta: verdict === "fits" ? null : fixDelta };
@@ -144,7 +169,7 @@ function render({ model, el: host }) {
   mount(host, root);
   const { off } = listen(model);  // no model listeners (it redraws from its own inputs); render still returns it
   const archs = model.get("archs"), K = model.get("constants");
-  const C = model.get("choices");  // method / quant / optimizer choices, from PlanConfig's declarations
+  const C = model.get("choices");  // method / quant / optimizer / strategy choices, from PlanConfig's declarations
   const state = { ...model.get("options") };
   build();
   // (re)builds the controls from `state`: after "apply" every control shows the applied option
@@ -156,6 +181,11 @@ function render({ model, el: host }) {
       const s = el("select", { "data-testid": `plan-${key}` });
       for (const v of values) s.append(el("option", { value: String(v), selected: String(state[key]) === String(v) }, String(v)));
       s.onchange = () => { state[key] = s.value; update(); };
+      return s;
+    };
+    const numberSelect = (key, values) => {
+      const s = select(key, values.includes(Number(state[key])) ? values : [...values, Number(state[key])]);
+      s.onchange = () => { state[key] = Number(s.value); update(); };
       return s;
     };
     const range = (key, values, fmt = String) => {
@@ -186,9 +216,13 @@ function render({ model, el: host }) {
       control("batch", range("batch_size", pow2(1, 128))),
       control("checkpointing", check("gradient_checkpointing")),
       control("optimizer", select("optimizer", C.optimizer)),
+      control("GPUs", numberSelect("gpus", [1, 2, 3, 4, 8])),
+      control("strategy", select("strategy", C.strategy)),
+      control("CPU offload", check("cpu_offload")),
     );
     // controls that do not apply to the chosen method are disabled (quantization only for QLoRA, r not for full)
-    const applies = { quant: (o) => o.method === "qlora", double_quant: (o) => o.method === "qlora", r: (o) => o.method !== "full" };
+    const applies = { quant: (o) => o.method === "qlora", double_quant: (o) => o.method === "qlora", r: (o) => o.method !== "full",
+      cpu_offload: (o) => o.strategy === "fsdp" };
     const warning = el("div", { class: "qn-warn", "data-testid": "plan-warning" });
     const verdict = el("div", { class: "qn-verdict", "data-testid": "plan-verdict", tabIndex: -1 });
     const fixRow = el("div", { class: "qn-row", "data-testid": "plan-fix" });
@@ -202,7 +236,7 @@ function render({ model, el: host }) {
       const t = total(comps);
       const over = t > scaleMax;  // beyond the scale: clipped at the right edge and labelled with its size
       const bar = el("div", { class: over ? "qn-bar qn-over" : "qn-bar", style: `width:${Math.min(100, (100 * t) / scaleMax)}%` });
-      for (const k of PLAN_KEYS) bar.append(el("div", { style: `width:${(100 * comps[k]) / (t || 1)}%;background:${PCOLORS[k]}`, title: `${k}: ${bytes(comps[k])}` }));
+      for (const k of Object.keys(comps)) bar.append(el("div", { style: `width:${(100 * comps[k]) / (t || 1)}%;background:${PCOLORS[k]}`, title: `${k}: ${bytes(comps[k])}` }));
       const line = el("div", { class: "qn-limit", style: `left:${(100 * limit) / scaleMax}%`, title: `memory ${bytes(limit)}` });
       return el("div", { class: "qn-cmp-row" }, el("span", { class: "qn-cmp-label" }, label),
         el("div", { class: "qn-cmp-track" }, bar, line), el("span", { class: "qn-cmp-total" }, over ? `▸ ${bytes(t)}` : bytes(t)));
@@ -212,6 +246,7 @@ function render({ model, el: host }) {
       const o = { ...state, r: Number(state.r), seq_len: Number(state.seq_len), batch_size: Number(state.batch_size) };
       if (o.method === "full") o.bits = null;
       if (o.method === "lora" && o.bits === 4) o.bits = null;
+      if (o.strategy !== "fsdp" && o.cpu_offload) { o.cpu_offload = false; state.cpu_offload = false; }  // offload is FSDP's
       const a = archOf(o.model), limit = o.gpu_gib * GiB;
       for (const [key, ok] of Object.entries(applies)) {
         for (const input of controls.querySelectorAll(`[data-testid="plan-${key}"]`)) {
@@ -222,10 +257,11 @@ function render({ model, el: host }) {
       warning.textContent = contextWarning(a, o);
       const p = plan(a, o, K, limit);
       verdict.className = `qn-verdict qn-${p.verdict.replace(/[^a-z]/g, "")}`;
-      verdict.replaceChildren(el("b", {}, p.verdict), " — ", p.reason);
+      const per = Number(o.gpus || 1) > 1 || o.strategy === "fsdp" ? ` (one of ${o.gpus} devices, ${o.strategy}${o.cpu_offload ? " + CPU offload" : ""})` : "";
+      verdict.replaceChildren(el("b", {}, p.verdict), per, " — ", p.reason);
       const measured = model.get("measured") || {};
       const rows = [el("tr", {}, ...["component", "predicted", ...(Object.keys(measured).length ? ["measured"] : [])].map((x) => el("th", {}, x)))];
-      for (const k of PLAN_KEYS) rows.push(el("tr", {}, el("td", {}, k.replace(/_/g, " ")), el("td", {}, bytes(p.components[k])),
+      for (const k of Object.keys(p.components)) rows.push(el("tr", {}, el("td", {}, k.replace(/_/g, " ")), el("td", {}, bytes(p.components[k])),
         ...(Object.keys(measured).length ? [el("td", {}, k in measured ? bytes(measured[k]) : "")] : [])));
       rows.push(el("tr", {}, el("td", {}, el("b", {}, "total")), el("td", {}, el("b", {}, bytes(p.total)))));
       table.replaceChildren(el("table", { class: "qn-table" }, ...rows),

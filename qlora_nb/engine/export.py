@@ -44,11 +44,13 @@ def save_adapter(session: Session, directory: str | Path, overwrite: bool = Fals
         raise no_adapter(name, session.model.peft_config, "--adapter")
     from ..quiet import quiet_libraries
     from .arguments import protected_folders
+    from .distributed import adapter_save_kwargs
 
     target = Path(directory).expanduser()
     with atomic_dir(target, overwrite=overwrite, kind="adapter", protected=protected_folders(session)) as tmp, \
             quiet_libraries(("peft", "transformers")):  # peft's save-time notes are not the user's to act on
-        session.model.save_pretrained(str(tmp), selected_adapters=[name], safe_serialization=True)
+        session.model.save_pretrained(str(tmp), selected_adapters=[name], safe_serialization=True,
+                                   **adapter_save_kwargs(session.model))  # a sharded base: rank 0 alone
         flatten_adapter_folder(tmp, name)
         if not (tmp / SAFE_WEIGHTS).is_file():
             raise QloraError(f"peft wrote no {SAFE_WEIGHTS} for adapter {name!r}.", where="save")

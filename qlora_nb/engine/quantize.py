@@ -108,6 +108,12 @@ def load_base(path: Path, cfg: LoadConfig, device: str):
     q = bnb_config(cfg)
     if q is not None:
         kwargs["quantization_config"] = q
+    from .distributed import sharded_load_kwargs
+
+    sharded = sharded_load_kwargs(cfg.bits)  # under train.py --fsdp: transformers shards the base (FSDP2)
+    if sharded:
+        kwargs.pop("device_map")
+        kwargs.update(sharded)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except ValueError as exc:

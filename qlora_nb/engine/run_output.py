@@ -11,6 +11,7 @@ from ..config import TrainConfig
 from ..errors import QloraError
 from ..fileio import atomic_dir, write_text_atomic
 from .adapters import flatten_adapter_folder
+from .distributed import adapter_save_kwargs
 
 
 def output_dir(session, cfg: TrainConfig) -> tuple[Path, str]:
@@ -71,7 +72,8 @@ def save_run(session, cfg: TrainConfig, out: Path, metrics: dict[str, Any], prep
     if not _is_main_process():  # under DDP (exported train.py) every rank holds the same adapter; rank 0 writes
         return target
     with atomic_dir(target, overwrite=True, kind="run adapter") as tmp:
-        session.model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[name])
+        session.model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[name],
+                                   **adapter_save_kwargs(session.model))  # a sharded base: rank 0 alone
         flatten_adapter_folder(tmp, name)
         run = {"train": cfg.to_dict(), "load": session.config.to_dict(), "adapter_name": name,
                "template": prep.template.text, "chat_format": prep.chat, "base_model": str(session.model_path),

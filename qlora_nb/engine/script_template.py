@@ -2,6 +2,7 @@
 
     accelerate launch --config_file accelerate_config.yaml train.py        # DDP, one process per GPU
     accelerate launch --config_file accelerate_fsdp.yaml train.py          # FSDP-QLoRA, shards the 4-bit base
+    accelerate launch --config_file accelerate_cpu.yaml train.py --fsdp    # FSDP2 on the CPU (16-bit base)
     python train.py                                                         # one process
 
 It reads config.yaml beside it: ``load`` holds the LoadConfig and ``train``
@@ -58,8 +59,24 @@ def main(argv: list[str] | None = None) -> dict:
                         help="config.yaml with `load:` and `train:` sections.")
     parser.add_argument("--output-dir", default=None, help="Where checkpoints and the adapter go.")
     parser.add_argument("--max-steps", type=int, default=None, help="Override train.max_steps.")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="Shard the base with transformers' FSDP2 at load (the CPU path; needs bits: 16).")
+    parser.add_argument("--cpu-offload", action="store_true", help="With --fsdp: keep the shards in host RAM.")
+    parser.add_argument("--events-dir", default=None, help="Write each rank's events as JSON lines here.")
+    parser.add_argument("--stop-file", default=None, help="All ranks stop at a step boundary once it exists.")
     args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        return _run(args, rank)
+    except BaseException as exc:
+        if args.events_dir:  # the launcher names this rank and its error in one paragraph
+            from qlora_nb.engine.distributed import write_rank_error
 
+            write_rank_error(Path(args.events_dir), rank, exc)
+        raise
+
+
+def _run(args, rank: int) -> dict:
     import torch
     import yaml
     from peft.utils import get_peft_model_state_dict
@@ -71,7 +88,6 @@ def main(argv: list[str] | None = None) -> dict:
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     load_options = dict(config["load"])
     train_options = dict(config["train"])
-    rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
 
     load_options["device"] = _device_for_this_rank(load_options.get("device", "auto"))
@@ -86,10 +102,28 @@ def main(argv: list[str] | None = None) -> dict:
     if args.max_steps is not None:
         train_options["max_steps"] = args.max_steps
 
-    session = qlora_nb.load(**load_options)
-    result = session.train(**train_options)
+    from contextlib import ExitStack
 
-    digest = adapter_digest(get_peft_model_state_dict(session.model))
+    from qlora_nb.engine.distributed import RankEvents, SharedStop, sharded_loading
+
+    with ExitStack() as stack:
+        if args.fsdp:
+            stack.enter_context(sharded_loading(world, cpu_offload=args.cpu_offload))
+        session = qlora_nb.load(**load_options)
+    watchers = []
+    if args.events_dir:
+        watchers.append(RankEvents(session, Path(args.events_dir), rank, load_options["device"]))
+    if args.stop_file:
+        watchers.append(SharedStop(session, Path(args.stop_file), load_options["device"]))
+    try:
+        result = session.train(**train_options)
+    finally:
+        for w in watchers:
+            w.close()
+
+    from qlora_nb.engine.distributed import replicated_state
+
+    digest = adapter_digest(get_peft_model_state_dict(session.model, state_dict=replicated_state(session.model)))
     digests = [digest]
     if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         digests = [None] * world
@@ -101,6 +135,11 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {
         "world_size": world,
         "device": load_options["device"],
+        "strategy": "fsdp" if args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" else
+                    ("ddp" if world > 1 else "single"),
+        "sharded": bool(getattr(session.model, "is_distributed_loading_by_transformers", False)),
+        "interrupted": bool(result.interrupted),
+        "checkpoints": sorted(p.name for p in out.glob("checkpoint-*")),
         "adapter_sha256": digests,
         "replicas_in_sync": len(set(digests)) == 1,
         "steps": result.metrics.get("steps"),

@@ -192,6 +192,14 @@ class Session:
         directory = require_path(directory, "directory")
         return export_script(self, directory, overwrite=require_bool(overwrite, "overwrite"), **options)
 
+    def launch(self, processes: int = 2, *, fsdp: bool = False, cpu_offload: bool = False, on_event=None,
+               **options: Any):
+        """Train this session's configuration on ``processes`` ranks (``accelerate launch``), then load the
+        adapter here; options are TrainConfig fields plus ``port``, ``directory`` and ``overwrite``."""
+        from .launch import launch
+
+        return launch(self, processes, fsdp=fsdp, cpu_offload=cpu_offload, on_event=on_event, **options)
+
     def plan(self, *, measure: bool = False, **options: Any):
         """The planner's prediction (memory and time) for this session's model and settings.
 

@@ -183,6 +183,7 @@ def _training_args(session, cfg: TrainConfig, out: Path, name: str, has_val: boo
     from transformers import TrainingArguments
 
     from ..precision import trainer_precision
+    from .distributed import is_sharded
 
     use_cpu = not str(session.device).startswith("cuda")
     # the load's resolved compute dtype decides (never torch.cuda.is_bf16_supported(): True when emulated on T4)
@@ -202,6 +203,7 @@ def _training_args(session, cfg: TrainConfig, out: Path, name: str, has_val: boo
         optim=_optim_name(cfg.optimizer), gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         train_sampling_strategy=sampling, remove_unused_columns=False, prediction_loss_only=True,
+        save_only_model=is_sharded(session.model),  # a base sharded at load: checkpoints hold the adapter only
         report_to=_report_to(cfg), disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False,
     )
 

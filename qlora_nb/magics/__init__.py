@@ -8,12 +8,13 @@ from ..errors import QloraError
 def magic_classes() -> list[type]:
     from .compare import CompareMagics
     from .export import ExportMagics
+    from .launch import LaunchMagics
     from .load import LoadMagics
     from .plan import PlanMagics
     from .train import TrainMagics
     from .workbench import WorkbenchMagics
 
-    return [LoadMagics, TrainMagics, CompareMagics, PlanMagics, ExportMagics, WorkbenchMagics]
+    return [LoadMagics, TrainMagics, CompareMagics, PlanMagics, ExportMagics, WorkbenchMagics, LaunchMagics]
 
 
 def _show_qlora_error(shell, etype, value, tb, tb_offset=None):

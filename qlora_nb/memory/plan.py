@@ -9,6 +9,7 @@ from ..config import PlanConfig
 from ..units import human_bytes
 from . import formulas as F
 from .architectures import Arch
+from .multi_device import describe
 
 COMPONENTS = ("quantized_weights", "quant_constants", "other_weights", "adapters", "gradients",
               "optimizer_states", "activations", "logits", "overhead")
@@ -33,6 +34,8 @@ class Plan:
     warnings: list[str] = field(default_factory=list)  # e.g. seq_len beyond the model's context
     measured: dict[str, int] | None = field(default=None, repr=False)
     forecast: Any = field(default=None, repr=False)  # memory.forecast.Forecast: time next to memory, when priced
+    host_ram: dict[str, int] = field(default_factory=dict)  # bytes by cause (memory/multi_device.py)
+    whole: dict[str, int] | None = field(default=None, repr=False)  # one device's components before any split
 
     @property
     def step_seconds(self) -> float | None:
@@ -50,6 +53,11 @@ class Plan:
         return self.forecast.fastest if self.forecast is not None else None
 
     @property
+    def per_device_peak(self) -> int:
+        """Bytes one device holds at its peak (``components`` are already per device)."""
+        return self.total
+
+    @property
     def total(self) -> int:
         return sum(self.components.values())
 
@@ -59,13 +67,14 @@ class Plan:
 
     @property
     def bits_per_quantized_param(self) -> float | None:
-        return F.bits_per_quantized_param(self.components, self.params["quantized"])
+        return F.bits_per_quantized_param(self.whole or self.components, self.params["quantized"])
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.components)
         out.update(trainable_params=self.trainable_params, total_params=self.params["total"],
                    quantized_params=self.params["quantized"], bits_per_quantized_param=self.bits_per_quantized_param,
-                   total=self.total, limit_bytes=self.limit_bytes, verdict=self.verdict, reason=self.reason,
+                   total=self.total, per_device_peak=self.per_device_peak, host_ram_bytes=self.host_ram.get("total"),
+                   limit_bytes=self.limit_bytes, verdict=self.verdict, reason=self.reason,
                    warnings=list(self.warnings))
         if self.forecast is not None:
             out.update(step_seconds=self.step_seconds, run_seconds=self.run_seconds, fastest=self.fastest)
@@ -85,13 +94,14 @@ class Plan:
                 + (f" {c.quant.upper()}{' + DQ' if c.double_quant else ''}" if c.base_bits == 4 else "")
                 + (f", r={c.r}" if c.method != "full" else "")
                 + f", batch {c.batch_size} x {c.seq_len} tokens, {c.optimizer}"
-                + (", gradient checkpointing" if c.gradient_checkpointing else "") + f", {c.device}")
+                + (", gradient checkpointing" if c.gradient_checkpointing else "") + f", {c.device}"
+                + (f"; per device of {describe(c)}" if describe(c) else ""))
         lines = [head, f"parameters: {self.params['total']:,} total, {self.trainable_params:,} trainable"
                  + (f", {self.bits_per_quantized_param:.3f} bits per quantized param"
                     if self.bits_per_quantized_param else "")]
         width = max(map(len, COMPONENTS)) + 2
         measured = self.measured or {}
-        for k in COMPONENTS:
+        for k in [*COMPONENTS, *(k for k in self.components if k not in COMPONENTS)]:
             extra = ""
             if k in measured:
                 extra = f"   measured {human_bytes(measured[k]):>10}" + ("  (exact)" if measured[k] == self.components[k]
@@ -99,6 +109,12 @@ class Plan:
             lines.append(f"  {k:<{width}} {human_bytes(self.components[k]):>10}{extra}")
         lines.append(f"  {'total':<{width}} {human_bytes(self.total):>10}   vs {human_bytes(self.limit_bytes)} "
                      f"({self.limit_source})")
+        if describe(c) and self.host_ram:
+            h = self.host_ram
+            lines.append(f"  host RAM {human_bytes(h['total'])}: {human_bytes(h['runtimes'])} process runtimes + "
+                         f"{human_bytes(h['loading'])} to load the weights"
+                         + (f", {human_bytes(h['offloaded_shards'])} of offloaded shards" if h["offloaded_shards"]
+                            else ""))
         lines.append(f"verdict: {self.verdict} — {self.reason}")
         lines += [f"warning: {w}" for w in self.warnings]
         if self.forecast is not None:
@@ -111,6 +127,7 @@ class Plan:
     def to_event(self) -> dict[str, Any]:
         return {"model": self.model, "source": self.source, "components": dict(self.components),
                 "total": self.total, "limit_bytes": self.limit_bytes, "verdict": self.verdict, "reason": self.reason,
+                "per_device_peak": self.per_device_peak, "host_ram": dict(self.host_ram),
                 "trainable_params": self.trainable_params, "bits_per_quantized_param": self.bits_per_quantized_param,
                 "measured": self.measured, "warnings": list(self.warnings),
                 "forecast": self.forecast.as_dict() if self.forecast is not None else None}

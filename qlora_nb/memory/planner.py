@@ -62,6 +62,7 @@ CPU_ACT_SCALE = 1.106  # RSS growth per saved-activation byte (backward temporar
 LOGIT_FP32_COPIES = 5  # upcast, log-probs, their gradient, the logits' gradient, a softmax temporary
 CUDA_CONTEXT_BYTES = 768 * 2**20  # CUDA context + cuBLAS workspace + allocator slack (estimate)
 TIGHT = 0.9  # above this share of the memory the verdict is "tight"
+OFFLOAD_HOST_BYTES = 128 * 2**30  # CPU offload is suggested only when its shards fit a 128 GiB workstation
 
 def lora_matrices(arch: Arch, targets: list[str], r: int) -> list[dict[str, Any]]:
     """The adapted matrix types for ``targets`` ('all-linear' = every decoder linear; peft skips lm_head)."""
@@ -172,7 +173,9 @@ def compute_components(arch: Arch, cfg: PlanConfig) -> tuple[dict[str, int], dic
     comp["overhead"] = CPU_RUNTIME_BYTES if cfg.device == "cpu" else CUDA_CONTEXT_BYTES
     params = {"total": base_params + (trainable if cfg.method != "full" else 0), "trainable": trainable,
               "quantized": quantized}
-    return comp, params, matrices, paged
+    from .multi_device import per_device
+
+    return per_device(arch, cfg, comp), params, matrices, paged  # what one device holds (multi_device.py)
 
 
 def _limit(cfg: PlanConfig) -> tuple[int, str]:
@@ -226,17 +229,42 @@ def _changes(cfg: PlanConfig) -> list[tuple[str, dict[str, Any]]]:
     while cfg.method != "full" and r >= 1:
         out.append((f"r {r}", {"r": r}))
         r //= 2
+    return out + _device_changes(cfg)
+
+
+def offloaded_bytes(arch: Arch, cfg: PlanConfig) -> int:
+    """Host RAM the offloaded shards take (all ranks together)."""
+    from .multi_device import SHARDED
+
+    whole = compute_components(arch, cfg.replace(gpus=1, strategy="ddp", cpu_offload=False))[0]
+    return sum(whole[k] for k in SHARDED)
+
+
+def _device_changes(cfg: PlanConfig) -> list[tuple[str, dict[str, Any]]]:
+    """More devices or offload: last, as they need hardware (or host RAM) rather than a setting."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    if cfg.strategy == "fsdp" and not cfg.cpu_offload:
+        out.append(("add CPU offload", {"cpu_offload": True}))
+    if cfg.strategy != "fsdp":
+        n = max(2, cfg.gpus)
+        out.append((f"{n} GPUs with FSDP", {"gpus": n, "strategy": "fsdp"}))
+        out.append((f"{n} GPUs with FSDP and CPU offload", {"gpus": n, "strategy": "fsdp", "cpu_offload": True}))
     return out
 
 
 def cheapest_change(arch: Arch, cfg: PlanConfig, limit: int) -> str | None:
     """The first single change (cheapest first) that fits, else the first cumulative set that does."""
     changes = _changes(cfg)
-    for text, delta in changes:
-        if sum(compute_components(arch, cfg.replace(**delta))[0].values()) <= TIGHT * limit:
-            return text
+
     def fits(c: PlanConfig) -> bool:
-        return sum(compute_components(arch, c)[0].values()) <= TIGHT * limit
+        comp = compute_components(arch, c)[0]
+        if c.cpu_offload and offloaded_bytes(arch, c) > OFFLOAD_HOST_BYTES:
+            return False  # the shards would not fit in a workstation's RAM either
+        return sum(comp.values()) <= TIGHT * limit
+
+    for text, delta in changes:
+        if fits(cfg.replace(**delta)):
+            return text
 
     acc, applied = cfg, {}
     for text, delta in changes:
@@ -262,8 +290,8 @@ def _reason(plan: Plan) -> str:
         return f"{used}; {big}."
     fix = cheapest_change(plan.arch, plan.config, plan.limit_bytes)
     if fix is None:
-        return f"{used}; {big}; nothing in the search fits (checkpointing, 8-bit optimizer, batch, seq_len, " \
-               f"qlora, r) — it needs more memory."
+        return f"{used}; {big}; nothing in the search fits (checkpointing, 8-bit optimizer, batch, FSDP, " \
+               f"offload, seq_len, qlora, r) — it needs more memory."
     return f"{used}; {big}; cheapest change that fits: {fix}."
 
 
@@ -271,6 +299,10 @@ def build_plan(arch: Arch, cfg: PlanConfig, source: str, model: str | None = Non
     comp, params, matrices, paged = compute_components(arch, cfg)
     limit, limit_source = _limit(cfg)
     plan = Plan(model or arch.name, source, arch, cfg, comp, params, matrices, limit, limit_source, paged_bytes=paged)
+    from .multi_device import host_ram
+
+    plan.whole = compute_components(arch, cfg.replace(gpus=1, strategy="ddp", cpu_offload=False))[0]
+    plan.host_ram = host_ram(arch, cfg, plan.whole, runtime=CPU_RUNTIME_BYTES if cfg.device == "cpu" else None)
     plan.verdict = _verdict_of(plan.total, limit)
     plan.reason = _reason(plan)
     plan.warnings = context_warnings(arch, cfg, plan.model)

@@ -21,10 +21,10 @@ def planner_constants() -> dict[str, float]:
 
     return {"cpu_runtime_bytes": P.CPU_RUNTIME_BYTES, "cpu_act_scale": P.CPU_ACT_SCALE,
             "cuda_context_bytes": P.CUDA_CONTEXT_BYTES, "tight": P.TIGHT,
-            "logit_fp32_copies": P.LOGIT_FP32_COPIES}
+            "logit_fp32_copies": P.LOGIT_FP32_COPIES, "offload_host_bytes": P.OFFLOAD_HOST_BYTES}
 
 
-PLANNER_CHOICES = ("method", "quant", "optimizer")
+PLANNER_CHOICES = ("method", "quant", "optimizer", "strategy")
 
 
 def plan_choices() -> dict[str, list]:
