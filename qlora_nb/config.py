@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .errors import QloraError
+from .errors import QloraError, did_you_mean
 from .options import OptionsBase, option
 from .units import parse_memory
 
@@ -67,6 +67,7 @@ class LoadConfig(OptionsBase):
         self.targets = [str(t) for t in self.targets]
 
 
+EVAL_METRICS = ("exact_match", "contains", "json_match")  # scored by qlora_nb.data.scoring
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 
 
@@ -124,10 +125,23 @@ class TrainConfig(OptionsBase):
     peak_flops: float | None = option(None, "Matmul peak FLOP/s for the MFU in step events; None: measured once "
                                             "per process at the model's shapes (about 0.3 s).", min=0)
 
+    eval_metric: Any = option(None, "Task metric scored at each eval by greedy generation on validation rows: "
+                                    "exact_match, contains, json_match or a Python callable f(prediction, "
+                                    "reference) -> bool or 0..1 (None: off).")
+    eval_metric_rows: int = option(16, "How many validation rows eval_metric scores.", min=1)
+
     def validate(self) -> None:
         if self.data is None:
             raise QloraError("no data given.", where="train option 'data'",
                              hint="Add `data: path.jsonl` (or csv/parquet/'demo'/$variable) to the cell body.")
+        if isinstance(self.eval_metric, str) and self.eval_metric.strip().lower() in ("", "none", "null", "off"):
+            self.eval_metric = None
+        if isinstance(self.eval_metric, str) and self.eval_metric.strip().lower() in EVAL_METRICS:
+            self.eval_metric = self.eval_metric.strip().lower()
+        elif self.eval_metric is not None and (isinstance(self.eval_metric, str) or not callable(self.eval_metric)):
+            raise QloraError(f"{self.eval_metric!r} is not a task metric.", where="train option 'eval_metric'",
+                             hint=did_you_mean(str(self.eval_metric), EVAL_METRICS) + " Or pass a Python function "
+                                  "f(prediction, reference) that returns a bool or a number from 0 to 1.")
 
 
 @dataclass

@@ -60,3 +60,18 @@ def save_run(session, cfg: TrainConfig, out: Path, metrics: dict[str, Any], prep
         (tmp / "train_config.json").write_text(json.dumps(run, indent=2, default=str), encoding="utf-8")
     write_text_atomic(out / "train_config.json", json.dumps(run, indent=2, default=str))
     return target
+
+
+def save_state(trainer, out: Path) -> None:
+    """The Trainer's own ``trainer_state.json`` (``log_history``: every logged step and eval) at the run's top.
+
+    Checkpoints hold one too, but only when one was saved; this copy is what the run history
+    (:mod:`.runs`) reads, so a run without checkpoints is listed with its curves.
+    """
+    import os
+
+    if not _is_main_process():
+        return
+    tmp = out / ".trainer_state.json.tmp"
+    trainer.state.save_to_json(str(tmp))
+    os.replace(tmp, out / "trainer_state.json")
