@@ -10,10 +10,11 @@ def magic_classes() -> list[type]:
     from .export import ExportMagics
     from .load import LoadMagics
     from .plan import PlanMagics
+    from .runs import RunsMagics
     from .train import TrainMagics
     from .workbench import WorkbenchMagics
 
-    return [LoadMagics, TrainMagics, CompareMagics, PlanMagics, ExportMagics, WorkbenchMagics]
+    return [LoadMagics, TrainMagics, CompareMagics, PlanMagics, ExportMagics, WorkbenchMagics, RunsMagics]
 
 
 def _show_qlora_error(shell, etype, value, tb, tb_offset=None):
