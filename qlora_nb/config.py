@@ -112,8 +112,8 @@ class TrainConfig(OptionsBase):
     output_dir: str | None = option(None, "Where checkpoints and the final adapter go (default: runs/<name>).")
     run_name: str | None = option(None, "Name of this run (default: run-<date>-<time>); output_dir defaults to "
                                         "runs/<run_name>.")
-    report_to: str = option("none", "Extra loggers: none, wandb or tensorboard (when installed).",
-                            choices=("none", "wandb", "tensorboard"))
+    report_to: str = option("none", "Extra loggers beside the run history: none, trackio, tensorboard or wandb "
+                                    "(when installed).", choices=("none", "trackio", "wandb", "tensorboard"))
     resume: bool = option(False, "Continue from the last checkpoint in output_dir with the same schedule.",
                           aliases=("resume_from_checkpoint",))
     probes: list[str] = option(factory=list, help="Prompts generated base vs adapted at each eval.")

@@ -175,7 +175,7 @@ def _report_to(cfg: TrainConfig) -> list[str]:
         return []
     import importlib.util
 
-    module = {"wandb": "wandb", "tensorboard": "tensorboard"}[cfg.report_to]
+    module = {"wandb": "wandb", "tensorboard": "tensorboard", "trackio": "trackio"}[cfg.report_to]
     if importlib.util.find_spec(module) is None:
         raise QloraError(f"report_to {cfg.report_to!r} needs the {module} package, which is not installed.",
                          where="train option 'report_to'", hint=f"pip install {module}, or use report_to: none.")
