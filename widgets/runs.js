@@ -11,7 +11,7 @@ const cell = (v) => (v === null || v === undefined ? "–" : typeof v === "numbe
 function render({ model, el: host }) {
   const root = el("div", { class: "qn-card qn-runs", "data-testid": "qlora-runs" });
   const title = el("div", { class: "qn-title" });
-  const table = el("div", { "data-testid": "runs-table" });
+  const table = el("div", { class: "qn-runs-scroll", "data-testid": "runs-table" });
   const charts = el("div", { class: "qn-chart-box", "data-testid": "runs-charts" });
   const diff = el("div", { "data-testid": "runs-diff" });
   const message = el("div", { class: "qn-muted", "data-testid": "runs-message" });
@@ -47,7 +47,7 @@ function render({ model, el: host }) {
       const data = `${r.data ?? "–"}${r.data_sha256 ? ` (${r.data_sha256})` : ""}`;
       t.append(el("tr", { "data-testid": "run-row", "data-run": r.name, title: (r.notes || []).join("; ") },
         el("td", {}, box), el("td", {}, swatch, r.name), el("td", {}, r.date), el("td", {}, r.status),
-        el("td", {}, cell(r.model)), el("td", {}, data), el("td", { class: "qn-muted" }, changed),
+        el("td", {}, cell(r.model)), el("td", {}, data), el("td", { class: "qn-muted qn-runs-opts" }, changed),
         el("td", {}, r.steps === null ? "?" : `${r.steps}/${r.max_steps ?? "?"}`), el("td", {}, num(r.train_loss)),
         el("td", {}, num(r.eval_loss)), el("td", { "data-testid": "run-metric" }, r.metric || "–"),
         el("td", {}, r.tokens_per_s ? String(Math.round(r.tokens_per_s)) : "–"),
@@ -66,16 +66,24 @@ function render({ model, el: host }) {
     charts.replaceChildren(...parts);
   }
 
+  // Differing rows first and always shown; the identical ones fold into "same in all runs".
   function drawDiff() {
     const c = model.get("comparison") || {};
     if (!c.names) { diff.replaceChildren(); return; }
-    const t = el("table", { class: "qn-table qn-runs-diff", "data-testid": "runs-diff-table" },
-      el("tr", {}, el("th", {}, ""), ...c.names.map((n) => el("th", {}, n))));
-    for (const row of c.rows) {
-      t.append(el("tr", { class: row.differs ? "qn-differs" : "", "data-differs": String(row.differs),
-        "data-key": row.key }, el("td", {}, row.key), ...row.values.map((v) => el("td", {}, cell(v)))));
-    }
-    diff.replaceChildren(el("div", { class: "qn-muted" }, "configs side by side (highlighted: differs)"), t);
+    const table = (rows, testid) => {
+      const t = el("table", { class: "qn-table qn-runs-diff", "data-testid": testid },
+        el("tr", {}, el("th", {}, ""), ...c.names.map((n) => el("th", {}, n))));
+      for (const row of rows) {
+        t.append(el("tr", { class: row.differs ? "qn-differs" : "", "data-differs": String(row.differs),
+          "data-key": row.key }, el("td", {}, row.key), ...row.values.map((v) => el("td", {}, cell(v)))));
+      }
+      return t;
+    };
+    const differ = c.rows.filter((r) => r.differs), same = c.rows.filter((r) => !r.differs);
+    const fold = el("details", {}, el("summary", { class: "qn-muted" }, `${same.length} more, the same in all runs`),
+      table(same, "runs-same-table"));
+    diff.replaceChildren(el("div", { class: "qn-muted" }, `configs and results side by side: ${differ.length} differ`),
+      table(differ, "runs-diff-table"), fold);
   }
 
   function drawMessage() {
