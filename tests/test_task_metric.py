@@ -101,3 +101,9 @@ def test_probes_carry_their_reference_and_score(tiny_session, tmp_path):
         assert p["reference"] == tiny_session.template.completion(row)
         assert p["score"] == {"base": scoring.exact_match(p["base"], p["reference"]),
                               "adapted": scoring.exact_match(p["adapted"], p["reference"])}
+    # compare --data val scores its rows with the same function
+    result = tiny_session.compare(tiny_session.val_rows[:2], max_new_tokens=8)
+    for record in result:
+        assert record["reference"] is not None
+        for cell in record["columns"].values():
+            assert cell["score"] == scoring.exact_match(cell["text"], record["reference"])

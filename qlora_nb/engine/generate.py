@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import GenerateConfig
+from ..data.scoring import exact_match
 from ..errors import QloraError
 from .adapters import BASE, active_adapter, evaluating, is_trained, no_adapter, use_adapter
 from .compare_result import _RESERVED, CompareResult, _row_event
@@ -287,6 +288,8 @@ def _record(tok, shown: str, formatted: str, reference: str | None, columns: lis
             "diverge_at": d if column != BASE else (diverge_index(ids, other) if first else None),
             "changed": column != BASE and ids != base_ids,
         }
+        if reference is not None:  # a data row (--data val): scored as eval_metric: exact_match scores it
+            cells[column]["score"] = exact_match(cells[column]["text"], reference)
         if column in deltas:
             cells[column]["logprob_delta"] = deltas[column]
     record: dict[str, Any] = {
