@@ -120,5 +120,5 @@ def test_metric_curve_grows_and_runs_overlay(tmp_path):
         _theme(page, THEMES[0])
     if os.environ.get("QLORA_NB_UPDATE_SCREENSHOTS") == "1":
         shots = ROOT / "docs" / "screenshots"
-        for name in ("runs-light.png", "dashboard-metric.png"):
-            shutil.copy(ARTIFACTS / name, shots / name)
+        shutil.copy(ARTIFACTS / "runs-light.png", shots / "runs.png")
+        shutil.copy(ARTIFACTS / "dashboard-metric.png", shots / "dashboard-metric.png")
