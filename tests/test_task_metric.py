@@ -82,6 +82,7 @@ def test_eval_metric_with_a_callable(tiny_session, tmp_path):
     assert [h["eval_metric_hits"] for h in logged] == expected[1:]
     saved = json.loads((result.output_dir / "train_config.json").read_text())
     assert saved["metrics"]["eval_metric_summary"] == m["eval_metric_summary"]
+    assert saved["train"]["eval_metric"] == "first_char"
     assert "first char" in repr(result)
 
 

@@ -54,7 +54,12 @@ def save_run(session, cfg: TrainConfig, out: Path, metrics: dict[str, Any], prep
     with atomic_dir(target, overwrite=True, kind="run adapter") as tmp:
         session.model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[name])
         flatten_adapter_folder(tmp, name)
-        run = {"train": cfg.to_dict(), "load": session.config.to_dict(), "adapter_name": name,
+        train = cfg.to_dict()
+        if callable(cfg.eval_metric):  # a function is saved by its name (the run history shows it)
+            from ..data.scoring import metric_name
+
+            train["eval_metric"] = metric_name(cfg.eval_metric)
+        run = {"train": train, "load": session.config.to_dict(), "adapter_name": name,
                "template": prep.template.text, "chat_format": prep.chat, "base_model": str(session.model_path),
                "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))}}
         (tmp / "train_config.json").write_text(json.dumps(run, indent=2, default=str), encoding="utf-8")
