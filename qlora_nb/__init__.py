@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 from .errors import QloraError
 
-__all__ = ["QloraError", "Session", "load", "plan", "playground", "studio", "__version__"]
+__all__ = ["QloraError", "Session", "load", "plan", "playground", "runs", "runs_view", "studio", "__version__"]
 
 if TYPE_CHECKING:
     from .engine.forecast import plan
@@ -47,6 +47,24 @@ def playground(session: Session, prompt: str = "", **kwargs: Any):
     from .views.playground import Playground
 
     return Playground(session, prompt=prompt, **kwargs)
+
+
+def runs(folder: str = "runs"):
+    """The runs written under ``folder``, read from disk (Python twin of ``%qlora_runs``); no torch import.
+
+    ``runs.compare("a", "b")`` lines two or more runs up, differences marked; ``runs["a"].history`` is the
+    Trainer's ``log_history``. :func:`runs_view` shows them as a widget.
+    """
+    from .engine.runs import list_runs
+
+    return list_runs(folder)
+
+
+def runs_view(folder: str = "runs", session: Session | None = None, **kwargs: Any):
+    """The run-history widget: overlay curves of selected runs, their configs side by side, load an adapter."""
+    from .views.runs import RunsView
+
+    return RunsView(runs(folder), session=session, **kwargs)
 
 
 def load_ipython_extension(ipython) -> None:

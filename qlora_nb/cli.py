@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import NamedTuple
 
 from .config import MODEL
 from .errors import QloraError
@@ -19,30 +18,16 @@ def fetch_model(args) -> None:
     print(f"model {args.model!r} ready in {path} ({time.perf_counter() - t:.1f} s)")
 
 
-class ExactMatch(NamedTuple):
-    hits: int
-    total: int
-    prompts: list[str]
-    outputs: list[str]
-    references: list[str]
-
-    def __str__(self) -> str:
-        return f"{self.hits}/{self.total} ({100 * self.hits / max(1, self.total):.0f}%)"
-
-
-def exact_match(session, n: int = 16, base: bool = False, max_new_tokens: int = 40) -> ExactMatch:
-    """Greedy outputs on the first ``n`` held-out demo rows, compared with the reference exactly."""
+def exact_match(session, n: int = 16, base: bool = False, max_new_tokens: int = 40):
+    """Greedy outputs on the first ``n`` held-out demo rows, scored exactly as ``eval_metric: exact_match`` scores
+    them in training (:func:`qlora_nb.engine.task_metric.score_rows`)."""
     from .data.load import load_demo
     from .data.validate import validate
-    from .engine.probes import generate_batch
+    from .engine.task_metric import score_rows
 
     text = validate(load_demo(), None)
     rows = (text.val_rows or [])[:n]
-    prompts = [text.template.prompt(r) for r in rows]
-    refs = [text.template.completion(r) for r in rows]
-    outputs = generate_batch(session, prompts, max_new_tokens, base=base)
-    hits = sum(o.strip() == r.strip() for o, r in zip(outputs, refs, strict=True))
-    return ExactMatch(hits, len(rows), prompts, outputs, refs)
+    return score_rows(session, text.template, rows, "exact_match", base=base, max_new_tokens=max_new_tokens)
 
 
 def demo(args) -> None:
@@ -74,7 +59,7 @@ def demo(args) -> None:
     t = time.perf_counter()
     after = exact_match(session, n=args.eval_rows)
     print(f"held-out exact match after training:  {after}  ({time.perf_counter() - t:.0f} s)\n")
-    i = next((k for k in range(after.total) if after.outputs[k].strip() == after.references[k].strip()), 0)
+    i = next((k for k in range(after.total) if after.scores[k]), 0)
     sentence = after.prompts[i].split("### Input:\n", 1)[-1].split("\n\n### Response:", 1)[0]
     print(f"example (held out): {sentence}")
     print(f"  reference: {after.references[i].strip()}")

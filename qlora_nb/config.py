@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .errors import QloraError
+from .errors import QloraError, did_you_mean
 from .naming import check_adapter_name, check_folder_name, check_path_text
 from .options import Concept, OptionsBase, option
 from .units import parse_memory
@@ -126,6 +126,9 @@ class LoadConfig(OptionsBase):
                              where="load option 'quant'", hint="Use bits: 4 with quant: fp4, or drop quant.")
 
 
+EVAL_METRICS = ("exact_match", "contains", "json_match")  # scored by qlora_nb.data.scoring
+
+
 @dataclass
 class TrainConfig(OptionsBase):
     """One training run. A body of just ``data: my.jsonl`` trains with these defaults."""
@@ -163,8 +166,8 @@ class TrainConfig(OptionsBase):
     output_dir: str | None = option(None, "Where checkpoints and the final adapter go (default: runs/<name>).")
     run_name: str | None = option(None, "Name of this run (default: run-<date>-<time>); output_dir defaults to "
                                         "runs/<run_name>.")
-    report_to: str = option("none", "Extra loggers: none, wandb or tensorboard (when installed).",
-                            choices=("none", "wandb", "tensorboard"))
+    report_to: str = option("none", "Extra loggers beside the run history: none, trackio, tensorboard or wandb "
+                                    "(when installed).", choices=("none", "trackio", "wandb", "tensorboard"))
     resume: bool = option(False, "Continue from the last checkpoint in output_dir with the same schedule.",
                           aliases=("resume_from_checkpoint",))
     probes: list[str] = option(factory=list, help="Prompts generated base vs adapted at each eval.")
@@ -175,6 +178,11 @@ class TrainConfig(OptionsBase):
                                     "false: peft's and transformers' own modules.")
     peak_flops: float | None = option(None, "Matmul peak FLOP/s for the MFU in step events; None: measured once "
                                             "per process at the model's shapes (about 0.3 s).", min=0)
+
+    eval_metric: Any = option(None, "Task metric scored at each eval by greedy generation on validation rows: "
+                                    "exact_match, contains, json_match or a Python callable f(prediction, "
+                                    "reference) -> bool or 0..1 (None: off).")
+    eval_metric_rows: int = option(16, "How many validation rows eval_metric scores.", min=1)
 
     def validate(self) -> None:
         if self.data is None:
@@ -188,6 +196,14 @@ class TrainConfig(OptionsBase):
             check_folder_name(self.run_name, "train option 'run_name'", "runs")
         if self.output_dir is not None:
             check_path_text(self.output_dir, "train option 'output_dir'")
+        if isinstance(self.eval_metric, str) and self.eval_metric.strip().lower() in ("", "none", "null", "off"):
+            self.eval_metric = None
+        if isinstance(self.eval_metric, str) and self.eval_metric.strip().lower() in EVAL_METRICS:
+            self.eval_metric = self.eval_metric.strip().lower()
+        elif self.eval_metric is not None and (isinstance(self.eval_metric, str) or not callable(self.eval_metric)):
+            raise QloraError(f"{self.eval_metric!r} is not a task metric.", where="train option 'eval_metric'",
+                             hint=did_you_mean(str(self.eval_metric), EVAL_METRICS) + " Or pass a Python function "
+                                  "f(prediction, reference) that returns a bool or a number from 0 to 1.")
 
 
 @dataclass

@@ -26,6 +26,7 @@ HAND_WRITTEN = {
     ("qlora_compare", "--data"): "where the prompts come from (validation rows); the twin takes the prompts",
     ("qlora_compare", "--n"): "how many rows --data takes",
     ("qlora_plan", "--text"): "print instead of showing the widget; the twin returns the Plan",
+    ("qlora_runs", "--compare"): "which runs to line up (the twin: qlora_nb.runs(folder).compare(*names))",
     ("qlora_plan", "--measure"): "times real steps of the loaded session (Session.plan's measure=), not a setting",
     ("qlora_plan", "--gpu-model"): "which GPU's published peak prices the time (plan's gpu_model=), not a setting",
 }

@@ -77,3 +77,66 @@ export function lossChart(curve, maxSteps) {
   }
   return svg;
 }
+
+// Several runs' curves on one chart (the runs widget): one colour per run, train loss solid, eval loss dashed
+// (key "loss"), or the task metric as a fraction 0..1 with the base's score at step 0 (key "metric").
+export const RUN_COLORS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"];
+export function overlayChart(curves, names, key = "loss", maxSteps = 0) {
+  const series = [];
+  names.forEach((name, i) => {
+    const c = curves[name] || {}, color = RUN_COLORS[i % RUN_COLORS.length];
+    if (key === "metric") series.push({ name, color, xs: c.metric_steps || [], ys: c.metric || [], dash: "" });
+    else {
+      series.push({ name, color, xs: c.steps || [], ys: c.loss || [], dash: "" });
+      series.push({ name: `${name} eval`, color, xs: c.eval_steps || [], ys: c.eval_loss || [], dash: "5 3" });
+    }
+  });
+  const all = series.flatMap((s) => s.ys), xsAll = series.flatMap((s) => s.xs);
+  const h = 200;
+  const svg = node("svg", { viewBox: `0 0 ${W} ${h}`, class: "qn-chart", "data-testid": `runs-chart-${key}`,
+    "data-series": series.filter((s) => s.xs.length).length, role: "img" });
+  svg.append(node("title", {}, `${key === "metric" ? "task metric" : "loss"} of ${names.join(", ")}`));
+  const xMax = Math.max(1, maxSteps || 0, ...xsAll);
+  let lo = key === "metric" ? 0 : all.length ? Math.min(...all) : 0, hi = key === "metric" ? 1 : all.length ? Math.max(...all) : 1;
+  if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
+  const pw = W - L - R, ph = h - T - B;
+  const px = (x) => L + (pw * x) / xMax, py = (y) => T + ph * (1 - (y - lo) / (hi - lo));
+  for (const f of [0, 0.5, 1]) {
+    const y = T + ph * f;
+    svg.append(node("line", { x1: L, x2: W - R, y1: y, y2: y, class: "qn-grid" }));
+    const v = hi - (hi - lo) * f;
+    svg.append(node("text", { x: L - 4, y: y + 4, "text-anchor": "end", class: "qn-axis" },
+      key === "metric" ? `${Math.round(100 * v)}%` : Number(v).toPrecision(3)));
+  }
+  for (const x of [0, xMax]) svg.append(node("text", { x: px(x), y: h - 10, "text-anchor": x ? "end" : "start", class: "qn-axis" }, String(x)));
+  svg.append(node("text", { x: W - R + 8, y: h - 10, class: "qn-axis" }, "step"));
+  for (const s of series) {
+    if (!s.xs.length) continue;
+    const pts = thin(s.xs, s.ys);
+    svg.append(node("polyline", { points: pts.map(([a, b]) => `${px(a).toFixed(1)},${py(b).toFixed(1)}`).join(" "),
+      stroke: s.color, "stroke-dasharray": s.dash, "data-run": s.name }));
+    if (s.dash || key === "metric") for (const [a, b] of pts) {
+      const c = node("circle", { cx: px(a), cy: py(b), r: 3, fill: s.color });
+      c.append(node("title", {}, `${s.name} step ${a}: ${key === "metric" ? `${(100 * b).toFixed(0)}%` : Number(b).toFixed(4)}`));
+      svg.append(c);
+    }
+  }
+  let x = L;
+  names.forEach((name, i) => {
+    svg.append(node("rect", { x, y: 2, width: 12, height: 3, fill: RUN_COLORS[i % RUN_COLORS.length] }));
+    svg.append(node("text", { x: x + 16, y: 8, class: "qn-axis" }, name));
+    x += Math.max(80, 16 + 7 * name.length);
+  });
+  if (key === "loss") svg.append(node("text", { x: W - R, y: 8, "text-anchor": "end", class: "qn-axis" }, "solid: train · dashed: eval"));
+  return svg;
+}
+
+// The dashboard's task-metric chart: the base's score at step 0, then the adapter's at each eval.
+export function metricChart(curve, maxSteps, name) {
+  const svg = overlayChart({ [name]: curve }, [name], "metric", maxSteps);
+  const xs = curve.metric_steps || [];
+  svg.setAttribute("data-testid", "metric-chart");
+  svg.setAttribute("data-points", String(xs.length));
+  if (maxSteps) svg.setAttribute("data-max-steps", String(maxSteps));
+  return svg;
+}

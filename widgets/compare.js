@@ -114,7 +114,9 @@ function render({ model, el: host }) {
       const grid = el("div", { class: "qn-cols", style: `grid-template-columns:repeat(${Math.max(1, columns.length)}, minmax(0, 1fr))` });
       for (const c of columns) {
         const cell = (row.columns || {})[c] || { text: "" };
-        const exact = row.reference && row.done && (cell.text || "").trim() === String(row.reference).trim();
+        // the engine's score (qlora_nb.data.scoring.exact_match) once the row is done; the same rule while streaming
+        const exact = row.reference && row.done && (cell.score !== undefined ? cell.score >= 1
+          : (cell.text || "").trim() === String(row.reference).trim());
         if (exact) matches[c] = (matches[c] || 0) + 1;
         grid.append(el("div", { class: "qn-col", "data-testid": "compare-column", "data-column": c },
           el("div", { class: "qn-col-head" }, el("b", {}, c), exact ? el("span", { class: "qn-badge qn-match", "data-testid": "compare-exact" }, "✓ exact match") : null, badge(c, cell, row.done)),

@@ -2,7 +2,7 @@
 // or progress line; the numbers; probe generations; the memory ledger (LoRA table folded).
 // Everything is drawn from synced traits, so a reloaded page (kernel idle) redraws the same state.
 import { el, renderLedger, sharedTemplate, ownPart, mount, listen } from "./format.js";
-import { lossChart } from "./chart.js";
+import { lossChart, metricChart } from "./chart.js";
 
 function eta(s) {
   if (s === null || s === undefined || !(s >= 0)) return "–";
@@ -103,7 +103,11 @@ function render({ model, el: host }) {
     const n = (curve.steps || []).length + (curve.eval_steps || []).length;
     // the x axis runs to max_steps while the run goes on; a run that ended early fits its own steps
     const st = model.get("status");
-    chart.replaceChildren(lossChart(curve, st === "stopped" || st === "error" ? null : p.max_steps));
+    const maxSteps = st === "stopped" || st === "error" ? null : p.max_steps;
+    const parts = [lossChart(curve, maxSteps)];
+    // the task metric (eval_metric) as its own curve beside eval loss: the base's score at step 0, then each eval
+    if ((curve.metric_steps || []).length) parts.push(metricChart(curve, maxSteps, p.metric_name || "task metric"));
+    chart.replaceChildren(...parts);
     chart.classList.toggle("qn-chart-empty", n === 0);
   }
 
@@ -137,6 +141,9 @@ function render({ model, el: host }) {
     stats.replaceChildren(
       stat("loss", num(p.loss), "train-loss"),
       stat("eval loss", num(p.eval_loss), "eval-loss"),
+      ...(p.metric || p.base_metric ? [stat(p.metric_name || "task metric",
+        [p.base_metric, p.metric].filter(Boolean).join(" → ") + (p.metric_s ? ` (scoring ${p.metric_s.toFixed(1)} s)` : ""),
+        "task-metric")] : []),
       stat("lr", lrText(p), "learning-rate"),
       ...tok,
       stat("loss points", String(model.get("n_loss_points")), "loss-points", model.get("n_loss_points")),

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import GenerateConfig
+from ..data.scoring import exact_match
 from .adapters import BASE, active_adapter, evaluating, no_adapter
 from .columns import adapter_names, choose_columns, column_cells
 from .compare_result import _RESERVED, CompareResult, _row_event
@@ -95,6 +96,9 @@ def compare(session, prompts: Any, on_event: Callable[[dict], None] | None = Non
 def _record(shown: str, formatted: str, reference: str | None, columns: list[str],
             cells: dict[str, dict[str, Any]]) -> dict[str, Any]:
     first = columns[1] if len(columns) > 1 else None
+    if reference is not None:  # a data row (--data val): scored as eval_metric: exact_match scores it
+        for column in columns:
+            cells[column]["score"] = exact_match(cells[column]["text"], reference)
     record: dict[str, Any] = {
         "prompt": shown, "formatted": formatted, "reference": reference,
         BASE: cells[BASE]["text"], "base_ids": cells[BASE]["ids"],

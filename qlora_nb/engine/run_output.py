@@ -75,9 +75,29 @@ def save_run(session, cfg: TrainConfig, out: Path, metrics: dict[str, Any], prep
         session.model.save_pretrained(str(tmp), safe_serialization=True, selected_adapters=[name],
                                    **adapter_save_kwargs(session.model))  # a sharded base: rank 0 alone
         flatten_adapter_folder(tmp, name)
-        run = {"train": cfg.to_dict(), "load": session.config.to_dict(), "adapter_name": name,
+        train = cfg.to_dict()
+        if callable(cfg.eval_metric):  # a function is saved by its name (the run history shows it)
+            from ..data.scoring import metric_name
+
+            train["eval_metric"] = metric_name(cfg.eval_metric)
+        run = {"train": train, "load": session.config.to_dict(), "adapter_name": name,
                "template": prep.template.text, "chat_format": prep.chat, "base_model": str(session.model_path),
                "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))}}
         (tmp / "train_config.json").write_text(json.dumps(run, indent=2, default=str), encoding="utf-8")
     write_text_atomic(out / "train_config.json", json.dumps(run, indent=2, default=str))
     return target
+
+
+def save_state(trainer, out: Path) -> None:
+    """The Trainer's own ``trainer_state.json`` (``log_history``: every logged step and eval) at the run's top.
+
+    Checkpoints hold one too, but only when one was saved; this copy is what the run history
+    (:mod:`.runs`) reads, so a run without checkpoints is listed with its curves.
+    """
+    import os
+
+    if not _is_main_process():
+        return
+    tmp = out / ".trainer_state.json.tmp"
+    trainer.state.save_to_json(str(tmp))
+    os.replace(tmp, out / "trainer_state.json")

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..errors import QloraError
-from .run_output import find_checkpoint, output_dir, save_run
+from .run_output import find_checkpoint, output_dir, save_run, save_state
 from .train_events import PeakRssSampler, make_callback
 
 OPTIM_NAMES = {  # TrainingArguments names; bitsandbytes falls back to unpaged state on CPU by itself
@@ -60,10 +60,17 @@ class TrainResult:
     def eval_losses(self) -> list[float]:
         return [h["eval_loss"] for h in self.history if "eval_loss" in h]
 
+    @property
+    def eval_metrics(self) -> list[float]:
+        """The task metric (``eval_metric``, a fraction of the scored rows) at each eval."""
+        return [h["eval_metric"] for h in self.history if "eval_metric" in h]
+
     def __repr__(self) -> str:
         state = "interrupted" if self.interrupted else "stopped early" if self.stopped_early else "done"
         last = f", loss {self.losses[-1]:.4f}" if self.losses else ""
         ev = f", eval_loss {self.eval_losses[-1]:.4f}" if self.eval_losses else ""
+        if self.metrics.get("eval_metric_summary"):
+            ev += f", {self.metrics['eval_metric_summary']}"
         return (f"<TrainResult {state}: {self.metrics.get('steps', 0)} steps{last}{ev}, "
                 f"{self.metrics.get('tokens_per_s', 0):.0f} tokens/s, adapter in {self.adapter_dir}>")
 
@@ -129,6 +136,13 @@ def _trainer_class():
         flops = 0.0  # model FLOPs of the training steps so far (engine/flops.py), for the MFU
         flops_model = None
         labelled_loss_ok: bool | None = None
+        task_metric = None  # engine/task_metric.TrainingMetric when eval_metric is set
+
+        def log(self, logs, *args, **kwargs):
+            # The eval's own log entry gets the task metric, so log_history and every report_to logger hold it.
+            if self.task_metric is not None and "eval_loss" in logs:
+                self.task_metric.on_eval(logs)
+            return super().log(logs, *args, **kwargs)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not model.training:
@@ -161,7 +175,7 @@ def _report_to(cfg: TrainConfig) -> list[str]:
         return []
     import importlib.util
 
-    module = {"wandb": "wandb", "tensorboard": "tensorboard"}[cfg.report_to]
+    module = {"wandb": "wandb", "tensorboard": "tensorboard", "trackio": "trackio"}[cfg.report_to]
     if importlib.util.find_spec(module) is None:
         raise QloraError(f"report_to {cfg.report_to!r} needs the {module} package, which is not installed.",
                          where="train option 'report_to'", hint=f"pip install {module}, or use report_to: none.")
@@ -241,6 +255,10 @@ def train(session, data: Any = None, on_event=None, **options: Any) -> TrainResu
     if cfg.early_stopping_patience and not prep.val:
         raise QloraError("early_stopping_patience needs held-out rows to evaluate.",
                          where="train option 'early_stopping_patience'", hint="Set val_split > 0.")
+    if cfg.eval_metric is not None and not prep.val_rows:
+        raise QloraError("eval_metric scores generations on held-out rows, and this run holds out none.",
+                         where="train option 'eval_metric'", hint="Set val_split > 0 (or give val rows), or drop "
+                                                                   "eval_metric.")
     planned = _planned_steps(cfg, len(prep.train))
     cfg = preflight.check_schedule(cfg, planned, warmup_given="warmup_steps" in options)
     fingerprint = preflight.data_fingerprint(prep.train_rows, prep.val_rows)
@@ -298,6 +316,11 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
 
     state["predicted_step_s"] = run_prediction(session, cfg, prep.train)
     trainer.add_callback(make_callback(session, cfg, prep, flag, history, state))
+    if cfg.eval_metric is not None:
+        from .task_metric import TrainingMetric
+
+        trainer.task_metric = TrainingMetric(session, prep.template, prep.val_rows[: cfg.eval_metric_rows],
+                                             cfg.eval_metric)
     early = None
     if cfg.early_stopping_patience:
         early = EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)
@@ -312,6 +335,12 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     try:
         with quiet_libraries(), flag, PeakRssSampler(session):
             try:
+                if trainer.task_metric is not None:  # the base's score, once, before any step
+                    base = trainer.task_metric.score_base()
+                    session.events.emit("eval", step=0, base=True,
+                                        eval_metric=base.score, eval_metric_hits=base.hits,
+                                        eval_metric_rows=base.total, eval_metric_s=base.seconds,
+                                        eval_metric_name=trainer.task_metric.name)
                 with fused_lora(model, cfg.fused_lora), fused_rms_norm(model, cfg.fused_lora):
                     output = trainer.train(resume_from_checkpoint=resume_from)
                 metrics = dict(output.metrics)
@@ -349,7 +378,10 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
                     "train_rows": len(prep.train), "val_rows": len(prep.val), "peak_rss": session.peak_rss})
     if prep.val and not interrupted:
         metrics.setdefault("eval_loss", next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None))
+    if trainer.task_metric is not None:
+        metrics.update(trainer.task_metric.final_metrics())
     adapter_dir = save_run(session, cfg, out, metrics, prep)
+    save_state(trainer, out)
     from .lifecycle import last_complete_checkpoint
 
     last = last_complete_checkpoint(out)

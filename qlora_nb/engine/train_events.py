@@ -12,8 +12,12 @@ import time
 from typing import Any
 
 from ..config import TrainConfig
+from ..data.scoring import resolve
 from .interrupts import InterruptFlag
 from .probes import generate_probes, probe_input
+
+# what engine/task_metric.py adds to an eval's metrics (the Trainer's log entry) when eval_metric is set
+TASK_KEYS = ("eval_metric", "eval_metric_hits", "eval_metric_rows", "eval_metric_s")
 
 
 class PeakRssSampler:
@@ -51,6 +55,9 @@ def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, his
     events = session.events
     probe_prompts = list(cfg.probes) or [prep.template.prompt(r) for r in prep.val_rows[: cfg.n_probes]]
     probe_inputs = list(cfg.probes) or [probe_input(prep.template, r) for r in prep.val_rows[: cfg.n_probes]]
+    # held-out probes carry their reference, scored by the run's task metric (exact match when none is set)
+    probe_refs = [] if cfg.probes else [prep.template.completion(r) for r in prep.val_rows[: cfg.n_probes]]
+    probe_score = resolve(cfg.eval_metric or "exact_match")
     probe_tokens = 48
     if not cfg.probes and prep.val and cfg.n_probes:
         longest = max(sum(t != -100 for t in ex["labels"]) for ex in prep.val[: cfg.n_probes])
@@ -127,11 +134,12 @@ def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, his
             if not metrics or "eval_loss" not in metrics:
                 return
             loss = float(metrics["eval_loss"])
+            entry = {"eval_loss": loss, **{k: metrics[k] for k in TASK_KEYS if k in metrics}}
             if history and history[-1]["step"] == st.global_step:
-                history[-1]["eval_loss"] = loss
+                history[-1].update(entry)
             else:
-                history.append({"step": st.global_step, "eval_loss": loss})
-            events.emit("eval", step=st.global_step, eval_loss=loss)
+                history.append({"step": st.global_step, **entry})
+            events.emit("eval", step=st.global_step, **entry)
             if probe_prompts:
                 if self.base_outputs is None:
                     self.base_outputs = generate_probes(session, probe_prompts, probe_tokens, base=True)
@@ -141,7 +149,11 @@ def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, his
                     events.emit("probe", step=st.global_step, prompt=p, input=probe_inputs[i], base=base_texts[i],
                                 adapted=adapted[i],
                                 adapter=session.active_adapter, max_new_tokens=probe_tokens,
-                                truncated={"base": base_cut[i], "adapted": cut[i]})
+                                truncated={"base": base_cut[i], "adapted": cut[i]},
+                                reference=probe_refs[i] if i < len(probe_refs) else None,
+                                score={"base": probe_score(base_texts[i], probe_refs[i]),
+                                       "adapted": probe_score(adapted[i], probe_refs[i])}
+                                if i < len(probe_refs) else None)
 
         def on_train_end(self, args, st, control, **kw):
             session.optimizer = kw.get("optimizer", session.optimizer)

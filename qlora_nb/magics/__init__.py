@@ -11,10 +11,12 @@ def magic_classes() -> list[type]:
     from .launch import LaunchMagics
     from .load import LoadMagics
     from .plan import PlanMagics
+    from .runs import RunsMagics
     from .train import TrainMagics
     from .workbench import WorkbenchMagics
 
-    return [LoadMagics, TrainMagics, CompareMagics, PlanMagics, ExportMagics, WorkbenchMagics, LaunchMagics]
+    return [LoadMagics, TrainMagics, CompareMagics, PlanMagics, ExportMagics, WorkbenchMagics, LaunchMagics,
+            RunsMagics]
 
 
 def _show_qlora_error(shell, etype, value, tb, tb_offset=None):

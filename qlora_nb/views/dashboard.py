@@ -78,13 +78,15 @@ class TrainingDashboard(QloraWidget):
         self.lrs: list[float] = []
         self.eval_steps: list[int] = []
         self.eval_losses: list[float] = []
+        self.metric_steps: list[int] = []  # the task metric (eval_metric): the base's at step 0, then each eval
+        self.metric_scores: list[float] = []
         self._progress: dict[str, Any] = {}
         self._ledger: dict[str, Any] | None = None
         self._probes: list[dict[str, Any]] = []
         self._status = "waiting"
         self._started: float | None = None
         self._ledger_dirty = self._probes_dirty = False
-        self._drawn = (0, 0)  # (train points, eval points) already in ``curve``
+        self._drawn = (0, 0, 0)  # (train, eval, metric points) already in ``curve``
         self._phase = "preparing the data (tokenizing)"
         self._outputs: dict[str, str] = {}
         self._tok_sum, self._tok_n = 0.0, 0
@@ -177,6 +179,7 @@ class TrainingDashboard(QloraWidget):
                 self.eval_steps.append(int(event["step"]))
                 self.eval_losses.append(float(event["eval_loss"]))
                 self._progress["eval_loss"] = float(event["eval_loss"])
+            self._on_metric(event)
             urgent = True
         elif kind == "probe":
             self._probes.append({k: event.get(k) for k in ("step", "prompt", "input", "base", "adapted", "adapter",
@@ -234,6 +237,18 @@ class TrainingDashboard(QloraWidget):
         if warmup and e.get("step") is not None:
             self._progress["warmup"] = int(e["step"]) <= int(warmup)
 
+    def _on_metric(self, e: dict[str, Any]) -> None:
+        if e.get("eval_metric") is None:
+            return
+        self.metric_steps.append(int(e["step"]))
+        self.metric_scores.append(float(e["eval_metric"]))
+        hits, rows = e.get("eval_metric_hits"), e.get("eval_metric_rows")
+        key = "base_metric" if e.get("base") else "metric"
+        self._progress[key] = f"{hits:g}/{rows}" if hits is not None else f"{e['eval_metric']:.2f}"
+        if e.get("eval_metric_name"):
+            self._progress["metric_name"] = str(e["eval_metric_name"]).replace("_", " ")
+        self._progress["metric_s"] = self._progress.get("metric_s", 0.0) + float(e.get("eval_metric_s") or 0.0)
+
     def _on_end(self, e: dict[str, Any]) -> None:
         if e.get("error"):
             self._status, self.message = "error", str(e["error"])
@@ -262,7 +277,7 @@ class TrainingDashboard(QloraWidget):
             self.n_eval_points = len(self.eval_steps)
             self.phase = self._phase
             self.outputs = dict(self._outputs)
-            counts = (len(self.steps), len(self.eval_steps))
+            counts = (len(self.steps), len(self.eval_steps), len(self.metric_steps))
             if counts != self._drawn:
                 self._drawn = counts
                 self.curve = self._curve()
@@ -299,7 +314,8 @@ class TrainingDashboard(QloraWidget):
 
     def _curve(self) -> dict[str, list]:
         return {"steps": list(self.steps), "loss": list(self.losses), "lr": list(self.lrs),
-                "eval_steps": list(self.eval_steps), "eval_loss": list(self.eval_losses)}
+                "eval_steps": list(self.eval_steps), "eval_loss": list(self.eval_losses),
+                "metric_steps": list(self.metric_steps), "metric": list(self.metric_scores)}
 
     def fallback_title(self) -> str:
         return f"{self.title or 'training'} (saved view; re-run the cell for the live dashboard)"
@@ -327,12 +343,21 @@ class TrainingDashboard(QloraWidget):
             parts.append(f"mean {p['mean_tokens_per_s']:.0f} tok/s")
         if p.get("predicted_step_s") and p.get("step_s"):
             parts.append(f"{p['step_s']:.2f} s/step (predicted {p['predicted_step_s']:.2f})")
+        if p.get("metric") or p.get("base_metric"):
+            parts.append(metric_text(p))
         if self._status in ("running", "stopping"):
             parts.append(f"eta {_fmt_eta(p.get('eta_s'))}")
         if self._outputs.get("adapter_dir"):
             parts.append(f"adapter in {self._outputs['adapter_dir']}")
         return " · ".join(parts)
 
+
+
+def metric_text(p: dict[str, Any]) -> str:
+    """``exact match 0/16 → 13/16 (scoring took 4.1 s)``: the base's score, then the adapter's latest."""
+    scores = " → ".join(str(p[k]) for k in ("base_metric", "metric") if p.get(k))
+    took = f" (scoring took {p['metric_s']:.1f} s)" if p.get("metric_s") else ""
+    return f"{p.get('metric_name', 'task metric')} {scores}{took}"
 
 
 def _get(config: Any, key: str) -> Any:
