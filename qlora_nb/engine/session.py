@@ -116,6 +116,18 @@ class Session:
         with rolled_back_on_error(self):
             return compare(self, prompts, on_event=on_event, **options)
 
+    def chat(self, messages: Any, *, adapters: list[str] | None = None, on_event=None, **options: Any):
+        """Reply to a conversation from the base and each adapter, side by side; see :mod:`qlora_nb.engine.chat`.
+
+        ``messages``: ``[{"role": "user", "content": "..."}, ...]`` (or ``{column: messages}``, one per column).
+        Returns a :class:`~qlora_nb.engine.chat.ChatResult` (``.replies``, ``.prompt``, token counts).
+        """
+        from .chat import chat
+        from .rollback import rolled_back_on_error
+
+        with rolled_back_on_error(self):
+            return chat(self, messages, adapters=adapters, on_event=on_event, **options)
+
     def save(self, directory: str | Path, *, overwrite: bool = False, adapter: str | None = None) -> Path:
         from .arguments import require_bool, require_optional_name, require_path
         from .export import save_adapter

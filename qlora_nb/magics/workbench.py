@@ -8,6 +8,7 @@ from __future__ import annotations
 from IPython.core.magic import line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 
+from ..errors import QloraError
 from .base import DEFAULT_SESSION, QloraMagicsBase, display, friendly, parse_args
 
 
@@ -35,21 +36,31 @@ class WorkbenchMagics(QloraMagicsBase):
         display(studio)
 
     @magic_arguments()
-    @argument("prompt", nargs="*", help="A first prompt to show in the box (optional).")
+    @argument("prompt", nargs="*", help="A first prompt (or message) to show in the box (optional).")
     @argument("--session", default=DEFAULT_SESSION, help="Session variable (default: qlora).")
     @argument("-o", dest="output", default="playground", help="Bind the Playground to this name.")
+    @argument("--chat", action="store_true", help="Multi-turn chat through the tokenizer's chat template (the "
+              "default when the tokenizer has one and no plain prompt template was trained).")
+    @argument("--completion", action="store_true", help="Single prompts continued as written (or as training "
+              "formatted them).")
+    @argument("--history", default="same", choices=("same", "own"),
+              help="Chat: every column sees the first column's answers (same) or its own (own).")
     @line_magic
     @no_var_expand
     @friendly("qlora_playground")
     def qlora_playground(self, line: str = ""):
-        """Type a prompt and watch the base and every adapter answer side by side, token by token."""
-        from ..views.playground import Playground
+        """Type a prompt (or chat) and watch the base and every adapter answer side by side, token by token."""
+        from ..views.chat import make_playground
 
         args = parse_args(self.qlora_playground, line, "qlora_playground")
+        if args.chat and args.completion:
+            raise QloraError("--chat and --completion exclude each other.", where="%qlora_playground",
+                             hint="Give one of them (or neither: chat when the tokenizer has a chat template).")
         session = self.session(args.session)
         prompt = " ".join(args.prompt).strip()
         if len(prompt) >= 2 and prompt[0] == prompt[-1] and prompt[0] in "'\"":
             prompt = prompt[1:-1]
-        pg = Playground(session, prompt=prompt)
+        chat = True if args.chat else False if args.completion else None
+        pg = make_playground(session, prompt=prompt, chat=chat, history=args.history, session_name=args.session)
         self.bind(args.output, pg)
         display(pg)
