@@ -208,6 +208,9 @@ def _columns_and_messages(session, messages: Any, adapters: list[str] | None
         convs = {str(c): check_messages(m, f"messages[{str(c)!r}]") for c, m in messages.items()}
         chosen, notes = choose_columns(session, [n for n in names if n != BASE])
         columns = [c for c in chosen if c in names]
+        if not columns:
+            raise QloraError("no column of the messages dict can answer: " + " ".join(notes), where="messages",
+                             hint='Include "base", or train the adapter first.')
         return columns, {c: convs[c] for c in columns}, notes, "own"
     conv = check_messages(messages)
     columns, notes = choose_columns(session, _adapter_list(adapters))

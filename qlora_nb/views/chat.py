@@ -283,7 +283,8 @@ class Chat(QloraWidget):
     # ---------------------------------------------------------------- text
     def text(self) -> str:
         if self.result is not None:
-            return f"{self.title} ({len(self._turns)} turn{'s' if len(self._turns) != 1 else ''})\n{self.result}"
+            own = "".join(f"note: {n}\n" for n in self.notes if n not in self.result.notes)  # the no-template one
+            return f"{self.title} ({len(self._turns)} turn{'s' if len(self._turns) != 1 else ''})\n{own}{self.result}"
         note = f" {self.notes[0]}" if self.notes else ""
         return f"{self.title}: type a message and press Send (Python: chat.send('...')).{note}"
 
