@@ -43,6 +43,7 @@ function render({ model, el: host }) {
   const error = q("div", { class: "qn-error", "data-testid": "chat-error" });
   const system = q("input", { type: "text", class: "qn-input qn-chat-system", "data-testid": "chat-system",
     placeholder: "system prompt (optional, shared by every column)" });
+  const systemRow = q("label", { class: "qn-row qn-chat-system-row" }, q("span", { class: "qn-muted" }, "system"), system);
   const grid = q("div", { class: "qn-cols", "data-testid": "chat-grid" });
   const input = q("textarea", { class: "qn-input", "data-testid": "chat-input", placeholder: "message… (Shift+Enter or Ctrl+Enter sends)" });
   const send = q("button", { class: "qn-btn qn-btn-primary", "data-testid": "chat-send", textContent: "▶ Send" });
@@ -53,7 +54,7 @@ function render({ model, el: host }) {
   const prompts = q("div", { "data-testid": "chat-rendered-list" });
   const shown = q("details", { "data-testid": "chat-prompt" }, q("summary", { class: "qn-muted" }, "show the rendered prompt"), prompts);
   root.append(q("div", { class: "qn-row" }, title, status, q("span", { class: "qn-chat-toggle" }, modeChat, " ", modeCompletion), histBox),
-    opts, picks, notes, system, grid, input, q("div", { class: "qn-row" }, send, regen, clear, copy), error, code, shown);
+    opts, picks, notes, systemRow, grid, input, q("div", { class: "qn-row" }, send, regen, clear, copy), error, code, shown);
 
   const saveSet = (name, value) => { model.set(name, value); model.save_changes(); };
   const busy = () => model.get("status") === "generating";
@@ -141,7 +142,7 @@ function render({ model, el: host }) {
     histSame.setAttribute("aria-pressed", String(history === "same"));
     histOwn.setAttribute("aria-pressed", String(history === "own"));
     histBox.style.display = mode === "chat" ? "" : "none";
-    system.style.display = mode === "chat" ? "" : "none";
+    systemRow.style.display = mode === "chat" ? "" : "none";
     if (document.activeElement !== system) system.value = model.get("system") || "";
     error.textContent = model.get("error") || "";
     notes.replaceChildren(...(model.get("notes") || []).map((n) => q("div", {}, n)));
@@ -170,8 +171,16 @@ function render({ model, el: host }) {
       return col;
     }));
     const rendered = model.get("rendered") || {};
-    prompts.replaceChildren(...Object.entries(rendered).map(([c, p]) => q("div", {},
-      q("div", { class: "qn-muted" }, c), q("pre", { class: "qn-chat-rendered", "data-testid": "chat-rendered", "data-column": c }, p))));
+    // one block per distinct prompt (with same history every column shares one)
+    const groups = [];
+    for (const [c, p] of Object.entries(rendered)) {
+      const g = groups.find((x) => x.prompt === p);
+      if (g) g.columns.push(c); else groups.push({ prompt: p, columns: [c] });
+    }
+    prompts.replaceChildren(...groups.map((g) => q("div", {},
+      q("div", { class: "qn-muted" }, g.columns.length > 1 ? `${g.columns.join(", ")} (one prompt)` : g.columns[0]),
+      ...g.columns.map((c, i) => q("pre", { class: "qn-chat-rendered", "data-testid": "chat-rendered", "data-column": c,
+        style: i ? "display:none" : "" }, g.prompt)))));
     if (code.style.display !== "none") code.textContent = model.get("code") || "";
   }
   const onPrompt = () => { if (document.activeElement !== input) input.value = model.get("prompt") || ""; };

@@ -28,7 +28,7 @@ from ..config import GenerateConfig
 from ..errors import QloraError
 from .adapters import BASE, evaluating
 from .compare_result import side_by_side
-from .generate import _generate, choose_columns, diff_mask, token_pieces
+from .generate import _generate_kwargs, choose_columns, diff_mask, token_pieces
 from .interleave import generate_together
 from .prompts import Prompt, encode, format_prompt
 
@@ -84,7 +84,7 @@ def check_messages(messages: Any, where: str = "messages") -> list[dict[str, str
                 what = "the first turn" if prev == "system" else f"message {i - 1} ({prev})"
                 raise QloraError(f"message {i} ({role}) follows {what}; turns must alternate user, assistant, "
                                  "user, … starting with the user.", where=at,
-                                 hint=f"Make message {i} a {expected} message, or remove it.")
+                                 hint=f"Make message {i} {'an assistant' if expected == 'assistant' else 'a user'} message, or remove it.")
         out.append({"role": role, "content": content})
     if not any(m["role"] == "user" for m in out):
         what = "only a system message" if out else "no messages"
@@ -291,7 +291,7 @@ def _run(session, columns: list[str], prompts: dict[str, Prompt], convs: dict[st
         emit("chat_token", column=column, text=shown[column], delta=delta, ids=list(out), n_tokens=len(out))
 
     with evaluating(session.model) as state:
-        outputs = generate_together(session, ids, lambda i, s: _generate(session, i, cfg, s), state, on_token,
+        outputs = generate_together(session, ids, _generate_kwargs(session, cfg), cfg.seed, state, on_token,
                                     should_stop)
     base_ids = outputs[BASE][0] if BASE in outputs else None
     first = next((c for c in columns if c != BASE), None)

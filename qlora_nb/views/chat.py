@@ -277,8 +277,7 @@ class Chat(QloraWidget):
         adapters = [c for c in self.chosen if c in self.available]
         if not isinstance(convs, dict) and adapters:
             extra = f", adapters={adapters!r}" + extra
-        body = json.dumps(convs, indent=4, ensure_ascii=False)
-        return f"reply = {self.session_name}.chat({body}{extra})\nprint(reply)"
+        return f"reply = {self.session_name}.chat({_messages_code(convs)}{extra})\nprint(reply)"
 
     # ---------------------------------------------------------------- text
     def text(self) -> str:
@@ -286,7 +285,17 @@ class Chat(QloraWidget):
             own = "".join(f"note: {n}\n" for n in self.notes if n not in self.result.notes)  # the no-template one
             return f"{self.title} ({len(self._turns)} turn{'s' if len(self._turns) != 1 else ''})\n{own}{self.result}"
         note = f" {self.notes[0]}" if self.notes else ""
-        return f"{self.title}: type a message and press Send (Python: chat.send('...')).{note}"
+        return f"{self.title}: type a message and press Send (Python: .send('...') on this widget).{note}"
+
+
+def _messages_code(convs: Any) -> str:
+    """Messages as Python, one message a line (JSON strings are Python strings; roles and text only)."""
+    def lines(msgs: list[dict[str, str]], indent: str) -> str:
+        return "[\n" + "".join(f"{indent}    {json.dumps(m, ensure_ascii=False)},\n" for m in msgs) + f"{indent}]"
+
+    if isinstance(convs, dict):
+        return "{\n" + "".join(f"    {json.dumps(c)}: {lines(m, '    ')},\n" for c, m in convs.items()) + "}"
+    return lines(convs, "")
 
 
 def make_playground(session: Any, prompt: str = "", chat: bool | None = None, **kwargs: Any) -> QloraWidget:
