@@ -7,8 +7,10 @@ How: each step is one call of transformers' ``generate`` with ``max_new_tokens=1
 KV cache back (``past_key_values``), so only the new token is computed; between calls the adapter is switched
 (:class:`Switch`) and the column's random-number state restored. Each column thus computes exactly what a plain
 ``generate`` with that adapter computes: same kernels, same shapes, same seed, same logits processors
-(``tests/test_chat.py`` checks the tokens are equal, greedy and sampled). Measured on the demo model (AMD EPYC,
-2 cores, 32 tokens): one plain ``generate`` 2.05-2.18 s, the same 32 tokens one call at a time 2.17-2.34 s.
+(``tests/test_chat.py`` checks the tokens are equal, greedy and sampled). ``benchmarks/chat_overhead.py``: a
+two-column chat of 32 tokens each on the demo model took 1.145x the two plain generates one after the other (AMD
+EPYC, 2 cores; ``benchmarks/results/chat_overhead.json``), the per-call set-up and the chat's own decoding
+included; the stepping alone measured 2.17-2.34 s against 2.05-2.18 s for one plain 32-token ``generate``.
 
 Two alternatives were measured or weighed and not taken:
 
