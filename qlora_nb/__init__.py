@@ -42,11 +42,17 @@ def studio(session: Session, data: Any = None, **kwargs: Any):
     return Studio(session, data=data, **kwargs)
 
 
-def playground(session: Session, prompt: str = "", **kwargs: Any):
-    """The playground for ``session`` (Python twin of ``%qlora_playground``); ``.generate("...")`` streams."""
-    from .views.playground import Playground
+def playground(session: Session, prompt: str = "", *, chat: bool | None = None, **kwargs: Any):
+    """The playground for ``session`` (Python twin of ``%qlora_playground``).
 
-    return Playground(session, prompt=prompt, **kwargs)
+    ``chat=True``: the multi-turn chat (``.send("...")``); ``chat=False``: single prompts (``.generate("...")``);
+    None: chat when the tokenizer has a chat template and no plain prompt template was trained. A tokenizer
+    without a chat template gets the chat widget in completion mode, with a note saying why. Chat keywords:
+    ``history`` ("same" or "own"), ``system``, ``session_name`` (for "Copy as cell").
+    """
+    from .views.chat import make_playground
+
+    return make_playground(session, prompt=prompt, chat=chat, **kwargs)
 
 
 def runs(folder: str = "runs"):

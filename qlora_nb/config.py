@@ -338,6 +338,17 @@ class MergeOptions(OptionsBase):
 
 
 @dataclass
+class PlaygroundOptions(OptionsBase):
+    """``%qlora_playground`` / ``qlora_nb.playground``: chat with the base and each adapter side by side."""
+
+    _kind: ClassVar[str] = "playground option"
+    _flag_in_where: ClassVar[bool] = True
+
+    history: str = option("same", "Chat: every column continues from the first column's answers (same, an A/B on "
+                          "identical context) or from its own (own).", choices=("same", "own"))
+
+
+@dataclass
 class LaunchOptions(OptionsBase):
     """``%qlora_launch`` / ``Session.launch``: the session's run on N processes through ``accelerate launch``."""
 

@@ -42,7 +42,7 @@ TIMEOUT = float(os.environ.get("QLORA_NB_BROWSER_TIMEOUT", "1200"))
 STEPS = int(os.environ.get("QLORA_NB_WORKBENCH_STEPS", "30" if UPDATE else "10"))
 LEARNING_RATE = "0.001" if UPDATE else "0.002"
 PROMPT = "Extract the person's name, age, city and job as JSON.\nAt 41, Ines Moreau works as a baker in Quito."
-CELLS = ["%load_ext qlora_nb", "%qlora_load smollm2-135m", "%qlora_studio", "%qlora_playground"]
+CELLS = ["%load_ext qlora_nb", "%qlora_load smollm2-135m", "%qlora_studio", "%qlora_playground --completion"]
 
 _STATE = """() => {
   const q = (root, id) => root ? root.querySelector(`[data-testid="${id}"]`) : null;

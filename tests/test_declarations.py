@@ -26,13 +26,15 @@ HAND_WRITTEN = {
     ("qlora_compare", "--data"): "where the prompts come from (validation rows); the twin takes the prompts",
     ("qlora_compare", "--n"): "how many rows --data takes",
     ("qlora_plan", "--text"): "print instead of showing the widget; the twin returns the Plan",
+    ("qlora_playground", "--chat"): "with --completion, a three-way mode (the twin's chat=True/False/None)",
+    ("qlora_playground", "--completion"): "with --chat, a three-way mode (the twin's chat=True/False/None)",
     ("qlora_runs", "--compare"): "which runs to line up (the twin: qlora_nb.runs(folder).compare(*names))",
     ("qlora_plan", "--measure"): "times real steps of the loaded session (Session.plan's measure=), not a setting",
     ("qlora_plan", "--gpu-model"): "which GPU's published peak prices the time (plan's gpu_model=), not a setting",
 }
 
 OPTION_CLASSES = [C.LoadConfig, C.TrainConfig, C.PlanConfig, C.GenerateConfig, C.SaveOptions, C.MergeOptions,
-                  C.LaunchOptions, C.ExportOptions, C.QuantReportOptions, MagicFlags]
+                  C.LaunchOptions, C.PlaygroundOptions, C.ExportOptions, C.QuantReportOptions, MagicFlags]
 
 # One name in several classes that means different things there, and why.
 DISTINCT = {

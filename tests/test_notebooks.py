@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 ARTIFACTS = ROOT / "test-artifacts" / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
-EXPECTED = ["01_quickstart", "02_memory_anatomy", "03_your_own_data", "04_compare_merge_export"]
+EXPECTED = ["01_quickstart", "02_memory_anatomy", "03_your_own_data", "04_compare_merge_export", "05_chat"]
 COLAB = "https://colab.research.google.com/github/qlora-nb/qlora_nb/blob/main/notebooks/{name}"
 
 

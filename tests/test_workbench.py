@@ -234,7 +234,7 @@ def test_magics_and_python_twins(tiny_session):
     finally:
         InteractiveShell.clear_instance()
     assert "data: $rows\n" in qlora_nb.studio(tiny_session, data=ROWS, user_ns={"rows": ROWS}).to_code()
-    assert isinstance(qlora_nb.playground(tiny_session), Playground)
+    assert isinstance(qlora_nb.playground(tiny_session, chat=False), Playground)
 
 
 def test_engine_does_not_import_the_workbench_views():

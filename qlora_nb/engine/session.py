@@ -131,6 +131,18 @@ class Session:
         with rolled_back_on_error(self):
             return stream(self, prompt, columns=columns, logprobs=logprobs, on_event=on_event, **options)
 
+    def chat(self, messages: Any, *, adapters: list[str] | None = None, on_event=None, **options: Any):
+        """Reply to a conversation from the base and each adapter, side by side; see :mod:`qlora_nb.engine.chat`.
+
+        ``messages``: ``[{"role": "user", "content": "..."}, ...]`` (or ``{column: messages}``, one per column).
+        Returns a :class:`~qlora_nb.engine.chat.ChatResult` (``.replies``, ``.prompt``, token counts).
+        """
+        from .chat import chat
+        from .rollback import rolled_back_on_error
+
+        with rolled_back_on_error(self):
+            return chat(self, messages, adapters=adapters, on_event=on_event, **options)
+
     def save(self, directory: str | Path, *, overwrite: bool = SaveOptions.overwrite,
              adapter: str | None = SaveOptions.adapter, format: str = SaveOptions.format) -> Path:
         """Write an adapter as a PEFT folder (``format="peft"``) or a GGUF LoRA for llama.cpp/Ollama (``"gguf"``);

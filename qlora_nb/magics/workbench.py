@@ -8,8 +8,10 @@ from __future__ import annotations
 from IPython.core.magic import line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 
+from ..config import PlaygroundOptions
+from ..errors import QloraError
 from .base import QloraMagicsBase, display, friendly, parse_args
-from .flags import output_flag, shared_flags
+from .flags import option_flags, options_from_args, output_flag, shared_flags
 
 
 @magics_class
@@ -36,21 +38,32 @@ class WorkbenchMagics(QloraMagicsBase):
         display(studio)
 
     @magic_arguments()
-    @argument("prompt", nargs="*", help="A first prompt to show in the box (optional).")
+    @argument("prompt", nargs="*", help="A first prompt (or message) to show in the box (optional).")
     @shared_flags("session")
     @output_flag("Playground", "playground")
+    @argument("--chat", action="store_true", help="Multi-turn chat through the tokenizer's chat template (the "
+              "default when the tokenizer has one and no plain prompt template was trained).")
+    @argument("--completion", action="store_true", help="Single prompts continued as written (or as training "
+              "formatted them).")
+    @option_flags(PlaygroundOptions, "playground options (also keyword arguments of qlora_nb.playground)")
     @line_magic
     @no_var_expand
     @friendly("qlora_playground")
     def qlora_playground(self, line: str = ""):
-        """Type a prompt and watch the base and every adapter answer side by side, token by token."""
-        from ..views.playground import Playground
+        """Type a prompt (or chat) and watch the base and every adapter answer side by side, token by token."""
+        from ..views.chat import make_playground
 
         args = parse_args(self.qlora_playground, line, "qlora_playground")
+        opts = PlaygroundOptions.from_options(options_from_args(args, PlaygroundOptions))
+        if args.chat and args.completion:
+            raise QloraError("--chat and --completion exclude each other.", where="%qlora_playground",
+                             hint="Give one of them (or neither: chat when the tokenizer has a chat template).")
         session = self.session(args.session)
         prompt = " ".join(args.prompt).strip()
         if len(prompt) >= 2 and prompt[0] == prompt[-1] and prompt[0] in "'\"":
             prompt = prompt[1:-1]
-        pg = Playground(session, prompt=prompt)
-        self.bind(args.output, pg)
+        chat = True if args.chat else False if args.completion else None
+        pg = make_playground(session, prompt=prompt, chat=chat, history=opts.history, session_name=args.session)
+        if args.output:
+            self.bind(args.output, pg)
         display(pg)
