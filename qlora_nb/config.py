@@ -210,7 +210,7 @@ class TrainConfig(OptionsBase):
 class GenerateConfig(OptionsBase):
     """Decoding settings shared by base and adapted generations (same seed for both)."""
 
-    _kind: ClassVar[str] = "compare option"
+    _kind: ClassVar[str] = "generation option"
 
     max_new_tokens: int = option(48, "Tokens generated per output.", min=1, max=4096)
     sample: bool = option(False, "Sample instead of greedy decoding.", aliases=("do_sample",))

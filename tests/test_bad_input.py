@@ -82,7 +82,7 @@ def _cases() -> list[Case]:
         # ------------------------------------------------ files
         c("file-missing", "%%qlora_train\ndata: {tmp}/nope.jsonl", ["no data file", "nope.jsonl", ".jsonl"]),
         c("file-missing-twin", "qlora.train(data={tmp!r} + '/nope.csv')", ["no data file", "nope.csv"]),
-        c("file-is-dir", "%%qlora_train\ndata: {tmp}/folder.jsonl", ["no data file", "folder.jsonl"]),
+        c("file-is-dir", "%%qlora_train\ndata: {tmp}/folder.jsonl", ["is a folder, not a data file", "folder.jsonl"]),
         c("file-not-utf8", "%%qlora_train\ndata: {tmp}/latin1.jsonl", ["latin1.jsonl", "not UTF-8"]),
         c("file-extension", "%%qlora_train\ndata: {tmp}/data.xlsx", ["data.xlsx", ".xlsx", ".parquet"]),
         c("jsonl-bad-line", "%%qlora_train\ndata: {tmp}/bad.jsonl", ["bad.jsonl, line 3", "not valid JSON"]),

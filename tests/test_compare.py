@@ -273,7 +273,7 @@ def test_errors_name_the_problem(tiny_session):
         tiny_session.compare("Hello", adapters=["defualt"], **FAST)
     with pytest.raises(QloraError, match="no adapter named 'nope'"):
         tiny_session.generate("Hello", adapter="nope")
-    with pytest.raises(QloraError, match="unknown compare option 'max_tokens'.*max_new_tokens"):
+    with pytest.raises(QloraError, match="unknown generation option 'max_tokens'.*max_new_tokens"):
         tiny_session.compare("Hello", max_tokens=4)
     with pytest.raises(QloraError, match="no prompts given"):
         tiny_session.compare([], **FAST)

@@ -133,6 +133,7 @@ class _FakeSession:
         self.device = device
         self.config = LoadConfig.from_options({"compute_dtype": compute_dtype})
         self.peak_rss = None
+        self.model = None  # an unsharded base (engine/distributed.is_sharded reads the model's load flag)
 
 
 @pytest.mark.parametrize("compute_dtype, bf16, fp16", [("float16", False, True), ("bfloat16", True, False)])

@@ -199,6 +199,8 @@ def test_playground_streams_every_column_from_one_model(tiny_session):
     assert pg.status == "done" and pg.columns == ["base", "default"] and pg.history == ["Q: 3 plus 3"]
     tokens = [e for e in events if e["kind"] == "stream_token"]
     assert {e["column"] for e in tokens} == {"base", "default"}
+    order = [e["column"] for e in tokens]  # the columns fill together: the adapter starts before the base ends
+    assert order.index("default") < len(order) - 1 - order[::-1].index("base")
     assert max(e["n_tokens"] for e in tokens if e["column"] == "base") == pg.cells["base"]["n_tokens"] > 1
     ad = pg.cells["default"]
     assert ad["changed"] and any(ad["diff"]) and ad["tokens_per_s"] > 0 and ad["mean_logprob"] < 0
@@ -214,6 +216,15 @@ def test_playground_error_is_shown_not_raised(tiny_session):
 
     pg = Playground(tiny_session)
     assert pg.generate("   ") is None and pg.status == "error" and pg.error.startswith("prompt: the prompt is empty")
+    pg.prompt = "Q: 2 plus 2"  # editing the prompt retires the message about the old one
+    assert pg.error == "" and pg.status == "idle"
+    pg.options = {**pg.options, "max_new_tokens": "-3"}  # a bad value is named as it is typed, not at Generate
+    assert "generation option 'max_new_tokens'" in pg.error
+    assert pg.generate() is None and "max_new_tokens" in pg.error and not pg.columns
+    pg.prompt = "Q: 2 plus 3"
+    assert "max_new_tokens" in pg.error  # still invalid: editing the prompt does not hide it
+    pg.options = {**pg.options, "max_new_tokens": "4"}
+    assert pg.error == ""
 
 
 # ------------------------------------------------------------------ magics, twins, layering
@@ -269,3 +280,14 @@ def test_without_subshells_the_kernel_interrupt_stops_a_studio_run(tiny_session,
     assert st.status == "stopped" and st.can_resume and st.run["checkpoint_step"] >= 2
     st.train(resume=True)
     assert st.status == "done" and st.run["first_step"] == st.run["resumed_from"] + 1
+
+
+def test_copied_cell_writes_whole_floats_as_typed():
+    """``epochs: 2`` typed in the studio is copied as ``epochs: 2``, not ``2.0``, and reads back as the same option."""
+    import yaml
+
+    from qlora_nb.views.workbench import yaml_value
+
+    assert yaml_value(2.0) == "2" and yaml_value(0.5) == "0.5" and yaml_value(2e-4) == "0.0002"
+    back = TrainConfig.from_options({"data": "demo", "epochs": yaml.safe_load(yaml_value(2.0))})
+    assert back.epochs == 2.0 and isinstance(back.epochs, float)

@@ -51,6 +51,8 @@ function render({ model, el: host }) {
     generate.disabled = true;
   };
   generate.addEventListener("click", () => run(prompt.value));
+  // the kernel hears every edit, so a failed Generate's message (an empty prompt) goes once the prompt changes
+  prompt.addEventListener("input", () => { model.set("prompt", prompt.value); model.save_changes(); });
   prompt.addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey || e.shiftKey)) { e.preventDefault(); run(prompt.value); } });
 
   // one control per generation option; names, kinds and help come from GenerateConfig's declarations in Python

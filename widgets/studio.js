@@ -69,7 +69,7 @@ function renderForecast(node, f, apply) {
     el("span", { class: `qn-status ${fits ? "qn-status-done" : "qn-status-error"}`, "data-testid": "forecast-verdict", "data-verdict": f.verdict },
       fits ? "fits" : "won't fit")),
     bar, legend,
-    el("div", { class: "qn-muted" }, `for batch_size × ${f.seq_len} tokens (the longest row, capped at cutoff_len); ${f.reason || ""}`));
+    el("div", { class: "qn-muted" }, `for ${f.batch_size} rows × ${f.seq_len} tokens (the longest row, capped at cutoff_len); ${f.reason || ""}`));
   if (f.time) node.append(renderTime(f.time, apply));
 }
 

@@ -140,3 +140,40 @@ def run_prediction(session, cfg: Any, examples: list[dict[str, list[int]]]) -> f
         return price(p.arch, p.config, rates_for(p.arch, p.config), work)[0].step_seconds
     except Exception:  # advice only: a forecast that cannot be made must never stop a run
         return None
+
+
+def studio_forecast(session, opts: dict[str, Any], preview: Any, cutoff: int) -> dict[str, Any]:
+    """The studio's forecast for its options (``TrainConfig`` fields) and previewed rows: memory and time.
+
+    Memory is planned for the longest previewed row (capped at ``cutoff``); time from the rows' own lengths
+    (the plan assumed full rows). ``fastest`` says whether the studio can apply it: only batch,
+    accumulation and checkpointing change in a loaded session.
+    """
+    from ..config import TrainConfig
+    from ..memory.speed import Workload
+
+    def get(name: str) -> Any:
+        return opts.get(name, getattr(TrainConfig, name))
+
+    lengths = preview.lengths if preview is not None else []
+    seq = min(cutoff, max(lengths)) if lengths else cutoff
+    p = plan_session(session, ledger=False, seq_len=seq, batch_size=get("batch_size"), optimizer=get("optimizer"),
+                     gradient_checkpointing=get("gradient_checkpointing"))
+    out = {**p.to_event(), "seq_len": seq, "batch_size": p.config.batch_size, "limit_source": p.limit_source,
+           "time": None}
+    if p.forecast is None:
+        return out
+    c = p.config.replace(max_steps=get("max_steps"), epochs=get("epochs"),
+                         gradient_accumulation_steps=get("gradient_accumulation_steps"))
+    work = p.forecast.workload
+    if lengths:
+        rows = len(preview.rows)
+        work = Workload.from_lengths(c.batch_size, lengths, [], cutoff)
+        split = get("val_split")  # a fraction, or a count when >= 1 (TrainConfig.val_split)
+        work.rows = rows if preview.val_rows else max(1, rows - (int(split) if split >= 1 else round(rows * split)))
+    f = build_forecast(p.arch, c, rates_for(p.arch, c), work, p.limit_bytes)
+    fastest = dict(f.fastest) if f.fastest else None
+    if fastest:
+        fastest["applicable"] = fastest["bits"] == p.config.base_bits and fastest["method"] != "full"
+    out["time"] = {**f.as_dict(), "fastest": fastest}
+    return out

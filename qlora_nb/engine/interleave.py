@@ -37,8 +37,8 @@ class Switch:
 
     peft's ``disable_adapter_layers`` / ``set_adapter`` walk every module (about 10 ms each on the demo model),
     which per token would cost more than the token; here the LoRA layers are listed once, the on/off flag is
-    flipped on those layers only, and ``set_adapter`` runs only when the adapter changes. ``requires_grad`` flags
-    (which peft flips too) do not matter under ``no_grad`` and are put back by ``evaluating``'s restore.
+    flipped on those layers only, and ``set_adapter`` runs only when the adapter changes. The ``requires_grad``
+    flags that peft flips too are put back after every switch.
     """
 
     def __init__(self, model) -> None:
@@ -48,18 +48,25 @@ class Switch:
         self.layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
         self.enabled: bool | None = None
         self.active = getattr(model, "active_adapter", None)
+        # peft flips requires_grad when it switches; put the flags back at once, so a ledger read between tokens
+        # (the live memory view) counts the same trainable parameters as before generation
+        self.flags = [(p, p.requires_grad) for layer in self.layers for p in layer.parameters()]
 
     def __call__(self, column: str) -> None:
         if not self.layers:  # a plain (merged or unwrapped) model: only the base exists
             return
-        enable = column != BASE
+        enable, changed = column != BASE, False
         if enable and column != self.active:
             self.model.set_adapter(column)
-            self.active = column
+            self.active, changed = column, True
         if enable != self.enabled:
             for layer in self.layers:
                 layer.enable_adapters(enable)
-            self.enabled = enable
+            self.enabled, changed = enable, True
+        if changed:
+            for p, grad in self.flags:
+                if p.requires_grad != grad:
+                    p.requires_grad_(grad)
 
 
 def _rng_get(device: str) -> Any:

@@ -53,7 +53,7 @@ def format_prompt(session, prompt: Any, chat: bool | None = None, index: int | N
     has_chat = bool(getattr(session.tokenizer, "chat_template", None))
     if chat is True:
         if not has_chat:
-            raise QloraError("this model's tokenizer has no chat template.", where="compare option 'chat'",
+            raise QloraError("this model's tokenizer has no chat template.", where="generation option 'chat'",
                              hint="Leave chat unset (or false) to use the prompt as written.")
         return Prompt(prompt, chat_prompt(session.tokenizer, prompt), None, True)
     chat_format = bool(getattr(session, "chat_format", False))

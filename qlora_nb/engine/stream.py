@@ -5,8 +5,10 @@ Every generation goes through :func:`generate_columns`: ``Session.generate``
 ``compare_*`` events, :mod:`.generate`), ``Session.stream`` and the playground
 (one prompt, as ``stream_*`` events, :func:`stream`). The base column runs
 inside peft's ``disable_adapter()``, each adapter column after ``set_adapter``
-(the same weights in memory serve every column); the seed is set before every
-column and the decoding settings are the same, so a difference between columns
+(the same weights in memory serve every column). Watched columns (a listener,
+more than one column) advance one token each in turn (:mod:`.interleave`) so
+they fill side by side; otherwise each is one plain ``generate``. The seed is
+set before every column and the decoding settings are the same, so a difference between columns
 comes from the adapter, not from the sampler. Every flag is restored
 afterwards (:func:`~qlora_nb.engine.adapters.evaluating`), so it is safe
 between a Stop and a Resume of a training run.
@@ -143,20 +145,16 @@ def generate_columns(session, ids: list[int], columns: list[str], cfg: GenerateC
     comes, ``on_column`` each finished column. With ``logprobs`` each column gets the log-probability of its
     own tokens, and each adapter column ``logprob_delta``: log p_adapter - log p_base of its tokens.
     """
-    tok = session.tokenizer
+    if on_token is not None and len(columns) > 1:  # watched side by side: the columns fill together
+        outputs = _together(session, ids, columns, cfg, state, on_token)
+    else:
+        outputs = {c: _one_column(session, ids, c, cfg, state, on_token) for c in columns}
     runs: dict[str, dict[str, Any]] = {}
     for column in columns:
-        streamer = None
-        if on_token is not None:
-            def emit(new_ids, text, delta, _col=column):
-                on_token(_col, new_ids, text, delta)
-
-            streamer = make_streamer(tok, emit)
-        with use_adapter(session.model, column, state):
-            started = time.perf_counter()
-            out = _generate(session, ids, cfg, streamer)
-            run: dict[str, Any] = {"ids": out, "seconds": time.perf_counter() - started}
-            if logprobs:
+        out, seconds = outputs[column]
+        run: dict[str, Any] = {"ids": out, "seconds": seconds}
+        if logprobs:
+            with use_adapter(session.model, column, state):
                 run["logprobs"] = token_logprobs(session, ids, out)
         if logprobs and column != BASE:
             with use_adapter(session.model, BASE, state):
@@ -166,6 +164,53 @@ def generate_columns(session, ids: list[int], columns: list[str], cfg: GenerateC
         if on_column is not None:
             on_column(column, run)
     return runs
+
+
+def _one_column(session, ids: list[int], column: str, cfg: GenerateConfig, state,
+                on_token: TokenListener | None) -> tuple[list[int], float]:
+    """One plain ``generate`` with ``column``'s adapter (streamed to ``on_token`` when given)."""
+    streamer = None
+    if on_token is not None:
+        def emit(new_ids, text, delta):
+            on_token(column, new_ids, text, delta)
+
+        streamer = make_streamer(session.tokenizer, emit)
+    with use_adapter(session.model, column, state):
+        started = time.perf_counter()
+        out = _generate(session, ids, cfg, streamer)
+    return out, time.perf_counter() - started
+
+
+def _together(session, ids: list[int], columns: list[str], cfg: GenerateConfig, state,
+              on_token: TokenListener) -> dict[str, tuple[list[int], float]]:
+    """Every column one token in turn (:mod:`.interleave`), so a view shows them filling side by side.
+
+    Only when someone watches: the lockstep costs about 1.15x the plain generates one after the other
+    (``benchmarks/chat_overhead.py``), and yields the same tokens (``tests/test_chat.py``).
+    """
+    from .interleave import generate_together
+
+    tok = session.tokenizer
+    shown = dict.fromkeys(columns, "")
+
+    def heard(column: str, new_ids: list[int]) -> None:  # the streamer's rule: hold back an incomplete character
+        text = tok.decode(new_ids, skip_special_tokens=True)
+        delta = ""
+        if not text.endswith("\ufffd"):
+            delta = text[len(shown[column]):] if text.startswith(shown[column]) else text
+            shown[column] = text
+        on_token(column, new_ids, shown[column], delta)
+
+    outputs = generate_together(session, dict.fromkeys(columns, ids), generate_kwargs(session, cfg), cfg.seed,
+                                state, heard)
+    for column in columns:  # a reply that ended inside a multi-byte character: flush what is left
+        out = outputs[column][0]
+        text = tok.decode(out, skip_special_tokens=True)
+        if text != shown[column]:
+            delta = text[len(shown[column]):] if text.startswith(shown[column]) else text
+            shown[column] = text
+            on_token(column, out, text, delta)
+    return outputs
 
 
 def emitter(session, on_event: Callable[[dict], None] | None) -> Callable[..., None]:

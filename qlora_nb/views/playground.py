@@ -55,6 +55,7 @@ class Playground(QloraWidget):
     history = traitlets.List().tag(sync=True)
     status = traitlets.Unicode("idle").tag(sync=True)  # idle, generating, done, error
     error = traitlets.Unicode("").tag(sync=True)
+    _error_from: str | None = None  # "options" (cleared once they are valid) or "generate" (by the next edit)
 
     def __init__(self, session: Any, *, prompt: str = "", interval: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -79,6 +80,25 @@ class Playground(QloraWidget):
             return
         self.available = [n for n in self.session.adapters if n in getattr(self.session.model, "peft_config", {})]
 
+    @traitlets.observe("options")
+    def _options_changed(self, change: dict[str, Any]) -> None:
+        """A value out of range is shown as it is typed, not only at the next Generate."""
+        try:
+            GenerateConfig.from_options(dict(change["new"]))
+        except Exception as exc:  # from a comm message: shown, never raised into the kernel log
+            self.error, self._error_from = error_text(exc, "%qlora_playground"), "options"
+            return
+        if self._error_from == "options":
+            self.error, self._error_from = "", None
+
+    @traitlets.observe("prompt")
+    def _prompt_changed(self, change: dict[str, Any]) -> None:
+        """A failed Generate's message (an empty prompt…) goes once the prompt is edited."""
+        if self._error_from == "generate" and self.status != "generating":
+            self.error, self._error_from = "", None
+            if self.status == "error":
+                self.status = "idle"
+
     # -------------------------------------------------------------- actions
     def _on_front_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         """A click always ends in a visible status: no exception leaves a comm handler (issue 25, class 4).
@@ -95,6 +115,7 @@ class Playground(QloraWidget):
                 self.refresh_adapters()
         except Exception as exc:
             self.status, self.error = "error", error_text(exc, "%qlora_playground")
+            self._error_from = "generate"
         finally:
             if self.status == "generating":
                 self.status = "error"
@@ -106,7 +127,9 @@ class Playground(QloraWidget):
             return None
         prompt = self.prompt if prompt is None else prompt
         self.prompt = prompt
-        self.error = ""
+        if self._error_from == "options":  # still invalid: say so again rather than run with them
+            return None
+        self.error, self._error_from = "", None
         self.refresh_adapters()
         if self.error == UNLOADED:
             return None
@@ -119,6 +142,7 @@ class Playground(QloraWidget):
                                          **opts)
         except BaseException as exc:
             self.status, self.error = "error", error_text(exc, "%qlora_playground")
+            self._error_from = "generate"
             if isinstance(exc, KeyboardInterrupt):
                 raise
             return None
@@ -146,8 +170,11 @@ class Playground(QloraWidget):
                 pieces.append(event.get("delta", ""))
             cell.update(text=event["text"], ids=event["ids"], n_tokens=event["n_tokens"])
             base = self._cells.get("base", {})
-            if event["column"] != "base" and base.get("done"):  # live: where this column left the base so far
-                cell["diverge_at"] = diverge_index(event["ids"], base.get("ids") or [], partial=True)
+            if event["column"] != "base" and base.get("ids"):  # live: where this column left the base so far
+                ids, base_ids = event["ids"], base["ids"]
+                if not base.get("done"):  # the columns fill together: compare only what both have written
+                    ids = ids[:len(base_ids)]
+                cell["diverge_at"] = diverge_index(ids, base_ids, partial=True)
             self._push()
         elif kind == "stream_column":
             self._cells[event["column"]] = {**event["cell"], "done": True}

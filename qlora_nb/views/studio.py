@@ -231,37 +231,12 @@ class Studio(QloraWidget):
                 "truncated": p.truncated(cutoff), "longest": max(p.lengths, default=0)}
 
     def _refresh_forecast(self, opts: dict[str, Any], cutoff: int) -> None:
-        seq = min(cutoff, max(self._preview.lengths)) if self._preview and self._preview.lengths else cutoff
+        from ..engine.forecast import studio_forecast
+
         try:
-            plan = self.session.plan(ledger=False, seq_len=seq, batch_size=opts.get("batch_size",
-                                     TrainConfig.batch_size), optimizer=opts.get("optimizer", "adamw"),
-                                     gradient_checkpointing=opts.get("gradient_checkpointing", False))
-            self.forecast = {**plan.to_event(), "seq_len": seq, "limit_source": plan.limit_source,
-                             "time": self._time_forecast(plan, opts, cutoff)}
+            self.forecast = studio_forecast(self.session, opts, self._preview, cutoff)
         except Exception as exc:  # the forecast is advice; training itself still checks
             self.forecast = {"error": error_text(exc, "memory forecast")}
-
-    def _time_forecast(self, plan: Any, opts: dict[str, Any], cutoff: int) -> dict[str, Any] | None:
-        """Seconds per step and for the run, from the previewed rows' own lengths (the plan assumed full rows)."""
-        from ..engine.forecast import rates_for
-        from ..memory.forecast import build_forecast
-        from ..memory.speed import Workload
-
-        if plan.forecast is None:
-            return None
-        c = plan.config.replace(max_steps=opts.get("max_steps", TrainConfig.max_steps),
-                                epochs=opts.get("epochs", TrainConfig.epochs),
-                                gradient_accumulation_steps=opts.get("gradient_accumulation_steps", 1))
-        work = plan.forecast.workload
-        if self._preview and self._preview.lengths:
-            n_val = len(self._preview.val_rows or []) or round(len(self._preview.rows) * opts.get("val_split", 0.1))
-            work = Workload.from_lengths(c.batch_size, self._preview.lengths, [], cutoff)
-            work.rows = max(1, len(self._preview.rows) - n_val) if not self._preview.val_rows else len(self._preview.rows)
-        f = build_forecast(plan.arch, c, rates_for(plan.arch, c), work, plan.limit_bytes)
-        fastest = dict(f.fastest) if f.fastest else None
-        if fastest:  # the studio trains this session: only batch / accumulation / checkpointing can be applied here
-            fastest["applicable"] = fastest["bits"] == plan.config.base_bits and fastest["method"] != "full"
-        return {**f.as_dict(), "fastest": fastest}
 
     # ------------------------------------------------------------ actions
     def _on_front_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:

@@ -49,6 +49,8 @@ def yaml_value(value: Any) -> str:
         return "true" if value else "false"
     if value is None:
         return "null"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))  # epochs: 2 stays 2 in the copied cell (float fields read an int back as float)
     if isinstance(value, (int, float)):
         return repr(value)
     text = str(value)
