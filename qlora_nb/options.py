@@ -311,6 +311,15 @@ def _kind_of(cls: type, f: dataclasses.Field) -> str:
                                                                           (list, tuple) else "text")
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's default value (a fresh one from its factory), or None when it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
 def option_specs(cls: type[OptionsBase], names: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """One widget control description per field of ``cls`` (all, or ``names`` in that order).
 
@@ -323,8 +332,7 @@ def option_specs(cls: type[OptionsBase], names: Iterable[str] | None = None) -> 
     for name in names if names is not None else fields:
         f = fields[name]
         meta = f.metadata
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = field_default(f)
         specs.append({"name": name, "kind": _kind_of(cls, f), "default": default, "help": meta.get("help", ""),
                       "choices": list(meta["choices"]) if meta.get("choices") else None,
                       "min": meta.get("min"), "max": meta.get("max"), "min_exclusive": bool(meta.get("min_exclusive")),

@@ -260,3 +260,45 @@ def parse_int(text: str) -> int:
     if not digits:
         raise ValueError(f"no number in {text!r}")
     return int(digits)
+
+
+class Poller:
+    """Reads a widget's state from the DOM (``state_js``) and waits for a predicate, failing with a screenshot.
+
+    A subclass names the widget's own locators and screenshots (``shot``); ``failed(state)`` says when the
+    widget itself shows an error worth stopping for.
+    """
+
+    state_js = "() => ({})"
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.samples: list[dict] = []
+
+    def state(self) -> dict:
+        s = self.page.evaluate(self.state_js)
+        self.samples.append(s)
+        return s
+
+    def failed(self, s: dict) -> bool:
+        return s.get("status") == "error"
+
+    def shot(self, name: str) -> Path:
+        raise NotImplementedError
+
+    def until(self, what: str, pred, timeout: float, poll_ms: int = 100) -> dict:
+        import pytest
+
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.state()
+            if pred(s):
+                return s
+            err = first_error(notebook_state(self.page))
+            if err or self.failed(s):
+                self.shot("failed")
+                pytest.fail(f"while waiting for {what}: {err or s.get('error')}")
+            if time.monotonic() > deadline:
+                self.shot("timeout")
+                pytest.fail(f"timed out waiting for {what}; last state: {s}")
+            self.page.wait_for_timeout(poll_ms)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from browser_support import (
+    Poller,
     all_done,
     chromium_available,
     chromium_page,
@@ -60,30 +61,11 @@ _STATE = """() => {
 }"""
 
 
-class Lab:
-    def __init__(self, page) -> None:
-        self.page = page
-        self.samples: list[dict] = []
-
-    def state(self) -> dict:
-        s = self.page.evaluate(_STATE)
-        self.samples.append(s)
-        return s
+class Lab(Poller):
+    state_js = _STATE
 
     def until(self, what: str, pred, timeout: float = TIMEOUT, poll_ms: int = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            s = self.state()
-            if pred(s):
-                return s
-            err = first_error(notebook_state(self.page))
-            if err or s["status"] == "error":
-                self.shot("failed")
-                pytest.fail(f"while waiting for {what}: {err or s['error']}")
-            if time.monotonic() > deadline:
-                self.shot("timeout")
-                pytest.fail(f"timed out waiting for {what}; last state: {s}")
-            self.page.wait_for_timeout(poll_ms)
+        return super().until(what, pred, timeout, poll_ms)
 
     def chat(self, testid: str):
         return self.page.locator('[data-testid="qlora-chat"]').locator(f'[data-testid="{testid}"]')

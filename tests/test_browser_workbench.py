@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from browser_support import (
+    Poller,
     all_done,
     chromium_available,
     chromium_page,
@@ -75,30 +76,14 @@ _STATE = """() => {
 }"""
 
 
-class Bench:
-    def __init__(self, page) -> None:
-        self.page = page
-        self.samples: list[dict] = []
+class Bench(Poller):
+    state_js = _STATE
 
-    def state(self) -> dict:
-        s = self.page.evaluate(_STATE)
-        self.samples.append(s)
-        return s
+    def failed(self, s: dict) -> bool:
+        return bool(s["error"]) and s["status"] == "error"
 
     def until(self, what: str, pred, timeout: float = TIMEOUT, poll_ms: int = 150) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            s = self.state()
-            if pred(s):
-                return s
-            err = first_error(notebook_state(self.page))
-            if err or (s["error"] and s["status"] == "error"):
-                self.shot("failed")
-                pytest.fail(f"while waiting for {what}: {err or s['error']}")
-            if time.monotonic() > deadline:
-                self.shot("timeout")
-                pytest.fail(f"timed out waiting for {what}; last state: {s}")
-            self.page.wait_for_timeout(poll_ms)
+        return super().until(what, pred, timeout, poll_ms)
 
     def studio(self, testid: str):
         return self.page.locator('[data-testid="qlora-studio"]').locator(f'[data-testid="{testid}"]')

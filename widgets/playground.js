@@ -16,9 +16,9 @@ function body(column, cell, streaming) {
   if (!tokens) { node.append(cell.text || ""); return node; }
   const d = cell.diverge_at;
   tokens.forEach((piece, i) => {
-    // finished columns use the token alignment against the base; while streaming, everything after the first
-    // token that left the base is marked
-    const differs = column !== "base" && (cell.diff ? !!cell.diff[i] : d !== null && d !== undefined && i >= d);
+    // finished columns (the base too, against the first adapter) use the token alignment; while streaming, an
+    // adapter column marks what follows the first token that left the base's text so far
+    const differs = cell.diff ? !!cell.diff[i] : column !== "base" && d !== null && d !== undefined && i >= d;
     node.append(el("span", { class: differs ? "qn-tok qn-diff" : "qn-tok", "data-diff": differs ? "1" : "0" }, piece));
   });
   if (streaming) node.append(el("span", { class: "qn-cursor" }, "▍"));

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import DTYPE_ALIASES, DTYPES
+from ..config import DTYPE_ALIASES, DTYPES, MergeOptions
 from ..errors import QloraError
 from ..fileio import atomic_dir
 from ..quiet import quiet_libraries
@@ -219,8 +219,9 @@ def _pick_device(session: Session, need: int, available_bytes: int | None, devic
     return "cpu", available_memory("cpu")
 
 
-def merge(session: Session, directory: str | Path, dtype: str = "bfloat16", overwrite: bool = False,
-          verify: bool = True, probes: list[str] | None = None, adapter: str | None = None,
+def merge(session: Session, directory: str | Path, dtype: str = MergeOptions.dtype,
+          overwrite: bool = MergeOptions.overwrite, verify: bool = MergeOptions.verify, probes: list[str] | None = None,
+          adapter: str | None = MergeOptions.adapter,
           available_bytes: int | None = None, device: str | None = None, verbose: bool = True) -> MergeResult:
     """Merge ``adapter`` (default: active) into a ``dtype`` copy of the base and save a plain transformers folder.
 

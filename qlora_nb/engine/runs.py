@@ -27,6 +27,7 @@ from typing import Any
 
 from ..config import LoadConfig, TrainConfig
 from ..errors import QloraError, did_you_mean
+from ..options import field_default
 from ..overwrite import MARKER
 from ..units import human_bytes
 
@@ -123,20 +124,12 @@ class RunInfo:
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None, "notes": list(self.notes)}
 
 
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
-
-
 def _changed(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(cls):
         if f.name in NOT_OPTIONS or f.name not in saved:
             continue
-        value, default = saved[f.name], _default(f)
+        value, default = saved[f.name], field_default(f)
         if isinstance(default, (int, float)) and isinstance(value, (int, float)) and not isinstance(value, bool):
             if float(value) == float(default):
                 continue

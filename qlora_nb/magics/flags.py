@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from IPython.core.magic_arguments import argument, argument_group
 
 from ..config import SESSION_NAME
-from ..options import OptionsBase, field_type, option
+from ..options import OptionsBase, field_default, field_type, option
 
 _METAVAR_CHOICES_MAX = 24  # a longer a|b|c list goes in the help text instead of the metavar
 
@@ -37,14 +37,6 @@ def _default_text(value: Any) -> str | None:
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value)) or None
     return str(value)
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
 
 
 def _metavar_choices(f: dataclasses.Field) -> str | None:
@@ -65,7 +57,7 @@ def field_help(f: dataclasses.Field, choices_in_metavar: bool = False) -> str:
         parts.append(f"Range {'(' if meta.get('min_exclusive') else '['}{lo}, {hi}].")
     elif lo is not None:
         parts.append(f"{'More than' if meta.get('min_exclusive') else 'At least'} {lo}.")
-    default = _default_text(_default(f))
+    default = _default_text(field_default(f))
     if default is not None:
         parts.append(f"Default: {default}.")
     return " ".join(p for p in parts if p)
