@@ -69,6 +69,25 @@ def test_chart_x_axis_runs_to_max_steps_and_lr_from_zero(tmp_path):
     assert "3" in res["fittedTexts"] and "60" not in res["fittedTexts"]  # no max_steps: the axis fits the steps
 
 
+def test_loss_chart_log_scale_toggle(tmp_path):
+    """The dashboard's log toggle: a loss falling by orders of magnitude is spread evenly; off, the default
+    (and the saved fallback's geometry) stays linear; a non-positive loss keeps the linear scale."""
+    res = run_js(tmp_path, "dashboard.js", """
+      const c = { steps: [1, 2, 3], loss: [1, 0.1, 0.01], lr: [1, 1, 1], eval_steps: [], eval_loss: [] };
+      const ys = (svg) => svg.kids.filter((k) => k.tag === "circle").map((k) => k.attrs.cy);
+      const lin = m.lossChart(c, 3), log = m.lossChart(c, 3, true);
+      const zero = m.lossChart({ ...c, loss: [1, 0, 0.5] }, 3, true);
+      const labels = log.kids.filter((k) => k.tag === "text").map((k) => k.text);
+      return { lin: ys(lin), log: ys(log), scale: log.attrs["data-scale"] || null,
+               linScale: lin.attrs["data-scale"] || null, zeroScale: zero.attrs["data-scale"] || null, labels };""")
+    a, b, c = map(float, res["log"])
+    assert abs((b - a) - (c - b)) < 1e-6  # equal steps per decade
+    la, lb, lc = map(float, res["lin"])
+    assert (lb - la) > 5 * (lc - lb)  # linear: the last decade is squeezed
+    assert res["scale"] == "log" and res["linScale"] is None and res["zeroScale"] is None
+    assert "1.00" in res["labels"] and "0.0100" in res["labels"]
+
+
 def _html_document() -> str:
     """A stand-in for the few DOM calls el() makes (createElement, append, setAttribute, className, style)."""
     return ("globalThis.document = { createElement: (tag) => ({ tag, attrs: {}, kids: [], style: {},"

@@ -24,7 +24,7 @@ function thin(xs, ys, keep = KEEP) {
   return out;
 }
 
-export function lossChart(curve, maxSteps) {
+export function lossChart(curve, maxSteps, log = false) {
   const steps = curve.steps || [], loss = curve.loss || [], lrs = curve.lr || [];
   const evS = curve.eval_steps || [], evL = curve.eval_loss || [];
   const svg = node("svg", { viewBox: `0 0 ${W} ${H}`, class: "qn-chart", "data-testid": "loss-chart",
@@ -33,17 +33,21 @@ export function lossChart(curve, maxSteps) {
   svg.append(node("title", {}, `loss curve: ${steps.length} train points, ${evS.length} eval points`));
   const xMax = Math.max(maxSteps || 0, ...steps, ...evS, 1);
   const ys = loss.concat(evL);
-  let lo = ys.length ? Math.min(...ys) : 0, hi = ys.length ? Math.max(...ys) : 1;
+  // log scale (the dashboard's toggle): a loss falling by orders of magnitude stays readable; linear otherwise
+  const useLog = log && ys.length > 0 && ys.every((v) => v > 0);
+  const tf = useLog ? Math.log10 : (v) => v, back = useLog ? (v) => 10 ** v : (v) => v;
+  if (useLog) svg.setAttribute("data-scale", "log");
+  let lo = ys.length ? Math.min(...ys.map(tf)) : 0, hi = ys.length ? Math.max(...ys.map(tf)) : 1;
   if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
   const lrHi = Math.max(0, ...lrs) || 1;
   const pw = W - L - R, ph = H - T - B;
-  const px = (x) => L + (pw * x) / xMax, py = (y) => T + ph * (1 - (y - lo) / (hi - lo));
+  const px = (x) => L + (pw * x) / xMax, py = (y) => T + ph * (1 - (tf(y) - lo) / (hi - lo));
   const plr = (v) => T + ph * (1 - Math.max(0, v) / lrHi);
   for (const f of [0, 0.5, 1]) {
     const y = T + ph * f;
     svg.append(node("line", { x1: L, x2: W - R, y1: y, y2: y, class: "qn-grid" }));
     if (ys.length) svg.append(node("text", { x: L - 4, y: y + 4, "text-anchor": "end", class: "qn-axis" },
-      Number(hi - (hi - lo) * f).toPrecision(3)));
+      Number(back(hi - (hi - lo) * f)).toPrecision(3)));
   }
   svg.append(node("text", { x: W - R + 4, y: T + 4, class: "qn-axis" }, lrs.length ? `lr ${lrHi.toExponential(1)}` : "lr"));
   svg.append(node("text", { x: W - R + 4, y: T + ph + 4, class: "qn-axis" }, "0"));

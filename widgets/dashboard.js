@@ -67,6 +67,8 @@ function render({ model, el: host }) {
   const status = el("span", { class: "qn-status", "data-testid": "train-status" });
   const stop = el("button", { class: "qn-btn", "data-testid": "stop-button", textContent: "■ Stop" });
   const chart = el("div", { class: "qn-chart-box", "data-testid": "loss-chart-box" });
+  const logBox = el("input", { type: "checkbox", "data-testid": "loss-log-scale" });
+  const logScale = el("label", { class: "qn-muted", title: "Loss on a log scale" }, logBox, " log");
   const phase = el("div", { class: "qn-phase", "data-testid": "train-phase" });
   const bar = el("div", { style: "width:0%" });
   const progressText = el("span", { class: "qn-muted", "data-testid": "train-progress" });
@@ -76,7 +78,7 @@ function render({ model, el: host }) {
   const probes = el("div", { "data-testid": "probe-rows" });
   const ledger = el("div", { class: "qn-dash-ledger", "data-testid": "dashboard-ledger" });
   root.append(
-    el("div", { class: "qn-row qn-head" }, title, status, stop),
+    el("div", { class: "qn-row qn-head" }, title, status, stop, logScale),
     chart, phase,
     el("div", { class: "qn-row" }, el("div", { class: "qn-progress" }, bar), progressText),
     stats, message, outputs, probes, ledger,
@@ -84,6 +86,7 @@ function render({ model, el: host }) {
   mount(host, root);
   const { on, off } = listen(model);  // every model listener, removed by the clean-up render returns
 
+  logBox.addEventListener("change", () => drawChart());
   let clicked = false;
   stop.addEventListener("click", () => {
     clicked = true;
@@ -104,7 +107,7 @@ function render({ model, el: host }) {
     // the x axis runs to max_steps while the run goes on; a run that ended early fits its own steps
     const st = model.get("status");
     const maxSteps = st === "stopped" || st === "error" ? null : p.max_steps;
-    const parts = [lossChart(curve, maxSteps)];
+    const parts = [lossChart(curve, maxSteps, logBox.checked)];
     // the task metric (eval_metric) as its own curve beside eval loss: the base's score at step 0, then each eval
     if ((curve.metric_steps || []).length) parts.push(metricChart(curve, maxSteps, p.metric_name || "task metric"));
     chart.replaceChildren(...parts);

@@ -53,6 +53,7 @@ class TrainingDashboard(QloraWidget):
 
     _esm = esm("dashboard.js")
     _css = asset("qlora.css")
+    SETTLED = ()  # it rewrites its saved fallback itself, once the final curve is in (train_end)
 
     title = traitlets.Unicode("").tag(sync=True)
     status = traitlets.Unicode("waiting").tag(sync=True)  # waiting, running, stopping, stopped, done, error
