@@ -187,9 +187,9 @@ def test_playground_streams_two_columns_with_differences(bench):
                        for c in x["columns"] if c["name"] == col})
         final = next(c["n"] for c in s["columns"] if c["name"] == col)
         assert any(0 < n < final for n in seen), f"column {col} never showed a partial output: {seen} of {final}"
-    # both columns mark their own tokens that the other did not write (aligned, never identical text); and the
-    # columns filled together: the adapter column was partly filled while the base was still generating
-    assert adapted["diff"] > 0 and base["diff"] > 0, s
+    # the adapter marks the tokens the base did not write (aligned: a base that is a prefix of it has no marks);
+    # and the columns filled together: the adapter column was partly filled while the base was still generating
+    assert adapted["diff"] > 0, s
     assert any(0 < c["n"] for x in bench.samples if x["pgStatus"] == "generating" for c in x["columns"]
                if c["name"] == "default" and not next(b["done"] for b in x["columns"] if b["name"] == "base")), \
         "the adapter column only started after the base had finished"

@@ -135,3 +135,38 @@ def test_interrupts_during_load_and_data_prep_print_one_paragraph(tiny_model_dir
     finally:
         ip.run_line_magic("unload_ext", "qlora_nb")
         ip.user_ns.pop("qlora", None)
+
+
+def test_stop_during_the_probe_generations_ends_them_and_the_run(session, tmp_path):
+    """Issue 25 (browser review): a Stop clicked while the probes generate ends them at the next token, not after
+    the whole generation; the run stops at that step with its checkpoint and shows no half-written probes."""
+    import qlora_nb.engine.train_events as train_events
+
+    rows = [{"prompt": f"Q{i}: ", "completion": f"answer {i} " * 6} for i in range(12)]
+    tokens: list[int] = []
+    real = train_events.generate_probes
+
+    def counting(*args, **kwargs):  # how many tokens each probe generation ran
+        texts, cut = real(*args, **kwargs)
+        tok = session.tokenizer
+        tokens.append(max((len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts), default=0))
+        return texts, cut
+
+    seen: list[dict] = []
+
+    def on_event(e):
+        seen.append(e)
+        if e["kind"] == "phase" and e.get("phase") == "probes":
+            session.request_stop()  # as the dashboard's Stop does, while the probes are about to generate
+
+    train_events.generate_probes = counting
+    try:
+        result = session.train(on_event=on_event, max_steps=8, eval_steps=2, n_probes=2,
+                               **{**_opts(tmp_path / "run"), "data": rows, "val_split": 2})
+    finally:
+        train_events.generate_probes = real
+    phases = [e for e in seen if e["kind"] == "phase"]
+    assert phases and phases[0]["text"] == "probes at step 2"
+    assert result.interrupted and result.checkpoint is not None and result.checkpoint.name == "checkpoint-2"
+    assert not [e for e in seen if e["kind"] == "probe"]  # no half-written probes
+    assert tokens and max(tokens) <= 2  # the stop was heard at the first token (of up to 96)

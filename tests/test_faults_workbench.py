@@ -60,6 +60,7 @@ def test_to_code_reproduces_any_text_or_shows_the_error(tiny_session, shell, tem
     studio.template = template
     _set(studio, run_name=run_name)
     shell.user_ns.update(qlora=tiny_session, rows=ROWS)
+    shell.user_ns.pop("train_result", None)  # the last example's recorder result
     try:
         got = _run_cell(shell, tiny_session, studio.to_code())
     except QloraError as exc:  # the cell fails: then the panel must already say why, on that field

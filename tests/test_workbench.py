@@ -291,3 +291,22 @@ def test_copied_cell_writes_whole_floats_as_typed():
     assert yaml_value(2.0) == "2" and yaml_value(0.5) == "0.5" and yaml_value(2e-4) == "0.0002"
     back = TrainConfig.from_options({"data": "demo", "epochs": yaml.safe_load(yaml_value(2.0))})
     assert back.epochs == 2.0 and isinstance(back.epochs, float)
+
+
+def test_saved_copy_is_the_last_state(tiny_session, monkeypatch):
+    """Issue 25 (browser review): the fallback saved in the notebook is rewritten when a widget settles (done,
+    stopped, error), so a reopened notebook shows the generations, not the empty panel first displayed."""
+    import IPython.display
+
+    from qlora_nb.views.playground import Playground
+
+    published: list[dict] = []
+    monkeypatch.setattr(IPython.display, "publish_display_data",
+                        lambda data, **kw: published.append({"data": data, **kw}))
+    pg = Playground(tiny_session)
+    pg._fallback_id = "fallback-1"  # as when displayed in a kernel
+    pg.generate("Q: 3 plus 3")
+    assert pg.status == "done" and published, "no fallback update after Generate"
+    last = published[-1]
+    assert last["transient"] == {"display_id": "fallback-1"} and last["update"] is True
+    assert "Q: 3 plus 3" in last["data"]["text/plain"] and last["data"]["text/plain"] == pg.text()

@@ -36,13 +36,16 @@ function renderPreview(node, p, error) {
   node.append(el("div", { class: "qn-muted qn-legend" },
     el("span", {}, el("span", { class: "qn-swatch qn-tok-prompt" }), "prompt (not learned)"),
     el("span", {}, el("span", { class: "qn-swatch qn-tok-learn" }), "completion (learned)")));
+  // one row shown, the others folded: the panel stays short enough to see Train/Stop next to the loss curve
+  const more = el("details", { "data-testid": "studio-preview-more" }, el("summary", { class: "qn-muted" }, `${p.rows.length - 1} more rows`));
   p.rows.forEach((r, i) => {
     const body = el("div", { class: "qn-preview-text" });
     r.pieces.forEach((piece, j) => body.append(el("span", { class: r.learned[j] ? "qn-tok-learn" : "qn-tok-prompt" }, piece)));
-    node.append(el("div", { class: "qn-preview-row", "data-testid": "studio-preview-row" },
+    (i === 0 ? node : more).append(el("div", { class: "qn-preview-row", "data-testid": "studio-preview-row" },
       el("div", { class: "qn-muted" }, `row ${i + 1}: ${r.prompt_tokens} prompt + ${r.completion_tokens} completion tokens${r.truncated ? " · truncated" : ""}`),
       body));
   });
+  if (p.rows.length > 1) node.append(more);
 }
 
 // the planner's components beyond the ledger's (activations are split into activations, logits and runtime overhead)

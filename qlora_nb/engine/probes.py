@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .adapters import BASE, with_adapter
 
 
@@ -14,16 +16,22 @@ def generate_batch(session, prompts: list[str], max_new_tokens: int = 48, base: 
     return generate_probes(session, prompts, max_new_tokens, base)[0]
 
 
-def generate_probes(session, prompts: list[str], max_new_tokens: int = 48,
-                    base: bool = False) -> tuple[list[str], list[bool]]:
+def generate_probes(session, prompts: list[str], max_new_tokens: int = 48, base: bool = False,
+                    should_stop: Callable[[], bool] | None = None) -> tuple[list[str], list[bool]]:
     """(completions, truncated): ``truncated[i]`` is True when output ``i`` stopped at ``max_new_tokens``, not EOS.
 
     The dashboard marks such an output "cut at N tokens", so a half sentence is
     not mistaken for what the model chose to say. With batched greedy decoding a
     finished row is padded after its EOS, so a row was cut exactly when the batch
-    ran the full ``max_new_tokens`` and the row holds no EOS.
+    ran the full ``max_new_tokens`` and the row holds no EOS. ``should_stop()`` true (a Stop or an interrupt
+    during training) ends the generation at the next token: the outputs so far are returned.
     """
     import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
 
     model, tok = session.model, session.tokenizer
     side = tok.padding_side
@@ -33,7 +41,8 @@ def generate_probes(session, prompts: list[str], max_new_tokens: int = 48,
             enc = tok(list(prompts), return_tensors="pt", padding=True).to(session.device)
             with torch.no_grad():
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                     stopping_criteria=StoppingCriteriaList([_Stop()]) if should_stop else None)
         new = out[:, enc["input_ids"].shape[1]:]
         full = new.shape[1] >= max_new_tokens
         cut = [bool(full and (tok.eos_token_id is None or not (row == tok.eos_token_id).any().item())) for row in new]

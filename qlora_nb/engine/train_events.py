@@ -141,9 +141,20 @@ def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, his
                 history.append({"step": st.global_step, **entry})
             events.emit("eval", step=st.global_step, **entry)
             if probe_prompts:
+                def stopping() -> bool:  # a Stop or an interrupt during the probes ends them at the next token
+                    return flag.hit or session.stop_requested
+
+                events.emit("phase", phase="probes", step=st.global_step, text=f"probes at step {st.global_step}")
                 if self.base_outputs is None:
-                    self.base_outputs = generate_probes(session, probe_prompts, probe_tokens, base=True)
-                adapted, cut = generate_probes(session, probe_prompts, probe_tokens)
+                    self.base_outputs = generate_probes(session, probe_prompts, probe_tokens, base=True,
+                                                        should_stop=stopping)
+                adapted, cut = generate_probes(session, probe_prompts, probe_tokens, should_stop=stopping)
+                if stopping():  # the run stops here, with its checkpoint; half-written probes are not shown
+                    self.base_outputs = None if len(self.base_outputs[0]) != len(probe_prompts) else self.base_outputs
+                    state["interrupted"] = True
+                    control.should_training_stop = True
+                    control.should_save = True
+                    return
                 base_texts, base_cut = self.base_outputs
                 for i, p in enumerate(probe_prompts):  # `truncated`: stopped at max_new_tokens, not at EOS
                     events.emit("probe", step=st.global_step, prompt=p, input=probe_inputs[i], base=base_texts[i],

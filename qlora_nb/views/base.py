@@ -123,6 +123,12 @@ class QloraWidget(anywidget.AnyWidget):
     _fallback_id: str | None = None
     _view_id: str | None = None
     _shown_in: int | None = None  # the execution count of the cell that displayed it
+    SETTLED = ("done", "stopped", "error")  # a ``status`` trait reaching one of these rewrites the saved fallback
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.has_trait("status"):  # the saved notebook keeps the last state, not the one first displayed
+            self.observe(lambda change: change["new"] in self.SETTLED and self.refresh_fallback(), names="status")
 
     def text(self) -> str:
         return repr(self)

@@ -185,7 +185,10 @@ class TrainingDashboard(QloraWidget):
                 self._progress["eval_loss"] = float(event["eval_loss"])
             self._on_metric(event)
             urgent = True
+        elif kind == "phase":  # e.g. "probes at step 12": a long pause between steps says what it is
+            self._phase, urgent = str(event.get("text") or ""), True
         elif kind == "probe":
+            self._phase = ""
             self._probes.append({k: event.get(k) for k in ("step", "prompt", "input", "base", "adapted", "adapter",
                                                             "truncated", "max_new_tokens")})
             del self._probes[:-MAX_PROBE_ROWS]
