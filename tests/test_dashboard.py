@@ -547,3 +547,16 @@ def test_text_progress_marks_a_cut_probe():
     s.events.emit("probe", step=2, prompt="3+3=", adapted="6", truncated={"adapted": False}, max_new_tokens=8)
     lines = out.getvalue().splitlines()
     assert lines[-2].endswith("… (cut at 8 tokens)") and "cut at" not in lines[-1]
+
+
+def test_each_launched_rank_memory_is_synced_and_in_the_text():
+    """%qlora_launch relays ``rank_memory`` events; the latest per rank is a synced trait and in the fallback."""
+    dash = TrainingDashboard(min_interval=0.0)
+    dash.on_event({"kind": "train_begin", "max_steps": 4})
+    dash.on_event({"kind": "rank_memory", "rank": 1, "step": 1, "rss": 2 * 2**30})
+    dash.on_event({"kind": "rank_memory", "rank": 0, "step": 1, "rss": 1 * 2**30, "gpu_peak": 3 * 2**30})
+    dash.on_event({"kind": "rank_memory", "rank": 1, "step": 2, "rss": 5 * 2**29})
+    dash.flush()
+    assert dash.ranks == [{"rank": 0, "rss": 2**30, "gpu_peak": 3 * 2**30}, {"rank": 1, "rss": 5 * 2**29}]
+    assert "rank 0 RSS 1.0 GiB (GPU peak 3.0 GiB), rank 1 RSS 2.5 GiB" in dash.text()
+    assert "rank" not in TrainingDashboard(min_interval=0.0).text()

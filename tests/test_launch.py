@@ -16,6 +16,7 @@ import pytest
 
 import qlora_nb
 from qlora_nb.errors import QloraError
+from qlora_nb.views.dashboard import TrainingDashboard
 
 ROWS = [{"prompt": f"Q{i}: add {i} and {i + 1}?", "completion": f" {2 * i + 1}"} for i in range(16)]
 TRAIN = dict(val_split=0, warmup_steps=0, learning_rate=1e-2, group_by_length=False, logging_steps=1)
@@ -50,6 +51,12 @@ def test_fsdp_on_two_cpu_processes_matches_one_process_and_loads_back(tiny_model
     assert [e["step"] for e in seen if e["kind"] == "step"] == [1, 2, 3]  # rank 0's curve, relayed live
     assert {e["rank"] for e in seen if e["kind"] == "rank_memory"} == {0, 1}
     assert set(result.rank_memory) == {0, 1} and all(m["rss"] > 0 for m in result.rank_memory.values())
+    dash = TrainingDashboard(min_interval=0.0)  # the relayed events, as the dashboard draws them
+    for e in seen:
+        dash.on_event(e)
+    dash.flush()
+    assert [r["rank"] for r in dash.ranks] == [0, 1] and all(r["rss"] > 0 for r in dash.ranks)
+    assert "rank 0 RSS" in dash.text() and "rank 1 RSS" in dash.text()
     assert not _leftovers(tmp_path / "job")
 
     # one process, the same global batch (2 ranks x 2 rows), the same seed and LoRA init

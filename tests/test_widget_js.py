@@ -122,6 +122,17 @@ def test_probe_table_shows_inputs_compare_column_names_and_cut_marks(tmp_path):
     assert res["none"] is None
 
 
+def test_rank_table_shows_each_rank_memory_and_gpu_peak_only_when_reported(tmp_path):
+    res = run_js(tmp_path, "dashboard.js", _html_document() + """
+      const cpu = m.rankTable([{ rank: 0, rss: 2 ** 30 }, { rank: 1, rss: 2 ** 29 }]);
+      const gpu = m.rankTable([{ rank: 0, rss: 2 ** 30, gpu_peak: 3 * 2 ** 30 }]);
+      return { cpuRows: cpu.kids.map((r) => r.kids.map(text)), gpuRows: gpu.kids.map((r) => r.kids.map(text)),
+        none: m.rankTable([]) };""")
+    assert res["cpuRows"] == [["rank", "RSS"], ["0", "1024 MiB"], ["1", "512 MiB"]]
+    assert res["gpuRows"] == [["rank", "RSS", "GPU peak"], ["0", "1024 MiB", "3072 MiB"]]
+    assert res["none"] is None
+
+
 # ------------------------------------------------------------------ render clean-up
 _ANY = """// A universal stand-in for the DOM: any property is another stand-in, calls return one, iteration is empty.
 function fake(name = "x") {

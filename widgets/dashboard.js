@@ -61,6 +61,20 @@ export function probeTable(rows) {
   return t;
 }
 
+function mib(b) {
+  return b == null ? "–" : `${(b / 2 ** 20).toFixed(0)} MiB`;
+}
+
+// %qlora_launch: each rank's latest memory report ([{rank, rss, gpu_peak?}]); null when not a launched run
+export function rankTable(rows) {
+  if (!rows || !rows.length) return null;
+  const gpu = rows.some((r) => r.gpu_peak != null);
+  const head = el("tr", {}, el("th", {}, "rank"), el("th", {}, "RSS"), ...(gpu ? [el("th", {}, "GPU peak")] : []));
+  return el("table", { class: "qn-table qn-ranks", "data-testid": "rank-memory" }, head,
+    ...rows.map((r) => el("tr", { "data-rank": String(r.rank) }, el("td", {}, String(r.rank)),
+      el("td", {}, mib(r.rss)), ...(gpu ? [el("td", {}, mib(r.gpu_peak))] : []))));
+}
+
 function render({ model, el: host }) {
   const root = el("div", { class: "qn-card qn-dashboard", "data-testid": "qlora-dashboard" });
   const title = el("span", { class: "qn-title" });
@@ -77,11 +91,12 @@ function render({ model, el: host }) {
   const outputs = el("div", { class: "qn-muted", "data-testid": "train-outputs" });
   const probes = el("div", { "data-testid": "probe-rows" });
   const ledger = el("div", { class: "qn-dash-ledger", "data-testid": "dashboard-ledger" });
+  const ranks = el("div", { "data-testid": "rank-rows" });
   root.append(
     el("div", { class: "qn-row qn-head" }, title, status, stop, logScale),
     chart, phase,
     el("div", { class: "qn-row" }, el("div", { class: "qn-progress" }, bar), progressText),
-    stats, message, outputs, probes, ledger,
+    stats, message, outputs, probes, ranks, ledger,
   );
   mount(host, root);
   const { on, off } = listen(model);  // every model listener, removed by the clean-up render returns
@@ -173,6 +188,9 @@ function render({ model, el: host }) {
   on("change:progress", drawChart);
   on("change:status", drawChart);
   on("change:probes", drawProbes);
+  const drawRanks = () => { const t = rankTable(model.get("ranks")); ranks.replaceChildren(...(t ? [t] : [])); };
+  on("change:ranks", drawRanks);
+  drawRanks();
   on("change:ledger", drawLedger);
   draw();
   drawChart();

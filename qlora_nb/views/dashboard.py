@@ -34,6 +34,7 @@ from typing import Any
 
 import traitlets
 
+from ..units import human_bytes
 from .base import QloraWidget, asset, esm, text_as_html
 from .chart import loss_svg
 from .progress import fmt_duration, step_fields
@@ -67,6 +68,7 @@ class TrainingDashboard(QloraWidget):
     probes = traitlets.List().tag(sync=True)
     stop_live = traitlets.Bool(False).tag(sync=True)  # True when Stop is handled while the cell runs
     message = traitlets.Unicode("").tag(sync=True)
+    ranks = traitlets.List().tag(sync=True)  # %qlora_launch: [{rank, rss, gpu_peak?}] per rank, latest report
 
     def __init__(self, *, session: Any = None, min_interval: float = 0.5,
                  max_overhead: float = 0.02, **kwargs: Any) -> None:
@@ -87,6 +89,8 @@ class TrainingDashboard(QloraWidget):
         self._status = "waiting"
         self._started: float | None = None
         self._ledger_dirty = self._probes_dirty = False
+        self._ranks: dict[int, dict[str, float]] = {}
+        self._ranks_dirty = False
         self._drawn = (0, 0, 0)  # (train, eval, metric points) already in ``curve``
         self._phase = "preparing the data (tokenizing)"
         self._outputs: dict[str, str] = {}
@@ -190,6 +194,10 @@ class TrainingDashboard(QloraWidget):
                                                             "truncated", "max_new_tokens")})
             del self._probes[:-MAX_PROBE_ROWS]
             self._probes_dirty = urgent = True
+        elif kind == "rank_memory":
+            self._ranks[int(event.get("rank", 0))] = {k: float(event[k]) for k in ("rss", "gpu_peak")
+                                                       if event.get(k) is not None}
+            self._ranks_dirty = True
         elif kind == "ledger" and event.get("ledger"):
             self._ledger, self._ledger_dirty = event["ledger"], True
         elif kind == "train_begin":
@@ -289,6 +297,8 @@ class TrainingDashboard(QloraWidget):
                 self.ledger, self._ledger_dirty = self._ledger, False
             if self._probes_dirty:
                 self.probes, self._probes_dirty = list(self._probes), False
+            if self._ranks_dirty:
+                self.ranks, self._ranks_dirty = rank_rows(self._ranks), False
         cost = time.perf_counter() - t0
         self.flushes += 1
         self.cost["flush_s"] += cost
@@ -351,10 +361,25 @@ class TrainingDashboard(QloraWidget):
             parts.append(metric_text(p))
         if self._status in ("running", "stopping"):
             parts.append(f"eta {_fmt_eta(p.get('eta_s'))}")
+        if self._ranks:
+            parts.append(rank_text(self._ranks))
         if self._outputs.get("adapter_dir"):
             parts.append(f"adapter in {self._outputs['adapter_dir']}")
         return " · ".join(parts)
 
+
+
+def rank_rows(ranks: dict[int, dict[str, float]]) -> list[dict[str, Any]]:
+    """Each launched rank's latest memory report, by rank (the synced form: a reloaded page redraws it)."""
+    return [{"rank": r, **ranks[r]} for r in sorted(ranks)]
+
+
+def rank_text(ranks: dict[int, dict[str, float]]) -> str:
+    """'rank 0 RSS 1.2 GiB (GPU peak 3.0 GiB), rank 1 …' for the plain-text fallback."""
+    def one(r: int, m: dict[str, float]) -> str:
+        gpu = f" (GPU peak {human_bytes(m['gpu_peak'])})" if m.get("gpu_peak") is not None else ""
+        return f"rank {r} RSS {human_bytes(m['rss'])}{gpu}" if m.get("rss") is not None else f"rank {r}{gpu}"
+    return ", ".join(one(r, ranks[r]) for r in sorted(ranks))
 
 
 def metric_text(p: dict[str, Any]) -> str:
