@@ -74,6 +74,8 @@ EPOCHS = Concept("epochs", 3.0, "Passes over the training rows (ignored when max
 MAX_STEPS = Concept("max_steps", -1, "Stop after this many optimizer steps (-1: use epochs).", min=-1)
 GRADIENT_ACCUMULATION = Concept("gradient_accumulation_steps", 1, "Micro-batches accumulated per optimizer step "
                                 "(time per step scales with it).", min=1)
+GGUF_COLUMN = Concept("gguf", None, "A .gguf file (from %qlora_merge DIR --format gguf) shown as one more column "
+                      "'gguf', as transformers loads it back; held in memory until %qlora_unload.")
 CPU_OFFLOAD = Concept("cpu_offload", False, "FSDP only: keep the parameter shards, gradients and optimizer states "
                       "in host RAM.")
 
@@ -225,6 +227,7 @@ class GenerateConfig(OptionsBase):
                                      "no training template is set).")
     logprobs: bool = option(False, "Score each output token's log-prob: compare shades each token by how much the "
                                    "adapter changed it, the playground shows each column's mean.")
+    gguf: str | None = GGUF_COLUMN()
 
 
 @dataclass
@@ -346,6 +349,7 @@ class PlaygroundOptions(OptionsBase):
 
     history: str = option("same", "Chat: every column continues from the first column's answers (same, an A/B on "
                           "identical context) or from its own (own).", choices=("same", "own"))
+    gguf: str | None = GGUF_COLUMN()
 
 
 @dataclass

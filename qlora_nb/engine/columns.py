@@ -20,10 +20,21 @@ def adapter_names(session) -> list[str]:
     return sorted(names, key=lambda n: n != active)
 
 
-def choose_columns(session, requested: list[str]) -> tuple[list[str], list[str]]:
-    """``(columns, notes)``: base plus the requested (default: all) adapters that are trained."""
-    known = adapter_names(session)
+def choose_columns(session, requested: list[str], gguf: Any = None) -> tuple[list[str], list[str]]:
+    """``(columns, notes)``: base, the requested (default: all) adapters that are trained, then an attached GGUF.
+
+    ``gguf``: a GGUF file to attach first (:mod:`.attached`); an attached file is shown when it is asked for, by
+    this or by its column name, or when no column is named.
+    """
+    from .attached import attach_gguf, attached
+
     notes: list[str] = []
+    if gguf is not None:
+        notes.append(attach_gguf(session, gguf).describe())
+    files = attached(session)
+    extra = [c for c in files if gguf is not None or not requested or c in requested]
+    requested = [r for r in requested if r not in files]
+    known = adapter_names(session)
     if requested:
         chosen = []
         for name in requested:
@@ -38,7 +49,7 @@ def choose_columns(session, requested: list[str]) -> tuple[list[str], list[str]]
                 chosen.append(name)
     else:
         chosen = known
-    if not chosen:
+    if not chosen and not extra:
         notes.append("this session has no adapter yet, so only the base model is shown.")
     trained = []
     for name in chosen:
@@ -47,7 +58,7 @@ def choose_columns(session, requested: list[str]) -> tuple[list[str], list[str]]
                          "outputs equal the base); showing the base only for it. Train with %%qlora_train.")
         else:
             trained.append(name)
-    return [BASE, *trained], notes
+    return [BASE, *trained, *extra], notes
 
 
 def token_pieces(tokenizer, ids: list[int]) -> list[str]:

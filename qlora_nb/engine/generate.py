@@ -36,6 +36,7 @@ from typing import Any
 from ..config import GenerateConfig
 from ..data.scoring import exact_match
 from .adapters import BASE, active_adapter, evaluating, no_adapter
+from .attached import attached
 from .columns import adapter_names, choose_columns, column_cells
 from .compare_result import _RESERVED, CompareResult, _row_event
 from .prompts import encode, format_prompt, normalize_prompts
@@ -45,8 +46,11 @@ from .stream import emitter, generate_columns
 def generate_one(session, prompt: str, adapter: str | None = None, **options: Any) -> str:
     """One generation from ``prompt``: the active adapter (None), a named adapter, or ``"base"``."""
     cfg = GenerateConfig.from_options(options)
-    if adapter is not None and adapter != BASE and adapter not in adapter_names(session):
-        raise no_adapter(adapter, [BASE, *adapter_names(session)])
+    if cfg.gguf is not None:
+        choose_columns(session, [], cfg.gguf)  # attach it: its column is then named by adapter="gguf"
+    files = list(attached(session))
+    if adapter is not None and adapter != BASE and adapter not in adapter_names(session) and adapter not in files:
+        raise no_adapter(adapter, [BASE, *adapter_names(session), *files])
     ids = encode(session, format_prompt(session, prompt, cfg.chat), cfg.max_new_tokens, "prompt")
     column = adapter or active_adapter(session.model) or BASE
     with evaluating(session.model) as state:
@@ -66,7 +70,7 @@ def compare(session, prompts: Any, on_event: Callable[[dict], None] | None = Non
     """
     cfg = GenerateConfig.from_options(options)
     items = normalize_prompts(prompts)
-    columns, notes = choose_columns(session, cfg.adapters)
+    columns, notes = choose_columns(session, cfg.adapters, cfg.gguf)
     prepared = []
     for i, item in enumerate(items):
         where = "prompt" if len(items) == 1 else f"prompt {i}"

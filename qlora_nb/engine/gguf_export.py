@@ -62,7 +62,7 @@ class GGUFResult:
 
         if not self.verified:
             return f"GGUF NOT verified (--no-verify): {self.file.name} was not loaded back"
-        return f"GGUF verified: {self.file.name} ({self.outtype}) {verdict_figures(self)} ✓"
+        return f"GGUF verified: {self.file.name} ({self.outtype}) {verdict_figures(self)}"
 
     def ollama_commands(self, name: str | None = None) -> list[str]:
         name = name or re.sub(r"[^a-z0-9_.-]", "-", self.file.stem.lower())

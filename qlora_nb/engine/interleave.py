@@ -4,7 +4,7 @@ The playground review found columns streamed one after the other: the adapter co
 base had finished. Here every column advances in lockstep, so they fill side by side.
 
 How: each step is one call of transformers' ``generate`` with ``max_new_tokens=1`` that is handed the column's
-KV cache back (``past_key_values``), so only the new token is computed; between calls the adapter is switched
+KV cache back (``cache``; ``past_key_values`` before transformers 5.x), so only the new token is computed; between calls the adapter is switched
 (:class:`Switch`) and the column's random-number state restored. Each column thus computes exactly what a plain
 ``generate`` with that adapter computes: same kernels, same shapes, same seed, same logits processors
 (``tests/test_chat.py`` checks the tokens are equal, greedy and sampled). ``benchmarks/chat_overhead.py``: a
@@ -85,6 +85,13 @@ def _rng_set(saved: Any) -> None:
         torch.cuda.set_rng_state(cuda)
 
 
+def _cache_keyword() -> str:
+    """``cache`` since transformers 5.x renamed it (``past_key_values`` warns there), else ``past_key_values``."""
+    from transformers.generation import utils
+
+    return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+
+
 def generate_together(session, prompts: dict[str, list[int]], kwargs: dict[str, Any], seed: int, state: ModelState,
                       on_token: Callable[[str, list[int]], None],
                       should_stop: Callable[[], bool] | None = None) -> dict[str, tuple[list[int], float]]:
@@ -102,8 +109,10 @@ def generate_together(session, prompts: dict[str, list[int]], kwargs: dict[str, 
     limit = int(kw.pop("max_new_tokens"))
     eos = kw.get("eos_token_id")
     eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    model = session.model
-    switch = Switch(model)
+    from .attached import model_for
+
+    switch = Switch(session.model)
+    cache_kw = _cache_keyword()
     out: dict[str, list[int]] = {c: [] for c in prompts}
     seconds = dict.fromkeys(prompts, 0.0)
     cache: dict[str, Any] = dict.fromkeys(prompts)
@@ -113,7 +122,9 @@ def generate_together(session, prompts: dict[str, list[int]], kwargs: dict[str, 
         while live:
             for column in list(live):
                 started = time.perf_counter()
-                switch(column)
+                model = model_for(session, column)  # an attached GGUF (:mod:`.attached`) needs no switch
+                if model is session.model:
+                    switch(column)
                 if column in rng:
                     _rng_set(rng[column])
                 else:
@@ -121,8 +132,8 @@ def generate_together(session, prompts: dict[str, list[int]], kwargs: dict[str, 
                 x = torch.tensor([prompts[column] + out[column]], device=session.device)
                 with torch.no_grad():
                     step = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=1,
-                                          past_key_values=cache[column], return_dict_in_generate=True, **kw)
-                rng[column], cache[column] = _rng_get(session.device), step.past_key_values
+                                          return_dict_in_generate=True, **{cache_kw: cache[column]}, **kw)
+                rng[column], cache[column] = _rng_get(session.device), getattr(step, cache_kw)
                 token = int(step.sequences[0, -1])
                 out[column].append(token)
                 seconds[column] += time.perf_counter() - started

@@ -88,7 +88,9 @@ def unload_session(session) -> int:
     """
     if is_unloaded(session):
         return 0
-    freed = _session_bytes(session)
+    from .attached import detach
+
+    freed = _session_bytes(session) + detach(session)
     session.model = UnloadedModel()
     for attr in ("optimizer", "trainer", "_trainer", "_train_state", "_last_inputs"):
         if hasattr(session, attr):

@@ -41,6 +41,7 @@ class Session:
         self.events = EventBus()
         self.adapters: dict[str, dict[str, Any]] = {config.adapter_name: {"source": "fresh"}}
         self.runs: list[Any] = []
+        self.attached: dict[str, Any] = {}  # column -> an exported GGUF loaded back beside the model (attached.py)
         self.template: Any = None  # the training data.template.Template, reused by compare
         self.val_rows: list[dict[str, str]] = []  # the last run's held-out rows (compare's default prompts)
         self.chat_format = False  # the last run's rows were chat `messages`
@@ -227,6 +228,18 @@ class Session:
         from .quant_report import quant_report
 
         return quant_report(self, **options)
+
+    def attach_gguf(self, path: Any) -> Any:
+        """Load an exported .gguf back beside the model as the column ``gguf`` of compare, playground and chat."""
+        from .attached import attach_gguf
+
+        return attach_gguf(self, path)
+
+    def detach_gguf(self) -> int:
+        """Free the attached GGUF (:meth:`attach_gguf`); the bytes released."""
+        from .attached import detach
+
+        return detach(self)
 
     def unload(self) -> int:
         """Drop the model; returns the bytes of weights released (see ``%qlora_unload``)."""

@@ -30,6 +30,7 @@ Events of :func:`stream` (on ``session.events`` and ``on_event``):
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from typing import Any
 
 from ..config import GenerateConfig
 from .adapters import BASE, use_adapter
+from .attached import model_for
 from .columns import choose_columns, column_cell, column_cells
 from .compare_result import side_by_side
 
@@ -110,26 +112,26 @@ def generate_kwargs(session, cfg: GenerateConfig) -> dict[str, Any]:
     return kw
 
 
-def _generate(session, ids: list[int], cfg: GenerateConfig, streamer=None) -> list[int]:
+def _generate(session, ids: list[int], cfg: GenerateConfig, streamer=None, model=None) -> list[int]:
     import torch
 
     input_ids = torch.tensor([ids], device=session.device)
     torch.manual_seed(cfg.seed)
     with torch.no_grad():
-        out = session.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+        out = (model or session.model).generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                      streamer=streamer, **generate_kwargs(session, cfg))
     return [int(t) for t in out[0, len(ids):].tolist()]
 
 
-def token_logprobs(session, prompt_ids: list[int], new_ids: list[int]) -> list[float]:
-    """log p(token) of each generated token under the model as it is configured now."""
+def token_logprobs(session, prompt_ids: list[int], new_ids: list[int], model=None) -> list[float]:
+    """log p(token) of each generated token under the model as it is configured now (default: the session's)."""
     import torch
 
     if not new_ids:
         return []
     full = torch.tensor([prompt_ids + new_ids], device=session.device)
     with torch.no_grad():
-        logits = session.model(input_ids=full, attention_mask=torch.ones_like(full)).logits
+        logits = (model or session.model)(input_ids=full, attention_mask=torch.ones_like(full)).logits
     logp = torch.log_softmax(logits[0, len(prompt_ids) - 1: -1].float(), dim=-1)
     target = torch.tensor(new_ids, device=logp.device)
     return logp.gather(1, target[:, None])[:, 0].tolist()
@@ -154,8 +156,8 @@ def generate_columns(session, ids: list[int], columns: list[str], cfg: GenerateC
         out, seconds = outputs[column]
         run: dict[str, Any] = {"ids": out, "seconds": seconds}
         if logprobs:
-            with use_adapter(session.model, column, state):
-                run["logprobs"] = token_logprobs(session, ids, out)
+            with _column(session, column, state) as model:
+                run["logprobs"] = token_logprobs(session, ids, out, model)
         if logprobs and column != BASE:
             with use_adapter(session.model, BASE, state):
                 base = token_logprobs(session, ids, out)
@@ -175,10 +177,21 @@ def _one_column(session, ids: list[int], column: str, cfg: GenerateConfig, state
             on_token(column, new_ids, text, delta)
 
         streamer = make_streamer(session.tokenizer, emit)
-    with use_adapter(session.model, column, state):
+    with _column(session, column, state) as model:
         started = time.perf_counter()
-        out = _generate(session, ids, cfg, streamer)
+        out = _generate(session, ids, cfg, streamer, model)
     return out, time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def _column(session, column: str, state):
+    """The model serving ``column``: an attached GGUF's as it is, else the session's with that adapter set."""
+    model = model_for(session, column)
+    if model is not session.model:
+        yield model
+        return
+    with use_adapter(session.model, column, state):
+        yield session.model
 
 
 def _together(session, ids: list[int], columns: list[str], cfg: GenerateConfig, state,
@@ -289,7 +302,7 @@ def stream(session, prompt: str, *, columns: list[str] | None = None, logprobs: 
     from .prompts import encode, format_prompt
 
     cfg = GenerateConfig.from_options(options)
-    chosen, notes = choose_columns(session, [c for c in (columns or []) if c != BASE])
+    chosen, notes = choose_columns(session, [c for c in (columns or []) if c != BASE], cfg.gguf)
     p = format_prompt(session, prompt, cfg.chat)
     ids = encode(session, p, cfg.max_new_tokens, "prompt")
     emit = emitter(session, on_event)

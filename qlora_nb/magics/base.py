@@ -20,7 +20,7 @@ DEFAULT_SESSION = SESSION_NAME  # kept as a name here; declared once in qlora_nb
 
 
 def parse_args(func, line: str, magic: str, namespace: Mapping[str, Any] | None = None, *,
-               keep_quotes: bool = False):
+               keep_quotes: bool = False, flag_values_only: bool = False):
     """Split ``line`` like a shell (:func:`qlora_nb.textsplit.split_args`) and parse it; errors name the flag.
 
     IPython's ``UsageError`` (what ``MagicArgumentParser.error`` raises) becomes a QloraError.
@@ -30,6 +30,8 @@ def parse_args(func, line: str, magic: str, namespace: Mapping[str, Any] | None 
     path with spaces splits in two. ``keep_quotes``: IPython's splitter, which
     keeps quotes (``%qlora_compare`` reads quoted prompts as Python string
     literals, escapes included, and resolves its own ``$list`` prompts).
+    ``flag_values_only``: expand ``$name`` only as the value of a flag (``--gguf $file``), for magics whose
+    positional words resolve their own ``$list``.
     """
     import argparse
 
@@ -43,7 +45,9 @@ def parse_args(func, line: str, magic: str, namespace: Mapping[str, Any] | None 
         else:
             argv = split_args(line, where=f"%{magic}")
         if namespace is not None:
-            argv = [_word_value(w, argv[i - 1] if i else magic, namespace, magic) for i, w in enumerate(argv)]
+            takes = {o for a in func.parser._actions for o in a.option_strings if a.nargs != 0}
+            argv = [w if flag_values_only and not (i and argv[i - 1] in takes)
+                    else _word_value(w, argv[i - 1] if i else magic, namespace, magic) for i, w in enumerate(argv)]
         args = func.parser.parse_args(argv)
         vars(args).pop("_given_flags", None)  # flags._StoreOnce's record of which spelling set each option
         return args

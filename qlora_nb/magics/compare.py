@@ -28,7 +28,7 @@ class CompareMagics(QloraMagicsBase):
     @friendly("qlora_compare")
     def qlora_compare(self, line: str = ""):
         """Generate from the base (adapters disabled) and each adapter on the same weights, seed and settings."""
-        args = parse_args(self.qlora_compare, line, "qlora_compare", keep_quotes=True)
+        args = parse_args(self.qlora_compare, line, "qlora_compare", self.ns, keep_quotes=True, flag_values_only=True)
         args.quoted = [_is_quoted(w) for w in args.prompt]  # "A" "B" are two prompts; plain words are one
         for key, value in vars(args).items():  # IPython's argument splitter keeps quotes
             setattr(args, key, [_unquote(v) for v in value] if isinstance(value, list) else _unquote(value))

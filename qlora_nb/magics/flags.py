@@ -69,7 +69,9 @@ def _flag(name: str) -> str:
 
 def _argument(cls: type[OptionsBase], f: dataclasses.Field) -> tuple[tuple[str, ...], dict[str, Any]]:
     meta = f.metadata
-    kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": field_help(f, choices_in_metavar=True)}
+    # argparse %-formats help texts; a declaration's help is plain text ("until %qlora_unload")
+    text = field_help(f, choices_in_metavar=True).replace("%", "%%")
+    kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": text}
     if field_type(cls, f.name) is bool:  # --name / --no-name; the aliases stay YAML and keyword spellings
         kwargs["action"] = argparse.BooleanOptionalAction
         return (_flag(f.name), *meta.get("flags", ())), kwargs

@@ -30,7 +30,7 @@ class WorkbenchMagics(QloraMagicsBase):
         """
         from ..views.studio import Studio
 
-        args = parse_args(self.qlora_studio, line, "qlora_studio")
+        args = parse_args(self.qlora_studio, line, "qlora_studio", self.ns, flag_values_only=True)
         session = self.session(args.session)
         data = (args.data or "").strip("'\"")
         studio = Studio(session, data=data or None, session_name=args.session, user_ns=self.shell.user_ns)
@@ -53,12 +53,14 @@ class WorkbenchMagics(QloraMagicsBase):
         """Type a prompt (or chat) and watch the base and every adapter answer side by side, token by token."""
         from ..views.chat import make_playground
 
-        args = parse_args(self.qlora_playground, line, "qlora_playground")
+        args = parse_args(self.qlora_playground, line, "qlora_playground", self.ns, flag_values_only=True)
         opts = PlaygroundOptions.from_options(options_from_args(args, PlaygroundOptions))
         if args.chat and args.completion:
             raise QloraError("--chat and --completion exclude each other.", where="%qlora_playground",
                              hint="Give one of them (or neither: chat when the tokenizer has a chat template).")
         session = self.session(args.session)
+        if opts.gguf is not None:
+            print(session.attach_gguf(opts.gguf).describe())
         prompt = " ".join(args.prompt).strip()
         if len(prompt) >= 2 and prompt[0] == prompt[-1] and prompt[0] in "'\"":
             prompt = prompt[1:-1]

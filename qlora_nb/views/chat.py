@@ -23,6 +23,7 @@ from typing import Any
 import traitlets
 
 from ..config import SESSION_NAME, GenerateConfig, PlaygroundOptions
+from ..engine.attached import attached
 from ..errors import QloraError
 from .base import QloraWidget, asset, esm
 from .workbench import error_text, workbench_css
@@ -92,7 +93,8 @@ class Chat(QloraWidget):
 
     # -------------------------------------------------------------- state
     def refresh_adapters(self) -> None:
-        self.available = [n for n in self.session.adapters if n in getattr(self.session.model, "peft_config", {})]
+        self.available = [*(n for n in self.session.adapters if n in getattr(self.session.model, "peft_config", {})),
+                          *attached(self.session)]  # an exported GGUF loaded back (--gguf)
 
     def _check_options(self, change: dict) -> None:
         from ..engine.chat import ChatOptions

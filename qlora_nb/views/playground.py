@@ -20,6 +20,7 @@ from typing import Any
 import traitlets
 
 from ..config import GenerateConfig
+from ..engine.attached import attached
 from ..engine.columns import diverge_index
 from .base import QloraWidget, esm
 from .workbench import error_text, workbench_css
@@ -78,7 +79,8 @@ class Playground(QloraWidget):
             self.available = []
             self.status, self.error = "error", UNLOADED
             return
-        self.available = [n for n in self.session.adapters if n in getattr(self.session.model, "peft_config", {})]
+        self.available = [*(n for n in self.session.adapters if n in getattr(self.session.model, "peft_config", {})),
+                          *attached(self.session)]  # an exported GGUF loaded back (--gguf)
 
     @traitlets.observe("options")
     def _options_changed(self, change: dict[str, Any]) -> None:
