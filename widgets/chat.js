@@ -57,7 +57,7 @@ function render({ model, el: host }) {
     opts, picks, notes, systemRow, grid, input, q("div", { class: "qn-row" }, send, regen, clear, copy), error, code, shown);
 
   const saveSet = (name, value) => { model.set(name, value); model.save_changes(); };
-  const busy = () => model.get("status") === "generating";
+  const busy = () => ["generating", "waiting"].includes(model.get("status"));  // waiting: a run is going on
   const sendNow = () => {
     if (busy()) return;
     saveSet("prompt", input.value);
@@ -134,7 +134,7 @@ function render({ model, el: host }) {
     status.textContent = st;
     status.setAttribute("data-status", st);
     status.className = `qn-status qn-status-${st === "generating" ? "running" : st === "idle" ? "waiting" : st}`;
-    for (const b of [send, regen, clear]) b.disabled = st === "generating";
+    for (const b of [send, regen, clear]) b.disabled = busy();
     modeChat.disabled = !canChat;
     modeChat.title = canChat ? "multi-turn chat through the tokenizer's chat template" : "this tokenizer has no chat template";
     modeChat.setAttribute("aria-pressed", String(mode === "chat"));

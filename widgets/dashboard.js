@@ -148,7 +148,9 @@ function render({ model, el: host }) {
     const max = p.max_steps || 0, step = p.step || 0;
     bar.style.width = `${max ? Math.min(100, (100 * step) / max) : 0}%`;
     const epoch = p.epoch === undefined || p.epoch === null ? "" : ` · epoch ${Number(p.epoch).toFixed(2)}`;
-    const timing = active ? ` · ETA ${eta(p.eta_s)}` : p.elapsed_s ? ` · took ${eta(p.elapsed_s)}` : "";
+    // a resumed run's time is this part's: say which steps it covers
+    const part = p.resumed_from ? ` (steps ${p.resumed_from + 1}–${step})` : "";
+    const timing = active ? ` · ETA ${eta(p.eta_s)}` : p.elapsed_s ? ` · took ${eta(p.elapsed_s)}${part}` : "";
     progressText.textContent = `step ${step}/${max || "?"}${epoch}${timing}`;
     const tok = [stat("tokens/s", rate(p.tokens_per_s), "tokens-per-s")];
     if (p.mean_tokens_per_s) tok.push(stat("mean", rate(p.mean_tokens_per_s), "mean-tokens-per-s"));

@@ -88,7 +88,7 @@ function render({ model, el: host }) {
     status.textContent = st;
     status.setAttribute("data-status", st);
     status.className = `qn-status qn-status-${st === "generating" ? "running" : st === "idle" ? "waiting" : st}`;
-    generate.disabled = st === "generating";
+    generate.disabled = st === "generating" || st === "waiting";  // waiting: a run is going on (between_steps.py)
     error.textContent = model.get("error") || "";
     notes.replaceChildren(...(model.get("notes") || []).map((n) => el("div", {}, n)));
     const columns = model.get("columns") || [], cells = model.get("cells") || {};

@@ -186,7 +186,9 @@ function render({ model, el: host }) {
     resume.disabled = running || !model.get("can_resume");
     stop.disabled = !running || pending === "stop";
     const run = model.get("run") || {};
-    runInfo.textContent = run.resumed_from ? `resumed from checkpoint step ${run.resumed_from}` : "";
+    // a finished resumed run says where it ended too, not only the checkpoint it started from
+    const ended = run.resumed_from && run.steps ? `; ended at step ${run.steps}` : "";
+    runInfo.textContent = run.resumed_from ? `resumed from checkpoint step ${run.resumed_from}${ended}` : "";
     for (const k of ["first_step", "step", "checkpoint_step", "resumed_from"]) runInfo.setAttribute(`data-${k.replace("_", "-")}`, String(run[k] ?? ""));
     note.textContent = running && !model.get("stop_live") && model.get("in_kernel")
       ? "While a run is busy, Stop needs the kernel's Interrupt (■ in the toolbar) on this kernel (no ipykernel subshells): "

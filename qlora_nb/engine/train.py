@@ -392,8 +392,11 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     session.adapters.setdefault(session.active_adapter, {}).update(
         {"source": "trained", "adapter_dir": str(adapter_dir), "run_name": name})
     session.runs.append(result)
+    # the checkpoint a view lists is this run's last one; an older one (a resumed run that ended between saves)
+    # is still result.checkpoint for resume, but listing it as the run's output reads as if it had not moved
+    current = checkpoint is not None and checkpoint.name == f"checkpoint-{st.global_step}"
     session.events.emit("train_end", steps=st.global_step, interrupted=interrupted, stopped_early=stopped_early,
-                        adapter_dir=str(adapter_dir), checkpoint=str(checkpoint) if checkpoint else None,
+                        adapter_dir=str(adapter_dir), checkpoint=str(checkpoint) if current else None,
                         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str, type(None)))})
     return result
 

@@ -75,7 +75,8 @@ def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, his
             events.emit("train_begin", max_steps=st.max_steps, epochs=args.num_train_epochs,
                         train_rows=len(prep.train), val_rows=len(prep.val), truncated_rows=prep.truncated,
                         output_dir=args.output_dir, resumed_from=state.get("resume_from"),
-                        config=cfg.to_dict(), predicted_step_s=state.get("predicted_step_s"))
+                        config=cfg.to_dict(), predicted_step_s=state.get("predicted_step_s"),
+                        start_step=st.global_step)  # a resumed run starts at its checkpoint's step
 
         def on_pre_optimizer_step(self, args, st, control, **kw):
             flag.critical = True  # a second interrupt now waits for the step (see engine.interrupts)

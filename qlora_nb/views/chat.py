@@ -25,6 +25,7 @@ import traitlets
 from ..config import SESSION_NAME, GenerateConfig, PlaygroundOptions
 from ..engine.attached import attached
 from ..errors import QloraError
+from .between_steps import TrainingWatch
 from .base import QloraWidget, asset, esm
 from .workbench import error_text, workbench_css
 
@@ -90,6 +91,12 @@ class Chat(QloraWidget):
         self.observe(self._on_prompt, names="prompt")
         self.observe(self._on_mode, names="mode")
         self.on_msg(self._on_front_msg)
+        self._watch = TrainingWatch(self, session, lambda content: self._on_front_msg(self, content, None),
+                                    self._show_waiting)
+
+    def _show_waiting(self, text: str) -> None:
+        self.status, self.error = "waiting", ""
+        self.notes = [*(n for n in self.notes if not n.startswith("waiting for training")), text]
 
     # -------------------------------------------------------------- state
     def refresh_adapters(self) -> None:
@@ -121,6 +128,9 @@ class Chat(QloraWidget):
         if not isinstance(content, dict):
             return
         event = content.get("event")
+        if event in ("send", "regenerate", "edit", "clear") and self._watch.defer(content):
+            return  # a run is going on: answered at its next step boundary (between_steps.py)
+        self.notes = [n for n in self.notes if not n.startswith("waiting for training")]
         if event == "send":
             self.send(content.get("text", self.prompt))
         elif event == "regenerate":

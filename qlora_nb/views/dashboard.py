@@ -202,12 +202,16 @@ class TrainingDashboard(QloraWidget):
             self._ledger, self._ledger_dirty = event["ledger"], True
         elif kind == "train_begin":
             self._status = "running"
-            self._phase = "first step (model warm-up)"
+            start = int(event.get("start_step") or 0)  # a resumed run: its progress starts at the checkpoint
+            self._phase = f"resuming at step {start} (model warm-up)" if start else "first step (model warm-up)"
+            if start:
+                self._progress.update(step=start, resumed_from=start)
             for key in ("max_steps", "epochs", "predicted_step_s"):
                 if event.get(key) is not None:
                     self._progress[key] = event[key]
             if event.get("predicted_step_s") and event.get("max_steps"):  # an ETA before step 1: the forecast's
-                self._progress["eta_s"] = float(event["predicted_step_s"]) * int(event["max_steps"])
+                left = max(0, int(event["max_steps"]) - start)
+                self._progress["eta_s"] = float(event["predicted_step_s"]) * left
             warmup = (event.get("config") or {}).get("warmup_steps")
             if isinstance(warmup, int) and warmup > 0:
                 self._progress["warmup_steps"] = warmup
@@ -361,6 +365,9 @@ class TrainingDashboard(QloraWidget):
             parts.append(metric_text(p))
         if self._status in ("running", "stopping"):
             parts.append(f"eta {_fmt_eta(p.get('eta_s'))}")
+        elif p.get("elapsed_s"):  # a resumed run's time is this part's: say which steps it covers
+            part = f" (steps {p['resumed_from'] + 1}–{p.get('step')})" if p.get("resumed_from") else ""
+            parts.append(f"took {_fmt_eta(p['elapsed_s'])}{part}")
         if self._ranks:
             parts.append(rank_text(self._ranks))
         if self._outputs.get("adapter_dir"):

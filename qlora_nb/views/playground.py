@@ -23,6 +23,7 @@ from ..config import GenerateConfig
 from ..engine.attached import attached
 from ..engine.columns import diverge_index
 from .base import QloraWidget, esm
+from .between_steps import TrainingWatch
 from .workbench import error_text, workbench_css
 
 MAX_HISTORY = 20
@@ -70,6 +71,11 @@ class Playground(QloraWidget):
         self.prompt = prompt
         self.refresh_adapters()
         self.on_msg(self._on_front_msg)
+        self._watch = TrainingWatch(self, session, lambda content: self._on_front_msg(self, content, None),
+                                    self._show_waiting)
+
+    def _show_waiting(self, text: str) -> None:
+        self.status, self.error, self.notes = "waiting", "", [text]
 
     def refresh_adapters(self) -> None:
         """Re-read the session's adapters (after ``%qlora_load_adapter`` or more training)."""
@@ -110,6 +116,8 @@ class Playground(QloraWidget):
         """
         if not isinstance(content, dict):
             return
+        if content.get("event") == "generate" and self._watch.defer(content):
+            return  # a run is going on: answered at its next step boundary (between_steps.py)
         try:
             if content.get("event") == "generate":
                 self.generate(content.get("prompt", self.prompt))
