@@ -107,5 +107,5 @@ def test_a_resumed_run_shows_its_own_progress_time_and_checkpoint(tiny_model_dir
         unsubscribe()
     assert begun["progress"]["step"] == 3 and begun["progress"]["resumed_from"] == 3
     assert begun["phase"] == "resuming at step 3 (model warm-up)"
-    assert board.outputs["checkpoint"].endswith("checkpoint-6")  # this run's own, not the one it resumed from
+    assert resumed.metrics["steps"] == 6 and board.outputs["checkpoint"].endswith("checkpoint-6")  # this run's own, not the one it resumed from
     assert board.status == "done" and "took " in board.text() and "(steps 4–6)" in board.text()

@@ -25,8 +25,8 @@ import traitlets
 from ..config import SESSION_NAME, GenerateConfig, PlaygroundOptions
 from ..engine.attached import attached
 from ..errors import QloraError
-from .between_steps import TrainingWatch
 from .base import QloraWidget, asset, esm
+from .between_steps import TrainingWatch
 from .workbench import error_text, workbench_css
 
 OPTION_NAMES = ("max_new_tokens", "sample", "temperature", "top_p", "seed")
