@@ -49,6 +49,23 @@ class PeakRssSampler:
         self.session.peak_rss = max(self.peak, self._rss())
 
 
+
+def eta_seconds(elapsed: float, step_time: float, done: int, step: int, max_steps: int, start: int,
+                eval_every: int | None) -> float:
+    """Time left: the mean step over the steps left, plus the mean eval (with its probes) over the evals left.
+
+    Spreading the evals' time over the steps (elapsed / steps done) made the ETA jump at every eval (browser
+    review: a 22 s probe pass). At a step's log its own eval has not run yet (Trainer logs, then evaluates).
+    """
+    left = max(0, max_steps - step)
+    per_step = step_time / max(1, done)
+    if not eval_every:
+        return per_step * left
+    ran = (step - 1) // eval_every - start // eval_every  # evals finished before this step's
+    to_run = max_steps // eval_every - (step - 1) // eval_every
+    per_eval = max(0.0, elapsed - step_time) / ran if ran > 0 else 0.0
+    return per_step * left + per_eval * to_run
+
 def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, history: list, state: dict):
     from transformers import TrainerCallback
 
@@ -113,7 +130,9 @@ def make_callback(session, cfg: TrainConfig, prep: Any, flag: InterruptFlag, his
             last = state["last"]
             done = st.global_step - state["start_step"]
             elapsed = time.perf_counter() - state["t_begin"]
-            eta = elapsed / max(1, done) * max(0, st.max_steps - st.global_step)
+            by_steps = getattr(args.eval_strategy, "value", args.eval_strategy) == "steps"
+            eta = eta_seconds(elapsed, state["step_time"], done, st.global_step, st.max_steps, state["start_step"],
+                              args.eval_steps if by_steps else None)
             predicted = state.get("predicted_step_s")
             if predicted and done <= 1:  # step 1 pays for warm-up: the forecast knows the steady step better
                 eta = predicted * max(0, st.max_steps - st.global_step)
