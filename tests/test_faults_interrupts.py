@@ -170,3 +170,44 @@ def test_stop_during_the_probe_generations_ends_them_and_the_run(session, tmp_pa
     assert result.interrupted and result.checkpoint is not None and result.checkpoint.name == "checkpoint-2"
     assert not [e for e in seen if e["kind"] == "probe"]  # no half-written probes
     assert tokens and max(tokens) <= 2  # the stop was heard at the first token (of up to 96)
+
+
+@pytest.mark.parametrize("fmt", ["hf", "gguf"])
+def test_interrupt_during_a_merge_is_one_line_and_changes_nothing(tiny_model_dir, tmp_path, monkeypatch, fmt):
+    """Issue 25: SIGINT during a merge (here while the written copy is verified): one paragraph, nothing under
+    DIR, no temporary folder left, and the session exactly as it was."""
+    import torch
+    from IPython.testing import globalipapp
+    from test_bad_input import run_cell
+
+    import qlora_nb.engine.gguf_check as gguf_check
+    import qlora_nb.engine.merge as merge_mod
+
+    s = qlora_nb.load(str(tiny_model_dir), r=4, alpha=8, dropout=0.0, compute_dtype="float32")
+    for n, p in s.model.named_parameters():
+        if ".lora_B." in n:
+            p.data.fill_(0.01)
+    state = lambda: ([n for n, p in s.model.named_parameters() if p.requires_grad], s.model.training,  # noqa: E731
+                     s.model.active_adapter, list(s.adapters), s.model.peft_config["default"].r)
+    before = state()
+    weights = {n: p.detach().clone() for n, p in s.model.named_parameters() if "lora_" in n}
+    target = "verify_merge" if fmt == "hf" else "check_gguf"
+    monkeypatch.setattr(merge_mod if fmt == "hf" else gguf_check, target, _raise_interrupt)
+    ip = globalipapp.start_ipython() or globalipapp.get_ipython()
+    ip.run_line_magic("load_ext", "qlora_nb")
+    ip.user_ns["qlora"] = s
+    out_dir = tmp_path / "merged"
+    try:
+        flag = "" if fmt == "hf" else " --format gguf --outtype f32"
+        result, out = run_cell(ip, f"%qlora_merge {out_dir}{flag}")
+    finally:
+        ip.run_line_magic("unload_ext", "qlora_nb")
+        ip.user_ns.pop("qlora", None)
+    lines = [ln for ln in out.splitlines() if ln.strip() and not ln.startswith("merge needs")]  # the plan before
+    assert not result.success and "Traceback" not in out and "KeyboardInterrupt" not in out
+    interrupted = [ln for ln in lines if ln.startswith("QloraInterrupted: ")]
+    assert lines == interrupted and len(interrupted) == 1 and f"interrupted while merging into {out_dir}" in interrupted[0], out
+    assert "Nothing was written" in interrupted[0] and "session is as it was" in interrupted[0]
+    assert not out_dir.exists() and [p.name for p in tmp_path.iterdir()] == []  # no temporary folder either
+    assert state() == before
+    assert all(torch.equal(p, weights[n]) for n, p in s.model.named_parameters() if "lora_" in n)

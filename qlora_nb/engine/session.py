@@ -185,16 +185,20 @@ class Session:
         if not isinstance(dtype, str):
             raise QloraError(f"dtype must be text such as 'bf16', got a {type(dtype).__name__}.", where="dtype")
         from .gguf_export import export_gguf, normalize_format
+        from .interrupts import interrupted_as_error
 
         fmt = normalize_format(format)
+        # an interrupt: one line; the folder is written under a temporary name and the session rolled back
+        stopped = interrupted_as_error(f"merging into {directory}", "merge",
+                                       f"Nothing was written to {directory} and the session is as it was.")
         if fmt != "hf":
-            with rolled_back_on_error(self):
+            with stopped, rolled_back_on_error(self):
                 return export_gguf(self, directory, ollama=fmt == "ollama",
                                    overwrite=require_bool(overwrite, "overwrite"), **options)
         if "outtype" in options:
             raise QloraError("outtype applies to GGUF exports only.", where="outtype",
                              hint='Pass format="gguf" (or --format gguf), or use dtype= for a Hugging Face merge.')
-        with rolled_back_on_error(self):
+        with stopped, rolled_back_on_error(self):
             return merge(self, directory, dtype=dtype, overwrite=require_bool(overwrite, "overwrite"), **options)
 
     def export(self, directory: str | Path, *, overwrite: bool = ExportOptions.overwrite, **options: Any) -> Path:
