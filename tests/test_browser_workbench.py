@@ -53,7 +53,11 @@ _STATE = """() => {
   const lp = q(dash, "loss-points");
   const chart = q(dash, "loss-chart");
   const pg = document.querySelector('[data-testid="qlora-playground"]');
+  const stopBox = q(studio, "studio-stop") ? q(studio, "studio-stop").getBoundingClientRect() : null;
+  const chartBox = chart ? chart.getBoundingClientRect() : null;
   return {
+    settingsOpen: q(studio, "studio-settings") ? q(studio, "studio-settings").open : null,
+    stopToChartEnd: stopBox && chartBox ? chartBox.bottom - stopBox.top : null,  // px from Stop to the curve's end
     status: q(studio, "studio-status") ? q(studio, "studio-status").getAttribute("data-status") : null,
     previewRows: studio ? studio.querySelectorAll('[data-testid="studio-preview-row"]').length : 0,
     code: q(studio, "studio-code") ? q(studio, "studio-code").textContent : "",
@@ -159,6 +163,8 @@ def test_studio_train_stop_resume(bench):
     bench.shot("studio-training", '[data-testid="qlora-studio"]')
     running = bench.state()
     assert running["stop"] and not running["train"] and not running["resume"], running
+    # issue 23: Train/Stop and the curve are visible together in a 1,000 px window (the settings fold)
+    assert running["settingsOpen"] is False and 0 < running["stopToChartEnd"] <= 1000, running
     bench.studio("studio-stop").click()
     s = bench.until("the stop", lambda s: s["status"] == "stopped" and s["checkpoint"] not in ("", None))
     ckpt = int(s["checkpoint"])

@@ -119,12 +119,18 @@ function render({ model, el: host }) {
   const message = el("div", { class: "qn-muted", "data-testid": "studio-message" });
   const error = el("div", { class: "qn-error", "data-testid": "studio-error" });
   const code = el("pre", { class: "qn-code", "data-testid": "studio-code" });
-  root.append(
-    el("div", { class: "qn-row" }, title, status),
+  // Folded while a run goes on, so Train/Stop sit right above the dashboard's curve in a 1,000 px window
+  // (issue 23: the panel was 2,000 px tall); a click on the summary opens it again.
+  const settings = el("details", { open: true, "data-testid": "studio-settings" },
+    el("summary", { class: "qn-muted" }, "data, options and forecast"),
     el("div", { class: "qn-section" }, el("div", { class: "qn-title" }, "data"),
       el("div", { class: "qn-form" }, el("label", {}, "data"), dataIn, el("label", {}, "template"), tplIn), preview),
     el("div", { class: "qn-section" }, el("div", { class: "qn-title" }, "options"), options),
-    el("div", { class: "qn-section" }, forecast),
+    el("div", { class: "qn-section" }, forecast));
+  let wasRunning = false;
+  root.append(
+    el("div", { class: "qn-row" }, title, status),
+    settings,
     el("div", { class: "qn-row" }, train, stop, resume, copy, runInfo), note, message, error,
     el("details", {}, el("summary", { class: "qn-muted" }, "the %%qlora_train cell for these settings"), code));
 
@@ -176,6 +182,8 @@ function render({ model, el: host }) {
     const st = model.get("status");
     if (pending && pending !== "stop" && st === "running") pending = null;
     const running = st === "running" || (pending && pending !== "stop");
+    if (running && !wasRunning) settings.open = false;  // fold on the way into a run only: the user may reopen it
+    wasRunning = running;
     title.textContent = model.get("title");
     status.textContent = running && st !== "running" ? "starting" : st;
     status.setAttribute("data-status", st);
