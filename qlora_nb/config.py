@@ -265,6 +265,8 @@ class PlanConfig(OptionsBase):
     strategy: str = option("ddp", "How the devices share the model: ddp replicates it, fsdp shards it.",
                            choices=("ddp", "fsdp"))
     cpu_offload: bool = CPU_OFFLOAD()
+    interconnect: str = option("pcie", "How several GPUs talk, for the time forecast: pcie (about 20 GB/s) or "
+                                       "nvlink (about 150 GB/s, SXM boards).", choices=("pcie", "nvlink"))
 
     def validate(self) -> None:
         self.compute_dtype = _dtype(self.compute_dtype)

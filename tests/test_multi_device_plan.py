@@ -121,3 +121,41 @@ def test_js_port_matches_python_on_multi_device_plans(tmp_path):
         assert js["components"] == case["components"]
         assert js["verdict"] == case["verdict"]
         assert js["fix"] == case["fix"]
+
+
+def test_communication_bytes_by_hand():
+    from qlora_nb.memory.multi_device import communication_bytes
+
+    whole = {"quantized_weights": 400, "quant_constants": 20, "other_weights": 60, "adapters": 20, "gradients": 20}
+    one = PlanConfig(gpus=1)
+    assert communication_bytes(one, whole) == {"link": 0.0, "host": 0.0}
+    ddp = PlanConfig(gpus=4, strategy="ddp", gradient_accumulation_steps=8)
+    assert communication_bytes(ddp, whole) == {"link": 2 * 0.75 * 20, "host": 0.0}  # one all-reduce per step
+    fsdp = PlanConfig(gpus=4, strategy="fsdp", gradient_accumulation_steps=2)
+    # per micro-batch: parameters gathered in forward and in backward, gradients reduce-scattered
+    assert communication_bytes(fsdp, whole) == {"link": 2 * (2 * 0.75 * 500 + 0.75 * 20), "host": 0.0}
+    off = PlanConfig(gpus=4, strategy="fsdp", cpu_offload=True)
+    assert communication_bytes(off, whole)["host"] == (2 * 500 + 20) / 4
+
+
+def test_the_time_forecast_prices_the_link_between_devices():
+    from qlora_nb.memory.multi_device import communication_seconds
+    from qlora_nb.memory.planner import compute_components
+
+    seven = dict(gpu="24GB", seq_len=2048, batch_size=2, gpu_model="A100", max_steps=10)
+    single = qlora_nb.plan("llama-2-7b", **seven)
+    assert "communication" not in single.forecast.time.terms
+    pcie = qlora_nb.plan("llama-2-7b", gpus=2, strategy="fsdp", **seven)
+    nvlink = qlora_nb.plan("llama-2-7b", gpus=2, strategy="fsdp", interconnect="nvlink", **seven)
+    ddp = qlora_nb.plan("llama-2-7b", gpus=2, strategy="ddp", **seven)
+    whole = compute_components(pcie.arch, pcie.config.replace(gpus=1, strategy="ddp"))[0]
+    comm = pcie.forecast.time.terms["communication"]
+    assert comm == pytest.approx(communication_seconds(pcie.config, whole, "pcie")) and comm > 0
+    assert nvlink.forecast.time.terms["communication"] == pytest.approx(comm * 20 / 150)
+    assert 0 < ddp.forecast.time.terms["communication"] < comm  # LoRA gradients only, once per step
+    # each device runs the same micro-batch; the step moves every device's tokens
+    assert pcie.step_seconds == pytest.approx(single.step_seconds + comm)
+    assert pcie.forecast.time.tokens == 2 * single.forecast.time.tokens
+    assert "communication: 2 devices over PCIe at an estimated 20 GB/s" in str(pcie)
+    with pytest.raises(QloraError, match="interconnect"):
+        qlora_nb.plan("llama-2-7b", gpus=2, interconnect="infiniband")

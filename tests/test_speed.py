@@ -313,3 +313,11 @@ def test_studio_forecast_shows_step_and_run_time(tiny_session, cache):
     t = studio.forecast["time"]
     assert t["step_seconds"] > 0 and t["run_seconds"] == pytest.approx(5 * t["step_seconds"])
     assert t["fastest"]["applicable"] in (True, False) and t["from_data"]
+
+
+def test_several_devices_share_the_rows_of_a_run(tiny_session, cache):
+    rows = [{"instruction": f"say {i}", "output": "ok"} for i in range(20)]
+    one = tiny_session.plan(ledger=False, data=rows, batch_size=2, epochs=1)
+    two = tiny_session.plan(ledger=False, data=rows, batch_size=2, epochs=1, gpus=2)
+    assert one.forecast.steps == 9 and two.forecast.steps == 5  # 18 rows / (2 devices x batch 2), rounded up
+    assert two.forecast.time.terms["communication"] > 0 and "gloo between CPU processes" in str(two)

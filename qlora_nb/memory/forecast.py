@@ -20,6 +20,7 @@ from typing import Any
 from ..config import PlanConfig
 from ..units import human_bytes
 from .architectures import Arch
+from .multi_device import LINK_BYTES_PER_S, communication_seconds
 from .planner import TIGHT, activation_bytes_per_token_layer, compute_components
 from .speed import GPU_EFFICIENCY, Rates, StepTime, Workload, predict_step, run_steps
 
@@ -49,6 +50,10 @@ def price(arch: Arch, cfg: PlanConfig, rates: Rates, work: Workload) -> tuple[St
                  work.from_data)
     t = predict_step(arch, cfg.method, cfg.base_bits, matrices, params["trainable"], act, w, rates,
                      cfg.gradient_checkpointing, cfg.gradient_accumulation_steps, int8_in_fp32=cfg.device == "cpu")
+    if cfg.gpus > 1:  # each device runs its own micro-batches; the step also waits for the collectives
+        whole = compute_components(arch, cfg.replace(gpus=1, strategy="ddp", cpu_offload=False))[0]
+        t.terms["communication"] = communication_seconds(cfg, whole, cfg.interconnect)
+        t.tokens *= cfg.gpus  # tokens of the whole step, every device's batch
     return t, sum(comp.values())
 
 
@@ -65,6 +70,7 @@ class Forecast:
     workload: Workload
     measured: list[dict[str, Any]] = field(default_factory=list)  # filled by --measure
     machine: str = ""  # whose rates: "cpu:<model>:<cores>", "cuda:<name>"
+    link_note: str = ""  # how the communication term of several devices was priced
 
     @property
     def step_seconds(self) -> float:
@@ -81,7 +87,7 @@ class Forecast:
                 "methods": [dict(m) for m in self.methods], "fastest": dict(self.fastest) if self.fastest else None,
                 "fastest_note": self.fastest_note, "measured": [dict(m) for m in self.measured],
                 "tokens_per_row": self.workload.tokens_per_row, "from_data": self.workload.from_data,
-                "machine": self.machine}
+                "machine": self.machine, "link_note": self.link_note}
 
     def lines(self) -> list[str]:
         t = self.time
@@ -93,6 +99,8 @@ class Forecast:
         out = [f"time: {format_seconds(t.step_seconds)} per optimizer step ({pm}), {t.tokens_per_s:,.0f} tokens/s; "
                f"{rows}",
                "  terms: " + ", ".join(f"{k} {v:.3f} s" for k, v in t.terms.items())]
+        if "communication" in t.terms:
+            out.append(f"  communication: {self.link_note}")
         out.append(f"  run: {format_seconds(self.run_seconds)} for {self.run_note}" if self.steps
                    else f"  run: {self.run_note}")
         out.append("  by method (same batch):")
@@ -125,9 +133,9 @@ def _describe(method: str, bits: int, batch: int, accum: int, ckpt: bool) -> str
 def build_forecast(arch: Arch, cfg: PlanConfig, rates: Rates, work: Workload, limit: int) -> Forecast:
     """Price the plan's own configuration, each method at its batch, and search the fastest that fits."""
     own, _ = price(arch, cfg, rates, work)
-    steps, note = run_steps(Workload(cfg.batch_size, work.tokens_per_row, work.sq_tokens_per_row,
+    steps, note = run_steps(Workload(cfg.batch_size * cfg.gpus, work.tokens_per_row, work.sq_tokens_per_row,
                                      work.labelled_per_row, work.rows, work.from_data),
-                            cfg.max_steps, cfg.epochs, cfg.gradient_accumulation_steps)
+                            cfg.max_steps, cfg.epochs, cfg.gradient_accumulation_steps)  # a step: every device's batch
     if cfg.method == "full" or cfg.dora:  # other methods keep the plan's LoRA settings; full has none to keep
         setups = [(cfg.method, cfg.base_bits)]
     else:
@@ -163,4 +171,10 @@ def build_forecast(arch: Arch, cfg: PlanConfig, rates: Rates, work: Workload, li
                             "memory_bytes": total, "text": _describe(method, bits, batch, accum, ckpt)}
     why = "" if best else (f"no setup fits in {human_bytes(limit)} (methods x batch sizes x gradient checkpointing "
                            f"searched)")
-    return Forecast(own, steps, note, methods, best, why, work, machine=rates.machine)
+    link = ""
+    if cfg.gpus > 1:
+        kind = "cpu" if cfg.device == "cpu" else cfg.interconnect
+        what = {"cpu": "gloo between CPU processes", "pcie": "PCIe", "nvlink": "NVLink"}[kind]
+        link = (f"{cfg.gpus} devices over {what} at an estimated {LINK_BYTES_PER_S[kind] / 1e9:.0f} GB/s, not "
+                "overlapped with compute (an upper bound; --interconnect nvlink for SXM boards)")
+    return Forecast(own, steps, note, methods, best, why, work, machine=rates.machine, link_note=link)

@@ -88,3 +88,46 @@ def describe(cfg) -> str:
         return ""
     what = "FSDP (full shard)" if cfg.strategy == "fsdp" else "DDP (replicated)"
     return f"{n} devices, {what}" + (", CPU offload" if getattr(cfg, "cpu_offload", False) else "")
+
+
+# Link bandwidths for the communication term (bytes/s, achievable collective bus bandwidth, not the headline).
+# Estimates, not measured here: PCIe 4.0 x16 moves about 25 GB/s each way and NCCL reaches roughly 80% of it;
+# NVLink on SXM boards (A100/H100/H200) reaches 150+ GB/s; gloo between CPU processes on one host goes through
+# shared memory at a few GB/s.
+LINK_BYTES_PER_S = {"pcie": 20e9, "nvlink": 150e9, "cpu": 4e9}
+HOST_LINK_BYTES_PER_S = 20e9  # CPU offload: parameters host -> device and gradients back, over PCIe
+
+
+def communication_bytes(cfg, whole: dict[str, int]) -> dict[str, float]:
+    """Bytes one device sends and receives per optimizer step over the device link (and the host link).
+
+    ``whole`` is the single-device components (the unsharded sizes). Ring collectives move (n-1)/n of the
+    buffer per device for a reduce-scatter or an all-gather, twice that for an all-reduce.
+
+    * DDP: one all-reduce of the trainable gradients per optimizer step (accumulation steps skip it).
+    * FSDP: every micro-batch all-gathers each unit's parameters in forward and again in backward (they are
+      freed after use), and reduce-scatters the gradients.
+    * CPU offload: the parameter shards also come from host RAM in forward and backward, and the gradient
+      shards go back, over the host link, every micro-batch.
+    """
+    n = int(getattr(cfg, "gpus", 1) or 1)
+    if n <= 1:
+        return {"link": 0.0, "host": 0.0}
+    share = (n - 1) / n
+    grads = whole["gradients"]
+    if getattr(cfg, "strategy", "ddp") != "fsdp":
+        return {"link": 2 * share * grads, "host": 0.0}
+    micro = max(1, int(getattr(cfg, "gradient_accumulation_steps", 1) or 1))
+    params = sum(whole[k] for k in ("quantized_weights", "quant_constants", "other_weights", "adapters"))
+    link = micro * (2 * share * params + share * grads)
+    host = micro * (2 * params + grads) / n if getattr(cfg, "cpu_offload", False) else 0.0
+    return {"link": link, "host": host}
+
+
+def communication_seconds(cfg, whole: dict[str, int], interconnect: str) -> float:
+    """Seconds per optimizer step spent communicating, counted as not overlapped with compute (an upper bound:
+    FSDP prefetches the next unit while one computes, DDP overlaps its buckets with backward)."""
+    moved = communication_bytes(cfg, whole)
+    link = LINK_BYTES_PER_S["cpu" if getattr(cfg, "device", "cuda") == "cpu" else interconnect]
+    return moved["link"] / link + moved["host"] / HOST_LINK_BYTES_PER_S
+
