@@ -61,7 +61,8 @@ test: $(STAMP) model browser-deps
 bench: $(STAMP) model
 	$(BIN)/python benchmarks/run.py --mode full
 
-# On one GPU, < 8 min: random Llama 1B and 8B in NF4, ledger/planner/paged optimizer/merge checks, tokens/s vs
+# On one GPU, < 8 min: random Llama 1B and 8B in NF4, ledger/planner/paged optimizer/merge checks, FSDP-QLoRA
+# through %qlora_launch (2 ranks on 2 GPUs, else 1), tokens/s vs
 # the plain recipe -> benchmarks/results/gpu-*.json and RESULTS.md. Needs no download (see benchmarks/README.md).
 # Runs the checkout with the GPU machine's own Python (a CUDA torch), not the CPU venv the lock builds.
 GPU_PY ?= python3

@@ -11,6 +11,8 @@ script from a ``LlamaConfig``) it
    less the CUDA-context estimate and the paged optimizer state, which live outside torch's allocator) with
    ``torch.cuda.max_memory_allocated`` (target: within +-10%);
 4. on the smaller model only: compare, save, reload (adapter weights equal) and merge (verified);
+   then FSDP-QLoRA through ``session.launch`` (two ranks on two GPUs, else one rank with FSDP wrapping),
+   each rank's peak next to the planner's per-device forecast;
 5. times non-padding tokens/s against the plain transformers+peft+bitsandbytes recipe
    (``plain_recipe.py``), same data, steps and batch, in the same process after unloading the session.
 
@@ -232,6 +234,61 @@ def run_ops(label: str, session, work: Path, checks: Checks) -> dict[str, Any]:
     return out
 
 
+def fsdp_case(args, work: Path, checks: Checks) -> dict[str, Any]:
+    """FSDP-QLoRA through ``session.launch`` (``%qlora_launch --fsdp``) on the smallest model.
+
+    Two ranks when the machine has two GPUs, else one rank with FSDP wrapping (two processes on one GPU shard
+    nothing meaningful). On the CPU rehearsal the base is 16-bit: bitsandbytes' CPU 4-bit path does not shard
+    (a DTensor error), which is why FSDP-QLoRA is a GPU case. Each rank's allocator peak is compared with the
+    planner's per-device forecast for the same setup (recorded; no bar yet: this is the first real figure).
+    """
+    import torch
+
+    import qlora_nb
+
+    on_cuda = args.device.startswith("cuda")
+    ranks = 2 if on_cuda and torch.cuda.device_count() >= 2 else 1
+    label = f"fsdp-{ranks}-rank{'s' if ranks > 1 else ''}"
+    name = "tiny" if args.tiny else "llama-1b"
+    folder = work / f"{label}-model"
+    build_model_dir(SHAPES[name], folder, args.device)
+    bits = 4 if on_cuda else 16
+    session = qlora_nb.load(str(folder), bits=bits, r=16, alpha=32, dropout=0.0, device="cuda" if on_cuda else "cpu")
+    rows = make_rows(args.batch_size * args.steps * ranks, args.cutoff_len)
+    data = work / f"{label}-rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res: dict[str, Any] = {"model": name, "ranks": ranks, "bits": bits}
+    t0 = time.perf_counter()
+    result = session.launch(ranks, fsdp=True, data=str(data), max_steps=args.steps, batch_size=args.batch_size,
+                            cutoff_len=args.cutoff_len, val_split=0, n_probes=0, warmup_steps=2, logging_steps=1,
+                            directory=work / f"{label}-job",
+                            overwrite=True)
+    res["seconds"] = time.perf_counter() - t0
+    res["summary"] = {k: v for k, v in result.summary.items() if isinstance(v, (int, float, str, bool, type(None)))}
+    res["losses"] = result.losses
+    res["rank_memory"] = {str(k): v for k, v in result.rank_memory.items()}
+    finite = bool(result.losses) and all(x == x and abs(x) != float("inf") for x in result.losses)
+    checks.add(label, "FSDP ran to the end", len(result.losses) == args.steps and finite and not result.interrupted,
+               f"{len(result.losses)} steps, losses {result.losses[:1]} ... {result.losses[-1:]}")
+    # the ranks' own report: FSDP1 through accelerate on GPUs, transformers' FSDP2 at load on the CPU ("sharded")
+    checks.add(label, "FSDP in the ranks", result.summary.get("strategy") == "fsdp"
+               and result.summary.get("world_size") == ranks,
+               f"world size {result.summary.get('world_size')}, strategy {result.summary.get('strategy')}, "
+               f"sharded at load {result.summary.get('sharded')}")
+    checks.add(label, "adapter back in the session", result.adapter in session.model.peft_config,
+               f"adapter {result.adapter!r}")
+    plan = session.plan(measure=False, gpus=ranks, strategy="fsdp", batch_size=args.batch_size,
+                        seq_len=args.cutoff_len)
+    peaks = [m.get("gpu_peak") for m in result.rank_memory.values() if m.get("gpu_peak")]
+    res["planner_per_device_peak"] = plan.per_device_peak
+    if peaks:
+        res["ratio_planner_vs_measured"] = plan.per_device_peak / max(peaks)
+        print(f"  {label}: per-device peak measured {max(peaks) / 2**30:.2f} GiB, planner "
+              f"{plan.per_device_peak / 2**30:.2f} GiB", flush=True)
+    session.unload()
+    return res
+
+
 def plain(folder: Path, rows, args, work: Path, dtype: str) -> dict[str, Any]:
     """The plain recipe (plain_recipe.py) on the same folder, rows, steps and batch, in this process."""
     import plain_recipe
@@ -298,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
                 results["models"][name] = check_model(name, SHAPES[name], args, work, checks, name == smallest)
             except Exception as exc:  # record and go on to the next model: one run should say everything
                 checks.add(name, "ran to the end", False, f"{type(exc).__name__}: {str(exc)[:400]}")
+        try:
+            results["fsdp"] = fsdp_case(args, work, checks)
+        except Exception as exc:
+            checks.add("fsdp", "ran to the end", False, f"{type(exc).__name__}: {str(exc)[:400]}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["checks"] = checks.items

@@ -29,12 +29,14 @@ def test_gpu_check_dry_run(tmp_path):
     names = {c["check"] for c in res["checks"]}
     assert all(c["ok"] for c in res["checks"]), [c for c in res["checks"] if not c["ok"]]
     assert {"ledger quantized_weights = tensor bytes", "ledger quant_constants = tensor bytes",
-            "save + reload: adapter weights equal", "merge (verified)", "compare"} <= names
+            "save + reload: adapter weights equal", "merge (verified)", "compare", "FSDP ran to the end",
+            "FSDP in the ranks", "adapter back in the session"} <= names
+    assert res["fsdp"]["ranks"] == 1 and res["fsdp"]["bits"] == 16 and len(res["fsdp"]["losses"]) == 3
     tiny = res["models"]["tiny"]
     assert tiny["toolkit"]["throughput"]["steps_seen"] == 3 and tiny["plain"]["throughput"]["train_tokens"] > 0
     assert not (tmp_path / "work").exists()  # the random models are deleted
     md = (out / "RESULTS.md").read_text()
-    assert "TINY CPU rehearsal, not GPU figures" in md and "Checks: 9 of 9 passed" in md
+    assert "TINY CPU rehearsal, not GPU figures" in md and "Checks: 12 of 12 passed" in md
 
 
 def test_no_gpu_is_a_clear_exit():
