@@ -109,3 +109,13 @@ def test_a_resumed_run_shows_its_own_progress_time_and_checkpoint(tiny_model_dir
     assert begun["phase"] == "resuming at step 3 (model warm-up)"
     assert resumed.metrics["steps"] == 6 and board.outputs["checkpoint"].endswith("checkpoint-6")  # this run's own, not the one it resumed from
     assert board.status == "done" and "took " in board.text() and "(steps 4–6)" in board.text()
+
+
+def test_a_closed_widget_stops_following_the_session(tiny_session):
+    from qlora_nb.views.chat import Chat
+    from qlora_nb.views.playground import Playground
+
+    for widget in (Playground(tiny_session), Chat(tiny_session)):
+        before = len(tiny_session.events)
+        widget.close()
+        assert len(tiny_session.events) == before - 1

@@ -94,6 +94,11 @@ class Chat(QloraWidget):
         self._watch = TrainingWatch(self, session, lambda content: self._on_front_msg(self, content, None),
                                     self._show_waiting)
 
+    def close(self) -> None:
+        """Stop following the session's runs (a closed widget holds no subscription)."""
+        self._watch.close()
+        super().close()
+
     def _show_waiting(self, text: str) -> None:
         self.status, self.error = "waiting", ""
         self.notes = [*(n for n in self.notes if not n.startswith("waiting for training")), text]

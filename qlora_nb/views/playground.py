@@ -74,6 +74,11 @@ class Playground(QloraWidget):
         self._watch = TrainingWatch(self, session, lambda content: self._on_front_msg(self, content, None),
                                     self._show_waiting)
 
+    def close(self) -> None:
+        """Stop following the session's runs (a closed widget holds no subscription)."""
+        self._watch.close()
+        super().close()
+
     def _show_waiting(self, text: str) -> None:
         self.status, self.error, self.notes = "waiting", "", [text]
 
