@@ -113,3 +113,15 @@ def test_a_vocabulary_of_another_kind_is_refused_naming_both_kinds():
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))
     with pytest.raises(QloraError, match=r"WordPiece.*byte-level BPE.*sentencepiece-style.*Llama 2, Mistral"):
         tokenizer_fields(tok, 2)
+
+
+def test_a_llama2_adapter_saves_as_a_gguf_lora(llama2, tmp_path):
+    from gguf import GGUFReader
+
+    path = llama2.save(tmp_path / "lora", format="gguf")
+    file = path if str(path).endswith(".gguf") else next((tmp_path / "lora").glob("*.gguf"))
+    reader = GGUFReader(str(file))
+    kind = reader.fields["general.type"]
+    assert bytes(kind.parts[kind.data[0]]).decode() == "adapter"
+    names = {t.name for t in reader.tensors}
+    assert "blk.0.attn_q.weight.lora_a" in names and "blk.0.attn_q.weight.lora_b" in names
