@@ -119,3 +119,12 @@ def test_a_closed_widget_stops_following_the_session(tiny_session):
         before = len(tiny_session.events)
         widget.close()
         assert len(tiny_session.events) == before - 1
+
+
+def test_a_widget_whose_init_failed_closes_quietly(tiny_session):
+    from qlora_nb.errors import QloraError
+    from qlora_nb.views.chat import Chat
+
+    with pytest.raises(QloraError):
+        Chat(tiny_session, mode="sideways")
+    Chat.close(Chat.__new__(Chat))  # what __del__ does on the half-built object: no AttributeError

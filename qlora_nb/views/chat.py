@@ -96,7 +96,9 @@ class Chat(QloraWidget):
 
     def close(self) -> None:
         """Stop following the session's runs (a closed widget holds no subscription)."""
-        self._watch.close()
+        watch = getattr(self, "_watch", None)  # also called by __del__ of one whose __init__ raised
+        if watch is not None:
+            watch.close()
         super().close()
 
     def _show_waiting(self, text: str) -> None:
