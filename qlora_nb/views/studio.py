@@ -29,7 +29,8 @@ from ..config import SESSION_NAME, TRAIN_RESULT_NAME, TrainConfig
 from ..errors import QloraError
 from ..textsplit import interpolate, variable_name
 from .base import QloraWidget, esm
-from .workbench import PREVIEW_ROWS, default_values, error_text, option_specs, workbench_css, yaml_value
+from .studio_preview import file_signature, preview_state
+from .workbench import default_values, error_text, option_specs, workbench_css, yaml_value
 
 UNLOADED = ("studio: this session was unloaded (%qlora_unload), so there is no model to train. Load one with "
             "%qlora_load (or qlora_nb.load()) and open a new studio with %qlora_studio.")
@@ -197,11 +198,11 @@ class Studio(QloraWidget):
                 self._preview, self._preview_key = None, None
                 self.preview, self.data_error = {}, ""
                 return
-            key = (id(data) if not isinstance(data, str) else (data, _file_signature(data)), self.template)
+            key = (id(data) if not isinstance(data, str) else (data, file_signature(data)), self.template)
             if key != self._preview_key:
                 self._preview = load_preview(data, self.template.strip() or None, self.session.tokenizer)
                 self._preview_key = key
-            self.preview = self._preview_state(cutoff, opts or {})
+            self.preview = preview_state(self._preview, self.session.tokenizer, cutoff, opts or {})
             self.data_error = ""
         except QloraError as exc:
             self._preview, self._preview_key = None, None
@@ -209,26 +210,6 @@ class Studio(QloraWidget):
         except Exception as exc:  # a preview must never break the panel
             self._preview, self._preview_key = None, None
             self.preview, self.data_error = {}, error_text(exc, "studio data")
-
-    def _preview_state(self, cutoff: int, opts: dict[str, Any]) -> dict[str, Any]:
-        from ..engine.columns import token_pieces
-        from ..engine.train import split_rows
-
-        p, tok = self._preview, self.session.tokenizer
-        completion_only = TrainConfig.completion_only  # not a studio control: the %%qlora_train default
-        rows = []
-        for ex in p.examples(tok, cutoff, completion_only, PREVIEW_ROWS):
-            rows.append({"pieces": token_pieces(tok, ex["ids"]), "learned": ex["learned"],
-                         "prompt_tokens": ex["prompt_tokens"], "completion_tokens": ex["completion_tokens"],
-                         "truncated": ex["truncated"]})
-        n_rows, n_val = len(p.rows), len(p.val_rows or [])
-        if p.val_rows is None:  # the split training will make with these options (issue 25, class 10)
-            train, val = split_rows(p.rows, opts.get("val_split", TrainConfig.val_split),
-                                    opts.get("seed", TrainConfig.seed))
-            n_rows, n_val = len(train), len(val)
-        return {"source": p.source, "n_rows": n_rows, "n_val": n_val,
-                "template": str(p.template), "chat": p.chat, "rows": rows, "cutoff_len": cutoff,
-                "truncated": p.truncated(cutoff), "longest": max(p.lengths, default=0)}
 
     def _refresh_forecast(self, opts: dict[str, Any], cutoff: int) -> None:
         from ..engine.forecast import studio_forecast
@@ -391,17 +372,6 @@ def _track(run: dict[str, Any], event: dict[str, Any]) -> None:
     if event.get("kind") == "step":
         run.setdefault("first_step", event.get("step"))
         run["step"] = event.get("step")
-
-
-def _file_signature(text: str) -> tuple[int, int] | None:
-    """(size, mtime) of the file ``text`` names, so a rewritten or deleted file is read again; None otherwise."""
-    import os
-
-    try:
-        st = os.stat(os.path.expanduser(text))
-    except (OSError, ValueError):
-        return None
-    return st.st_size, st.st_mtime_ns
 
 
 def _checkpoint_step(path: Any) -> int | None:
