@@ -20,6 +20,13 @@ def adapter_names(session) -> list[str]:
     return sorted(names, key=lambda n: n != active)
 
 
+def offered_columns(session) -> list[str]:
+    """What a widget offers to tick: the session's adapters loaded in the model, then attached GGUF files."""
+    from .attached import attached
+
+    return [*(n for n in session.adapters if n in getattr(session.model, "peft_config", {})), *attached(session)]
+
+
 def choose_columns(session, requested: list[str], gguf: Any = None) -> tuple[list[str], list[str]]:
     """``(columns, notes)``: base, the requested (default: all) adapters that are trained, then an attached GGUF.
 

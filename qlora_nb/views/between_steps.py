@@ -84,3 +84,20 @@ class TrainingWatch:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+
+
+class FollowsRuns:
+    """For a widget (playground, chat) whose clicks are answered between a run's steps: owns its watch."""
+
+    _watch: TrainingWatch | None = None
+
+    def follow_runs(self, session: Any) -> None:
+        self._watch = TrainingWatch(self, session, lambda content: self._on_front_msg(self, content, None),
+                                    self._show_waiting)
+
+    def close(self) -> None:
+        """Stop following the session's runs (a closed widget holds no subscription)."""
+        if self._watch is not None:  # None also in ``__del__`` of a widget whose ``__init__`` raised
+            self._watch.close()
+        super().close()
+

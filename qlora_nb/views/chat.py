@@ -23,10 +23,10 @@ from typing import Any
 import traitlets
 
 from ..config import SESSION_NAME, GenerateConfig, PlaygroundOptions
-from ..engine.attached import attached
+from ..engine.columns import offered_columns
 from ..errors import QloraError
 from .base import QloraWidget, asset, esm
-from .between_steps import TrainingWatch
+from .between_steps import FollowsRuns
 from .workbench import error_text, workbench_css
 
 OPTION_NAMES = ("max_new_tokens", "sample", "temperature", "top_p", "seed")
@@ -41,7 +41,7 @@ def chat_css() -> str:
     return workbench_css() + "\n" + asset("chat.css").read_text(encoding="utf-8")
 
 
-class Chat(QloraWidget):
+class Chat(FollowsRuns, QloraWidget):
     """System prompt, message box, history toggle, one streamed multi-turn column per model (base first)."""
 
     _esm = esm("chat.js")
@@ -91,15 +91,7 @@ class Chat(QloraWidget):
         self.observe(self._on_prompt, names="prompt")
         self.observe(self._on_mode, names="mode")
         self.on_msg(self._on_front_msg)
-        self._watch = TrainingWatch(self, session, lambda content: self._on_front_msg(self, content, None),
-                                    self._show_waiting)
-
-    def close(self) -> None:
-        """Stop following the session's runs (a closed widget holds no subscription)."""
-        watch = getattr(self, "_watch", None)  # also called by __del__ of one whose __init__ raised
-        if watch is not None:
-            watch.close()
-        super().close()
+        self.follow_runs(session)
 
     def _show_waiting(self, text: str) -> None:
         self.status, self.error = "waiting", ""
@@ -107,8 +99,7 @@ class Chat(QloraWidget):
 
     # -------------------------------------------------------------- state
     def refresh_adapters(self) -> None:
-        self.available = [*(n for n in self.session.adapters if n in getattr(self.session.model, "peft_config", {})),
-                          *attached(self.session)]  # an exported GGUF loaded back (--gguf)
+        self.available = offered_columns(self.session)  # adapters, then an exported GGUF (--gguf)
 
     def _check_options(self, change: dict) -> None:
         from ..engine.chat import ChatOptions

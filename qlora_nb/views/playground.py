@@ -20,10 +20,9 @@ from typing import Any
 import traitlets
 
 from ..config import GenerateConfig
-from ..engine.attached import attached
-from ..engine.columns import diverge_index
+from ..engine.columns import diverge_index, offered_columns
 from .base import QloraWidget, esm
-from .between_steps import TrainingWatch
+from .between_steps import FollowsRuns
 from .workbench import error_text, workbench_css
 
 MAX_HISTORY = 20
@@ -39,7 +38,7 @@ def generation_specs() -> list[dict[str, Any]]:
     return option_specs(GenerateConfig, GENERATION_OPTIONS)
 
 
-class Playground(QloraWidget):
+class Playground(FollowsRuns, QloraWidget):
     """Prompt box, generation options, one streamed column per model (base first), prompt history."""
 
     _esm = esm("playground.js")
@@ -71,15 +70,7 @@ class Playground(QloraWidget):
         self.prompt = prompt
         self.refresh_adapters()
         self.on_msg(self._on_front_msg)
-        self._watch = TrainingWatch(self, session, lambda content: self._on_front_msg(self, content, None),
-                                    self._show_waiting)
-
-    def close(self) -> None:
-        """Stop following the session's runs (a closed widget holds no subscription)."""
-        watch = getattr(self, "_watch", None)  # also called by __del__ of one whose __init__ raised
-        if watch is not None:
-            watch.close()
-        super().close()
+        self.follow_runs(session)
 
     def _show_waiting(self, text: str) -> None:
         self.status, self.error, self.notes = "waiting", "", [text]
@@ -92,8 +83,7 @@ class Playground(QloraWidget):
             self.available = []
             self.status, self.error = "error", UNLOADED
             return
-        self.available = [*(n for n in self.session.adapters if n in getattr(self.session.model, "peft_config", {})),
-                          *attached(self.session)]  # an exported GGUF loaded back (--gguf)
+        self.available = offered_columns(self.session)  # adapters, then an exported GGUF (--gguf)
 
     @traitlets.observe("options")
     def _options_changed(self, change: dict[str, Any]) -> None:
