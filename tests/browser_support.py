@@ -255,6 +255,44 @@ def all_done(state: dict | None, upto: int | None = None) -> bool:
     return all(c.get("count") is not None and not c.get("running") for c in code)
 
 
+def fresh_artifacts(artifacts: Path) -> None:
+    """The test's screenshot folder, emptied (a failure leaves only this run's pictures)."""
+    if not chromium_available():
+        import pytest
+
+        pytest.fail("no /usr/bin/chromium: run `make browser-deps` (apt-get install chromium)")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    for old in artifacts.glob("*"):
+        old.unlink()
+
+
+def write_notebook(path: Path, cells: list[str]) -> None:
+    """A Python 3 notebook of code ``cells``, unexecuted."""
+    code = [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": c} for c in cells]
+    nb = {"cells": code, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                     "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(nb), encoding="utf-8")
+
+
+def run_all_cells(page, timeout: float) -> None:
+    """Run every cell of the open notebook and wait until all are done; a cell's error fails at once."""
+    run_command(page, "notebook:run-all-cells")
+    deadline = time.monotonic() + timeout
+    while not all_done(notebook_state(page)):
+        err = first_error(notebook_state(page))
+        assert err is None, err
+        assert time.monotonic() < deadline, notebook_state(page)
+        page.wait_for_timeout(300)
+
+
+def set_theme(page, theme: str) -> None:
+    """Switch JupyterLab's theme ("JupyterLab Light" / "JupyterLab Dark") and wait until it applies."""
+    run_command(page, "apputils:change-theme", {"theme": theme})
+    light = "true" if "Light" in theme else "false"
+    page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'", timeout=30_000)
+    page.wait_for_timeout(500)  # the theme's stylesheet applies after the attribute
+
+
 def parse_int(text: str) -> int:
     digits = "".join(ch for ch in text if ch.isdigit())
     if not digits:

@@ -24,14 +24,15 @@ from browser_support import (
     RequestLog,
     all_done,
     append_code_cell,
-    chromium_available,
     chromium_page,
     first_error,
+    fresh_artifacts,
     jupyter_lab,
     notebook_state,
     open_notebook,
     parse_int,
     run_command,
+    set_theme,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
@@ -119,11 +120,7 @@ class LabRun:
 
 @pytest.fixture(scope="module")
 def lab_run(tmp_path_factory):
-    if not chromium_available():
-        pytest.fail("no /usr/bin/chromium: run `make browser-deps` (apt-get install chromium)")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*"):
-        old.unlink()
+    fresh_artifacts(ARTIFACTS)
     work = tmp_path_factory.mktemp("lab")
     notebooks = work / "notebooks"
     shutil.copytree(ROOT / "notebooks", notebooks, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
@@ -245,13 +242,6 @@ _FALLBACKS = """() => Array.from(document.querySelectorAll('[data-testid="qlora-
   visible: f.checkVisibility(), text: f.innerText.slice(0, 80),
   chart: f.querySelector('[data-testid="loss-chart-static"]') ?
     Number(f.querySelector('[data-testid="loss-chart-static"]').getAttribute('data-points')) : null }))"""
-
-
-def set_theme(page, theme: str) -> None:
-    run_command(page, "apputils:change-theme", {"theme": theme})
-    light = "true" if theme == THEMES[0] else "false"
-    page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'", timeout=30_000)
-    page.wait_for_timeout(500)  # the theme's stylesheet applies after the attribute
 
 
 def theme_tag(theme: str) -> str:

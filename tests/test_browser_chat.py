@@ -9,23 +9,20 @@ to ``test-artifacts/browser-chat/`` (``QLORA_NB_UPDATE_SCREENSHOTS=1`` also copi
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from browser_support import (
     Poller,
-    all_done,
-    chromium_available,
     chromium_page,
-    first_error,
+    fresh_artifacts,
     jupyter_lab,
-    notebook_state,
     open_notebook,
-    run_command,
+    run_all_cells,
+    set_theme,
+    write_notebook,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
@@ -94,27 +91,13 @@ class Lab(Poller):
 
 
 def _notebook(folder: Path) -> None:
-    cells = [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": c} for c in CELLS]
-    nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                      "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
-    (folder / NOTEBOOK).write_text(json.dumps(nb), encoding="utf-8")
+    write_notebook(folder / NOTEBOOK, CELLS)
     shutil.copy2(ROOT / "notebooks" / "data" / "currencies_chat.jsonl", folder / "currencies_chat.jsonl")
-
-
-def set_theme(page, theme: str) -> None:
-    run_command(page, "apputils:change-theme", {"theme": theme})
-    light = "true" if "Light" in theme else "false"
-    page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'", timeout=30_000)
-    page.wait_for_timeout(500)  # the theme's stylesheet applies after the attribute
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    if not chromium_available():
-        pytest.fail("no /usr/bin/chromium: run `make browser-deps` (apt-get install chromium)")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*"):
-        old.unlink()
+    fresh_artifacts(ARTIFACTS)
     work = tmp_path_factory.mktemp("lab")
     folder = work / "nb"
     folder.mkdir()
@@ -122,13 +105,7 @@ def lab(tmp_path_factory):
     with jupyter_lab(folder, work) as server, chromium_page(ARTIFACTS, viewport=(1300, 1800)) as (page, _requests):
         try:
             open_notebook(page, server, NOTEBOOK)
-            run_command(page, "notebook:run-all-cells")
-            deadline = time.monotonic() + TIMEOUT
-            while not all_done(notebook_state(page)):
-                err = first_error(notebook_state(page))
-                assert err is None, err
-                assert time.monotonic() < deadline, notebook_state(page)
-                page.wait_for_timeout(300)
+            run_all_cells(page, TIMEOUT)
             yield Lab(page)
         finally:
             (ARTIFACTS / "jupyterlab.log").write_text(server.log_tail(200_000))

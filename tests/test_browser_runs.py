@@ -8,7 +8,6 @@ differing. Screenshots (light and dark) go to ``test-artifacts/browser-runs/``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -17,13 +16,15 @@ from pathlib import Path
 import pytest
 from browser_support import (
     all_done,
-    chromium_available,
     chromium_page,
     first_error,
+    fresh_artifacts,
     jupyter_lab,
     notebook_state,
     open_notebook,
     run_command,
+    set_theme,
+    write_notebook,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
@@ -57,25 +58,11 @@ _STATE = """() => {
 }"""
 
 
-def _theme(page, theme: str) -> None:
-    run_command(page, "apputils:change-theme", {"theme": theme})
-    light = "true" if theme == THEMES[0] else "false"
-    page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'", timeout=30_000)
-    page.wait_for_timeout(500)
-
-
 def test_metric_curve_grows_and_runs_overlay(tmp_path):
-    if not chromium_available():
-        pytest.fail("no /usr/bin/chromium: run `make browser-deps` (apt-get install chromium)")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*"):
-        old.unlink()
+    fresh_artifacts(ARTIFACTS)
     folder = tmp_path / "nb"
     folder.mkdir()
-    cells = [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": c} for c in CELLS]
-    nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                      "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
-    (folder / NOTEBOOK).write_text(json.dumps(nb), encoding="utf-8")
+    write_notebook(folder / NOTEBOOK, CELLS)
     with jupyter_lab(folder, tmp_path) as server, chromium_page(ARTIFACTS, viewport=(1400, 1600)) as (page, _):
         open_notebook(page, server, NOTEBOOK)
         run_command(page, "notebook:run-all-cells")
@@ -114,10 +101,10 @@ def test_metric_curve_grows_and_runs_overlay(tmp_path):
         assert "learning_rate" in s["differs"] and "output_dir" not in s["differs"], s
         runs = page.locator('[data-testid="qlora-runs"]').first
         for theme in THEMES:
-            _theme(page, theme)
+            set_theme(page, theme)
             runs.scroll_into_view_if_needed()
             runs.screenshot(path=str(ARTIFACTS / f"runs-{'dark' if 'Dark' in theme else 'light'}.png"))
-        _theme(page, THEMES[0])
+        set_theme(page, THEMES[0])
     if os.environ.get("QLORA_NB_UPDATE_SCREENSHOTS") == "1":
         shots = ROOT / "docs" / "screenshots"
         shutil.copy(ARTIFACTS / "runs-light.png", shots / "runs.png")

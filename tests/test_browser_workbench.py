@@ -12,23 +12,19 @@ playground screenshots are copied to ``docs/screenshots/``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from browser_support import (
     Poller,
-    all_done,
-    chromium_available,
     chromium_page,
-    first_error,
+    fresh_artifacts,
     jupyter_lab,
-    notebook_state,
     open_notebook,
-    run_command,
+    run_all_cells,
+    write_notebook,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
@@ -106,20 +102,13 @@ class Bench(Poller):
 
 
 def _notebook(folder: Path) -> None:
-    cells = [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": c} for c in CELLS]
-    nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                      "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
-    (folder / NOTEBOOK).write_text(json.dumps(nb), encoding="utf-8")
+    write_notebook(folder / NOTEBOOK, CELLS)
     shutil.copy2(ROOT / "qlora_nb" / "data" / "demo" / "train.jsonl", folder / "people.jsonl")
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    if not chromium_available():
-        pytest.fail("no /usr/bin/chromium: run `make browser-deps` (apt-get install chromium)")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*"):
-        old.unlink()
+    fresh_artifacts(ARTIFACTS)
     work = tmp_path_factory.mktemp("lab")
     folder = work / "nb"
     folder.mkdir()
@@ -127,14 +116,8 @@ def bench(tmp_path_factory):
     with jupyter_lab(folder, work) as server, chromium_page(ARTIFACTS, viewport=(1300, 2200)) as (page, _requests):
         try:
             open_notebook(page, server, NOTEBOOK)
-            run_command(page, "notebook:run-all-cells")
             b = Bench(page)
-            deadline = time.monotonic() + TIMEOUT
-            while not all_done(notebook_state(page)):
-                err = first_error(notebook_state(page))
-                assert err is None, err
-                assert time.monotonic() < deadline, notebook_state(page)
-                page.wait_for_timeout(300)
+            run_all_cells(page, TIMEOUT)
             yield b
         finally:
             (ARTIFACTS / "jupyterlab.log").write_text(server.log_tail(200_000))

@@ -9,34 +9,16 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from adapter_helpers import add_adapter, perturb
 from conftest import demo_model_available
 
 from qlora_nb.errors import QloraError
 
 
-def _perturb(session, adapter="default", std=0.5, seed=0):
-    """Give the adapter's B matrices values (a fresh B is zero, so the adapter would equal the base)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in session.model.named_parameters():
-            if "lora_B" in n and f".{adapter}." in n:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-
-
-def _add_adapter(session, name, seed=1):
-    from qlora_nb.engine.quantize import lora_config
-
-    session.model.add_adapter(name, lora_config(session.config))
-    session.adapters[name] = {"source": "test"}
-    _perturb(session, name, seed=seed)
-
-
 @pytest.fixture
 def two_adapters(tiny_session):
-    _perturb(tiny_session, "default")
-    _add_adapter(tiny_session, "other")
+    perturb(tiny_session, "default")
+    add_adapter(tiny_session, "other")
     tiny_session.model.set_adapter("default")
     return tiny_session
 
@@ -144,7 +126,7 @@ def test_text_form_and_events_carry_the_reply(two_adapters):
 @pytest.mark.skipif(not demo_model_available(), reason="demo model not in the cache (make model)")
 def test_demo_prompt_is_apply_chat_template_and_replies_are_plain_generates(demo_session_factory):
     s = demo_session_factory()
-    _perturb(s, "default", std=0.02)
+    perturb(s, "default", std=0.02)
     for messages in (CONVERSATION[1:2], CONVERSATION, CONVERSATION[1:]):
         result = s.chat(messages, max_new_tokens=6)
         expected = s.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

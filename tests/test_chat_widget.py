@@ -7,7 +7,7 @@ Tiny random model (CPU, seconds).
 from __future__ import annotations
 
 import pytest
-from test_chat import _add_adapter, _perturb
+from adapter_helpers import add_adapter, perturb
 
 import qlora_nb
 from qlora_nb.errors import QloraError
@@ -17,7 +17,7 @@ from qlora_nb.errors import QloraError
 def chat(tiny_session):
     from qlora_nb.views.chat import Chat
 
-    _perturb(tiny_session, "default")
+    perturb(tiny_session, "default")
     w = Chat(tiny_session, session_name="qlora", interval=0.0)
     w.options = {**w.options, "max_new_tokens": 6}
     return w
@@ -53,7 +53,7 @@ def test_own_history_each_column_continues_its_own_conversation(chat):
 
 
 def test_copy_as_cell_reproduces_the_last_reply(chat, tiny_session):
-    _add_adapter(tiny_session, "other")
+    add_adapter(tiny_session, "other")
     chat.chosen = ["default"]
     chat.options = {**chat.options, "max_new_tokens": "5"}  # the text box sends strings
     chat.send("Capital of France?")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from adapter_helpers import add_adapter, perturb
 from grad_helpers import grads_after_one_step, lora_params
 
 import qlora_nb
@@ -22,25 +23,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def _perturb(session, adapter="default", std=0.5, seed=0):
-    """Give adapter's B matrices values, so the adapter really changes outputs (a fresh B is zero)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in session.model.named_parameters():
-            if "lora_B" in n and f".{adapter}." in n:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-
-
-def _add_adapter(session, name, seed=1):
-    from qlora_nb.engine.quantize import lora_config
-
-    session.model.add_adapter(name, lora_config(session.config))
-    session.adapters[name] = {"source": "test"}
-    _perturb(session, name, seed=seed)
 
 
 # ------------------------------------------------------------------ helpers
@@ -78,7 +60,7 @@ def test_untrained_adapter_shows_base_only_and_says_so(tiny_session):
 
 
 def test_compare_streams_tokens_on_the_bus_and_on_event(tiny_session):
-    _perturb(tiny_session)
+    perturb(tiny_session)
     bus, cb = [], []
     tiny_session.events.subscribe(bus.append)
     result = tiny_session.compare(["Hello", "abc"], on_event=cb.append, **FAST)
@@ -99,7 +81,7 @@ def test_compare_streams_tokens_on_the_bus_and_on_event(tiny_session):
 
 
 def test_records_and_dataframe(tiny_session):
-    _perturb(tiny_session)
+    perturb(tiny_session)
     result = tiny_session.compare(["Hello", "abc"], logprobs=True, **FAST)
     assert isinstance(result, CompareResult) and len(result) == 2
     for rec in result:
@@ -117,8 +99,8 @@ def test_records_and_dataframe(tiny_session):
 
 def test_no_second_copy_of_the_weights(tiny_session):
     """Weight bytes and the set of parameter tensors are identical before, during (each column) and after."""
-    _perturb(tiny_session)
-    _add_adapter(tiny_session, "second")
+    perturb(tiny_session)
+    add_adapter(tiny_session, "second")
     before = tiny_session.ledger(measure=False)
     ptrs = {p.data_ptr() for p in tiny_session.model.parameters()}
     during: dict[str, list] = {}
@@ -145,7 +127,7 @@ def test_training_still_works_after_compare(tiny_model_dir):
 
     ids = torch.tensor([[5, 17, 42, 99, 7, 64, 3, 12]])
     ref = qlora_nb.load(str(tiny_model_dir), seed=1, dropout=0.0)
-    _perturb(ref, std=0.02)
+    perturb(ref, std=0.02)
     state = {n: p.detach().clone() for n, p in lora_params(ref).items()}
     before = grads_after_one_step(ref, ids)
 
@@ -169,8 +151,8 @@ def test_training_still_works_after_compare(tiny_model_dir):
 
 def test_compare_and_stream_are_one_generation_path(tiny_session):
     """A prompt compared and the same prompt streamed give the same columns, tokens and marks (one path)."""
-    _perturb(tiny_session)
-    _add_adapter(tiny_session, "second")
+    perturb(tiny_session)
+    add_adapter(tiny_session, "second")
     rec = tiny_session.compare("Hello", logprobs=True, **FAST)[0]
     events = []
     streamed = tiny_session.stream("Hello", logprobs=True, on_event=events.append, **FAST)
@@ -184,8 +166,8 @@ def test_compare_and_stream_are_one_generation_path(tiny_session):
 
 
 def test_interrupted_compare_restores_the_model(tiny_session):
-    _perturb(tiny_session)
-    _add_adapter(tiny_session, "second")
+    perturb(tiny_session)
+    add_adapter(tiny_session, "second")
     tiny_session.model.train()
     flags = {n: p.requires_grad for n, p in tiny_session.model.named_parameters()}
 
@@ -200,8 +182,8 @@ def test_interrupted_compare_restores_the_model(tiny_session):
 
 
 def test_several_adapters_side_by_side(tiny_session):
-    _perturb(tiny_session)
-    _add_adapter(tiny_session, "second")
+    perturb(tiny_session)
+    add_adapter(tiny_session, "second")
     result = tiny_session.compare("Hello", adapters=["second", "default"], **FAST)
     assert result.columns == ["base", "second", "default"]
     rec = result[0]
@@ -217,7 +199,7 @@ def test_several_adapters_side_by_side(tiny_session):
 
 
 def test_same_seed_gives_reproducible_sampling(tiny_session):
-    _perturb(tiny_session)
+    perturb(tiny_session)
     opts = {"max_new_tokens": 8, "sample": True, "temperature": 1.0, "seed": 7}
     a = tiny_session.compare("Hello", **opts)[0]
     b = tiny_session.compare("Hello", **opts)[0]
@@ -261,7 +243,7 @@ def test_prompt_tokens_are_the_training_prompt_tokens(tiny_session):
 
 
 def test_errors_name_the_problem(tiny_session):
-    _perturb(tiny_session)
+    perturb(tiny_session)
     with pytest.raises(QloraError, match="prompt: the prompt is empty"):
         tiny_session.compare("   ", **FAST)
     with pytest.raises(QloraError, match="prompt 1: the prompt is empty"):
@@ -284,7 +266,7 @@ def test_errors_name_the_problem(tiny_session):
 def test_widget_streams_and_reflects_the_comparison(tiny_session):
     from qlora_nb.views.compare import CompareWidget
 
-    _perturb(tiny_session)
+    perturb(tiny_session)
     w = CompareWidget.for_session(tiny_session, interval=0.0)
     pushes = []
     w.observe(lambda ch: pushes.append((w.status, ch["new"])), names="rows")
@@ -315,7 +297,7 @@ def shell():
 
 
 def test_magic_binds_result_and_accepts_variables(shell, tiny_session, capsys):
-    _perturb(tiny_session)
+    perturb(tiny_session)
     shell.user_ns["qlora"] = tiny_session
     shell.run_line_magic("qlora_compare", '"Hello there" --max-new-tokens 4 --seed 3')
     res = shell.user_ns["compare_result"]
@@ -345,7 +327,7 @@ def test_magic_errors(shell, tiny_session):
 def test_magic_data_val_uses_held_out_rows(shell, tiny_session):
     from qlora_nb.data.template import ALPACA_NO_INPUT, Template
 
-    _perturb(tiny_session)
+    perturb(tiny_session)
     tiny_session.template = Template.parse(ALPACA_NO_INPUT)
     tiny_session.val_rows = [{"instruction": f"Task {i}", "output": f"Answer {i}"} for i in range(3)]
     shell.user_ns["qlora"] = tiny_session
@@ -364,7 +346,7 @@ def test_base_column_is_the_base_model_token_for_token(demo_session_factory):
     from qlora_nb.engine.quantize import load_base
 
     session = demo_session_factory()
-    _perturb(session, std=0.05)
+    perturb(session, std=0.05)
     before = session.ledger(measure=False).weight_bytes
     prompts = ["What is the capital of France?", "Write a haiku about the sea."]
     result = session.compare(prompts, max_new_tokens=8)

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from adapter_helpers import perturb
 from go_template import modelfile_parts, render
 
 import qlora_nb
@@ -16,15 +17,6 @@ PROMPTS = ["Hello there, how are you?", "def add(a, b):", "3 + 4 ="]
 TWO_TURNS = [{"role": "user", "content": "What is the capital of France?"},
              {"role": "assistant", "content": "Paris."},
              {"role": "user", "content": "And of Italy? One word."}]
-
-
-def _perturb(session, std: float = 0.05, seed: int = 1) -> None:
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    for n, p in session.model.named_parameters():
-        if ".lora_B." in n:
-            p.data.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 def _logits(model, tokenizer, prompts=PROMPTS):
@@ -47,7 +39,7 @@ def _reload(path: Path):
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir):
     s = qlora_nb.load(str(tiny_model_dir), r=4, alpha=8, dropout=0.0, compute_dtype="float32")
-    _perturb(s)
+    perturb(s, None, std=0.05, seed=1)
     return s
 
 
@@ -79,7 +71,7 @@ def test_a_wrong_rotary_permutation_is_caught_and_nothing_is_kept(tmp_path, monk
     # Large weights make attention sharp, so rotary positions matter (at init scale 0.02 attention is near uniform).
     build_tiny_model_dir(tmp_path / "sharp", initializer_range=0.5)
     s = qlora_nb.load(str(tmp_path / "sharp"), r=4, alpha=8, dropout=0.0, compute_dtype="float32")
-    _perturb(s)
+    perturb(s, None, std=0.05, seed=1)
     good = s.merge(tmp_path / "ok", format="gguf", outtype="f32", verbose=False)
     assert good.max_abs_diff < 1e-3
     monkeypatch.setattr(gw, "row_order", lambda *a: None)  # the classic bug: q/k written in Hugging Face order
@@ -101,7 +93,7 @@ def test_qwen2_round_trips(tmp_path):
     Qwen2ForCausalLM(cfg).save_pretrained(str(tmp_path / "qwen"))
     tok.save_pretrained(str(tmp_path / "qwen"))
     s = qlora_nb.load(str(tmp_path / "qwen"), r=4, alpha=8, dropout=0.0, compute_dtype="float32")
-    _perturb(s)
+    perturb(s, None, std=0.05, seed=1)
     result = s.merge(tmp_path / "g", format="gguf", outtype="f32", verbose=False)
     assert result.verified and result.max_abs_diff < 1e-4
 
@@ -136,7 +128,7 @@ def test_gguf_lora_metadata_and_tensor_names(trained, tmp_path):
 
 def test_gguf_lora_refuses_trained_embeddings_and_says_merge(tiny_model_dir, tmp_path):
     s = qlora_nb.load(str(tiny_model_dir), r=4, alpha=8, dropout=0.0, targets="q_proj,lm_head")
-    _perturb(s)
+    perturb(s, None, std=0.05, seed=1)
     with pytest.raises(QloraError, match=r"trains lm_head, which a GGUF LoRA cannot hold.*--format gguf"):
         s.save(tmp_path / "lora", format="gguf")
     assert not (tmp_path / "lora").exists()

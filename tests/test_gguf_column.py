@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from adapter_helpers import perturb
 
 import qlora_nb
 from qlora_nb.errors import QloraError
@@ -12,13 +13,8 @@ PROMPTS = ["Hello there, how are you?", "def add(a, b):"]
 
 @pytest.fixture(scope="module")
 def exported(tiny_model_dir, tmp_path_factory):
-    import torch
-
     s = qlora_nb.load(str(tiny_model_dir), r=4, alpha=8, dropout=0.0, compute_dtype="float32")
-    g = torch.Generator().manual_seed(1)
-    for n, p in s.model.named_parameters():
-        if ".lora_B." in n:
-            p.data.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    perturb(s, None, std=0.5, seed=1)
     result = s.merge(tmp_path_factory.mktemp("g") / "out", format="gguf", outtype="f32", verbose=False)
     yield s, result.file
     s.detach_gguf()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from adapter_helpers import perturb
 from spm_tokenizer import TEXT, build_spm_tokenizer
 
 import qlora_nb
@@ -28,13 +29,8 @@ def _model_dir(path, model_type: str):
 
 
 def _trained(path):
-    import torch
-
     s = qlora_nb.load(str(path), r=4, alpha=8, dropout=0.0, compute_dtype="float32")
-    g = torch.Generator().manual_seed(1)
-    for n, p in s.model.named_parameters():
-        if ".lora_B." in n:
-            p.data.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    perturb(s, None, std=0.05, seed=1)
     return s
 
 
