@@ -13,7 +13,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_workbench import ROWS, TEMPLATE, _set, _studio
 
@@ -53,6 +53,8 @@ def shell():
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(template=st.one_of(TEXT, PREFIXED), run_name=st.one_of(TEXT, PREFIXED))
+@example(template="0\x85", run_name="")  # found by hypothesis: PyYAML wrote a raw U+0085 it reads back as a space
+@example(template="", run_name="0\x85")
 def test_to_code_reproduces_any_text_or_shows_the_error(tiny_session, shell, template, run_name):
     from qlora_nb.errors import QloraError
 

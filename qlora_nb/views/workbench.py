@@ -64,7 +64,8 @@ def yaml_value(value: Any) -> str:
     for style in (None, '"'):  # PyYAML's own choice keeps emoji raw; double quotes escape line breaks
         out = yaml.dump(text, Dumper=yaml.SafeDumper, default_style=style, allow_unicode=True, width=2**31 - 1)
         out = out.removesuffix("\n").removesuffix("\n...").removesuffix("\n")
-        if "\n" not in out:
+        # PyYAML's own choice can hold a raw U+0085 that its reader folds into a space: keep only what reads back
+        if "\n" not in out and yaml.safe_load(out) == text:
             return out
     return out
 
