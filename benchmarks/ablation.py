@@ -6,7 +6,7 @@ to the next (the same bf16 matmul measured 0.33 to 1.4 ms); alternating the
 two variants on consecutive steps of one process, same model and data, and
 taking the median of the per-pair ratios cancels most of that drift.
 
-Each toggle swaps one piece of :mod:`qlora_nb.engine.fused_lora_op` (or the
+Each toggle swaps one piece of :mod:`qlora_nb.engine.speed.fused_lora_op` (or the
 optimizer) for what it replaced, kept here as the reference:
 
 * ``dropout_masks``: SFC64 draws seeded from torch's generator, applied as a
@@ -16,7 +16,7 @@ optimizer) for what it replaced, kept here as the reference:
   run vs bitsandbytes' ``dequantize_4bit`` re-deriving them on every call;
 * ``fused_adamw``: torch's fused AdamW kernel vs the foreach AdamW the
   Trainer's ``adamw_torch`` uses;
-* ``fused_rms_norm``: :mod:`qlora_nb.engine.cpu_norm`'s RMSNorm vs
+* ``fused_rms_norm``: :mod:`qlora_nb.engine.speed.cpu_norm`'s RMSNorm vs
   transformers' own module.
 
 The step is the toolkit's own training computation (``fused_lora`` and ``fused_rms_norm``,
@@ -39,7 +39,7 @@ def _previous_keep_mask(shape, p, device="cpu"):
     """The masks before this change: 16-bit decisions from torch.randint int64 words (torch's mt19937)."""
     import torch
 
-    from qlora_nb.engine.dropout_mask import drop_probability
+    from qlora_nb.engine.speed.dropout_mask import drop_probability
 
     n = 1
     for d in shape:
@@ -65,10 +65,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     from qlora_nb.data.collate import make_collator, tokenize_rows
     from qlora_nb.data.load import load_data
     from qlora_nb.data.validate import validate
-    from qlora_nb.engine import fused_lora_op
-    from qlora_nb.engine.cpu_norm import fused_rms_norm
-    from qlora_nb.engine.cpu_speed import fused_lora
-    from qlora_nb.engine.loss import labelled_loss, training_attention
+    from qlora_nb.engine.speed import fused_lora_op
+    from qlora_nb.engine.speed.cpu_norm import fused_rms_norm
+    from qlora_nb.engine.speed.cpu_speed import fused_lora
+    from qlora_nb.engine.training.loss import labelled_loss, training_attention
 
     session = qlora_nb.load(spec["model_path"], bits=4, device="cpu")
     model, tok = session.model, session.tokenizer

@@ -96,7 +96,7 @@ def plain(workdir: Path, model: str) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from qlora_nb.engine.models import resolve_model
+    from qlora_nb.engine.model.models import resolve_model
 
     path = resolve_model(model)
     t = time.perf_counter()

@@ -190,7 +190,7 @@ def check_model(label: str, shape: dict[str, Any], args, work: Path, checks: Che
     checks.add(label, "planner adapters = ledger", plan.components["adapters"] == after.components["adapters"],
                f"{plan.components['adapters']:,} vs {after.components['adapters']:,} B")
     if on_cuda:
-        peak = int(torch.cuda.max_memory_allocated())  # reset when the run started (engine/train.py)
+        peak = int(torch.cuda.max_memory_allocated())  # reset when the run started (engine/training/train.py)
         predicted = plan.total - plan.components["overhead"] - plan.paged_bytes
         ratio = predicted / peak
         res["peak"] = {"cuda_max_memory_allocated": peak, "cuda_max_memory_reserved":

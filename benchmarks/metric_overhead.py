@@ -47,7 +47,7 @@ def main() -> None:
     from transformers import Trainer
 
     import qlora_nb
-    from qlora_nb.engine import train as train_mod
+    from qlora_nb.engine.training import train as train_mod
 
     session = qlora_nb.load("smollm2-135m")
     original = train_mod._trainer_class

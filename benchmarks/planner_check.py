@@ -52,7 +52,7 @@ def child(batch: int, seq: int, checkpointing: bool, model: str, steps: int) -> 
     import torch
 
     import qlora_nb
-    from qlora_nb.engine.quantize import guard_cpu_repack
+    from qlora_nb.engine.model.quantize import guard_cpu_repack
 
     rss_import = _status_kib("VmRSS") * 1024
     t0 = time.perf_counter()

@@ -209,7 +209,7 @@ def render_roofline(r: dict[str, Any] | None) -> list[str]:
 
     shapes = ", ".join(f"{k}x{n}" for k, n in r.get("shapes") or [])
     lines += [f"`F.linear` at the model's linear shapes ({r.get('peak_tokens')} tokens x {shapes}), best call, "
-              f"{r.get('threads')} threads; step FLOPs from `qlora_nb.engine.flops` (frozen linears forward + "
+              f"{r.get('threads')} threads; step FLOPs from `qlora_nb.engine.forecast.flops` (frozen linears forward + "
               "input gradient, LoRA forward/backward, attention, output layer on labelled positions only); "
               f"step time: {r.get('step_seconds_source')}.", ""]
     lines += _table(["", "value"], [

@@ -5,9 +5,9 @@ after the training rounds, with the toolkit's settings (4-bit, same data,
 batch, cutoff_len, seed). It
 
 * times ``F.linear`` in bf16 and fp32 at the model's own linear shapes
-  (``qlora_nb.engine.flops.matmul_peak``, best of many calls per shape);
+  (``qlora_nb.engine.forecast.flops.matmul_peak``, best of many calls per shape);
 * trains the toolkit's steps with ``Session.train``, counting each step's
-  model FLOPs (``qlora_nb.engine.flops``: frozen linears forward + input
+  model FLOPs (``qlora_nb.engine.forecast.flops``: frozen linears forward + input
   gradient, LoRA forward/backward, attention, output layer on labelled
   positions only);
 * records one steady step (step 2) with ``torch.profiler`` and keeps the top
@@ -43,7 +43,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile, schedule
 
     import qlora_nb
-    from qlora_nb.engine.flops import flops_model, matmul_peak
+    from qlora_nb.engine.forecast.flops import flops_model, matmul_peak
 
     device = spec.get("device", "cpu")
     session = qlora_nb.load(spec["model_path"], bits=int(spec.get("bits", 4)), device=device)

@@ -76,7 +76,7 @@ def run_suite(args) -> dict[str, Any]:
         mode["bits"] = (4,)
     if "extra_cutoffs" in skip:
         mode["extra_cutoffs"] = ()
-    from qlora_nb.engine.models import ALIASES, cache_dir, resolve_model
+    from qlora_nb.engine.model.models import ALIASES, cache_dir, resolve_model
 
     model_path = str(resolve_model(args.model))
     work = Path(tempfile.mkdtemp(prefix="qlora-bench-"))
@@ -117,7 +117,7 @@ def run_suite(args) -> dict[str, Any]:
         for bits in mode["bits"]:
             if bits != 4:
                 run("toolkit_worker.py", f"toolkit-{bits}bit", f"bits{bits}", i, bits=bits)
-        if mode["unfused"] and "unfused" not in skip:  # the A/B of the fused CPU LoRA op (engine/cpu_speed.py)
+        if mode["unfused"] and "unfused" not in skip:  # the A/B of the fused CPU LoRA op (engine/speed/cpu_speed.py)
             run("toolkit_worker.py", "toolkit-unfused", "unfused", i, bits=4, train_options={"fused_lora": False})
 
     roof = None

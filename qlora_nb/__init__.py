@@ -15,7 +15,7 @@ from .errors import QloraError
 __all__ = ["QloraError", "Session", "load", "plan", "playground", "runs", "runs_view", "studio", "__version__"]
 
 if TYPE_CHECKING:
-    from .engine.forecast import plan
+    from .engine.forecast.plan import plan
     from .engine.session import Session, load
 
 
@@ -25,7 +25,7 @@ def __getattr__(name: str) -> Any:  # PEP 562: heavy parts load on first use
 
         return getattr(session, name)
     if name == "plan":
-        from .engine.forecast import plan
+        from .engine.forecast.plan import plan
 
         return plan
     raise AttributeError(f"module 'qlora_nb' has no attribute {name!r}")
@@ -61,7 +61,7 @@ def runs(folder: str = "runs"):
     ``runs.compare("a", "b")`` lines two or more runs up, differences marked; ``runs["a"].history`` is the
     Trainer's ``log_history``. :func:`runs_view` shows them as a widget.
     """
-    from .engine.runs import list_runs
+    from .engine.training.runs import list_runs
 
     return list_runs(folder)
 

@@ -11,7 +11,7 @@ from .errors import QloraError
 
 
 def fetch_model(args) -> None:
-    from .engine.models import resolve_model
+    from .engine.model.models import resolve_model
 
     t = time.perf_counter()
     path = resolve_model(args.model)
@@ -20,10 +20,10 @@ def fetch_model(args) -> None:
 
 def exact_match(session, n: int = 16, base: bool = False, max_new_tokens: int = 40):
     """Greedy outputs on the first ``n`` held-out demo rows, scored exactly as ``eval_metric: exact_match`` scores
-    them in training (:func:`qlora_nb.engine.task_metric.score_rows`)."""
+    them in training (:func:`qlora_nb.engine.training.task_metric.score_rows`)."""
     from .data.load import load_demo
     from .data.validate import validate
-    from .engine.task_metric import score_rows
+    from .engine.training.task_metric import score_rows
 
     text = validate(load_demo(), None)
     rows = (text.val_rows or [])[:n]

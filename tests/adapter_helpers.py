@@ -16,7 +16,7 @@ def perturb(session, adapter: str | None = "default", std: float = 0.5, seed: in
 
 def add_adapter(session, name: str, seed: int = 1) -> None:
     """A second adapter, named ``name``, with the session's LoRA settings, perturbed."""
-    from qlora_nb.engine.quantize import lora_config
+    from qlora_nb.engine.model.quantize import lora_config
 
     session.model.add_adapter(name, lora_config(session.config))
     session.adapters[name] = {"source": "test"}

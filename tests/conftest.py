@@ -52,7 +52,7 @@ def tiny_session(tiny_model_dir):
 
 
 def demo_model_available() -> bool:
-    from qlora_nb.engine.models import cache_dir
+    from qlora_nb.engine.model.models import cache_dir
 
     return (cache_dir() / "models" / "smollm2-135m" / "config.json").is_file()
 

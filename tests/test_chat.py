@@ -204,7 +204,7 @@ def test_prompt_longer_than_the_context_window_is_named(tiny_session):
 
 
 def test_stop_ends_every_column_where_it_is(two_adapters):
-    from qlora_nb.engine.chat import chat
+    from qlora_nb.engine.generation.chat import chat
 
     seen = []
     result = chat(two_adapters, CONVERSATION, max_new_tokens=20, on_event=seen.append,

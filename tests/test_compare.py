@@ -7,8 +7,8 @@ from adapter_helpers import add_adapter, perturb
 from grad_helpers import grads_after_one_step, lora_params
 
 import qlora_nb
-from qlora_nb.engine.columns import diff_mask, diverge_index, token_pieces
-from qlora_nb.engine.generate import CompareResult
+from qlora_nb.engine.generation.columns import diff_mask, diverge_index, token_pieces
+from qlora_nb.engine.generation.generate import CompareResult
 from qlora_nb.errors import QloraError
 
 FAST = {"max_new_tokens": 6}
@@ -343,7 +343,7 @@ def test_base_column_is_the_base_model_token_for_token(demo_session_factory):
     """Greedy base outputs equal a freshly loaded model without any adapter, with a non-trivial adapter attached."""
     import torch
 
-    from qlora_nb.engine.quantize import load_base
+    from qlora_nb.engine.model.quantize import load_base
 
     session = demo_session_factory()
     perturb(session, std=0.05)

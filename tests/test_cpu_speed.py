@@ -41,9 +41,9 @@ def _session(tiny_model_dir, bits, compute_dtype="float32", dropout=0.0):
 def test_fused_lora_matches_peft_loss_and_every_gradient(tiny_model_dir, bits, compute_dtype):
     import torch
 
-    from qlora_nb.engine.cpu_norm import fused_rms_norm
-    from qlora_nb.engine.cpu_speed import fused_lora
-    from qlora_nb.engine.loss import labelled_loss
+    from qlora_nb.engine.speed.cpu_norm import fused_rms_norm
+    from qlora_nb.engine.speed.cpu_speed import fused_lora
+    from qlora_nb.engine.training.loss import labelled_loss
 
     session = _session(tiny_model_dir, bits, compute_dtype)
     batch = _batch(session)
@@ -73,7 +73,7 @@ def test_fused_lora_matches_peft_loss_and_every_gradient(tiny_model_dir, bits, c
 def test_keep_mask_rate_and_scale():
     import torch
 
-    from qlora_nb.engine.dropout_mask import drop_probability, keep_mask
+    from qlora_nb.engine.speed.dropout_mask import drop_probability, keep_mask
 
     for p in (0.05, 0.1, 0.5):
         assert abs(drop_probability(p) - p) <= 0.5 / 65536
@@ -95,7 +95,7 @@ def test_fused_dropout_keeps_the_expectation_of_the_lora_branch(tiny_model_dir):
     """With A = 1 and B = 1/(r·K·scaling), the LoRA branch's output per token is the kept fraction x 1/keep."""
     import torch
 
-    from qlora_nb.engine.cpu_speed import drop_probability, fused_lora
+    from qlora_nb.engine.speed.cpu_speed import drop_probability, fused_lora
 
     p = 0.25
     session = _session(tiny_model_dir, 16, dropout=p)
@@ -129,7 +129,7 @@ def test_fused_dropout_keeps_the_expectation_of_the_lora_branch(tiny_model_dir):
 def test_fused_path_steps_aside_for_eval_no_grad_and_second_adapters(tiny_model_dir, monkeypatch):
     import torch
 
-    from qlora_nb.engine import cpu_speed
+    from qlora_nb.engine.speed import cpu_speed
 
     session = _session(tiny_model_dir, 4)
     calls = []
@@ -162,7 +162,7 @@ def test_fused_rms_norm_is_the_modules_forward_and_its_input_gradient(dtype):
     import torch
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    from qlora_nb.engine.cpu_norm import fused_rms_norm
+    from qlora_nb.engine.speed.cpu_norm import fused_rms_norm
 
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
@@ -198,8 +198,8 @@ def test_dropout_masks_replay_under_gradient_checkpointing(tiny_model_dir):
     """Recomputed forwards draw the same masks (seeds come from torch's generator, which checkpointing restores)."""
     import torch
 
-    from qlora_nb.engine.cpu_norm import fused_rms_norm
-    from qlora_nb.engine.cpu_speed import fused_lora
+    from qlora_nb.engine.speed.cpu_norm import fused_rms_norm
+    from qlora_nb.engine.speed.cpu_speed import fused_lora
 
     session = _session(tiny_model_dir, 4, dropout=0.3)
     batch = _batch(session)
@@ -229,7 +229,7 @@ def test_kept_block_constants_dequantize_to_bitsandbytes_own_weight(tiny_model_d
     import bitsandbytes.functional as bnbf
     import torch
 
-    from qlora_nb.engine.fused_lora_op import Absmax
+    from qlora_nb.engine.speed.fused_lora_op import Absmax
 
     session = _session(tiny_model_dir, 4)
     bases = [m.get_base_layer() for m in session.model.modules() if hasattr(m, "lora_A")]
@@ -245,7 +245,7 @@ def test_kept_block_constants_dequantize_to_bitsandbytes_own_weight(tiny_model_d
 
 
 def test_plain_adamw_trains_with_torchs_fused_kernel():
-    from qlora_nb.engine.train import _optim_name
+    from qlora_nb.engine.training.train import _optim_name
 
     assert _optim_name("adamw") == "adamw_torch_fused"
     assert _optim_name("paged_adamw_8bit") == "paged_adamw_8bit"
@@ -255,9 +255,9 @@ def test_backprop_after_generation_reaches_every_adapter_through_the_fused_path(
     """The CPU repack trap again, with the fused op: generation, then train, then every adapter has its gradient."""
     import torch
 
-    from qlora_nb.engine.cpu_norm import fused_rms_norm
-    from qlora_nb.engine.cpu_speed import fused_lora
-    from qlora_nb.engine.quantize import guard_cpu_repack
+    from qlora_nb.engine.model.quantize import guard_cpu_repack
+    from qlora_nb.engine.speed.cpu_norm import fused_rms_norm
+    from qlora_nb.engine.speed.cpu_speed import fused_lora
 
     session = _session(tiny_model_dir, 4)
     batch = _batch(session)
@@ -276,7 +276,7 @@ def test_backprop_after_generation_reaches_every_adapter_through_the_fused_path(
 def test_step_flops_model_counts_linears_lora_attention_and_labelled_head(tiny_session):
     from conftest import TINY
 
-    from qlora_nb.engine.flops import flops_model
+    from qlora_nb.engine.forecast.flops import flops_model
 
     fm = flops_model(tiny_session.model)
     h, i, L = TINY["hidden_size"], TINY["intermediate_size"], TINY["num_hidden_layers"]
@@ -307,7 +307,7 @@ def test_matmul_peak_is_measured_once_per_machine_and_kept_in_the_cache(tmp_path
 
     import torch
 
-    from qlora_nb.engine import flops
+    from qlora_nb.engine.forecast import flops
 
     monkeypatch.setenv("QLORA_NB_CACHE", str(tmp_path))
     monkeypatch.setattr(flops, "_PEAKS", {})

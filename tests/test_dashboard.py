@@ -524,7 +524,7 @@ def test_breakdown_is_a_snapshot_unless_live():
 
 def test_probe_outputs_are_flagged_truncated_only_when_cut_at_max_new_tokens(tiny_session):
     """`truncated` is True exactly when generation ran max_new_tokens without reaching EOS."""
-    from qlora_nb.engine.probes import generate_probes
+    from qlora_nb.engine.training.probes import generate_probes
 
     s, tok = tiny_session, tiny_session.tokenizer
     prompts = ["Hello there", "2+2="]

@@ -7,7 +7,7 @@ import time
 from test_train import FAST, ROWS
 
 import qlora_nb
-from qlora_nb.engine.train_events import eta_seconds
+from qlora_nb.engine.training.train_events import eta_seconds
 
 
 def test_eta_by_hand():

@@ -47,7 +47,7 @@ def test_save_writes_a_plain_peft_folder_that_peft_and_qlora_nb_reload_identical
     from peft.utils import get_peft_model_state_dict
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from qlora_nb.engine.quantize import guard_cpu_repack
+    from qlora_nb.engine.model.quantize import guard_cpu_repack
 
     out = trained.save(tmp_path / "ad")
     names = {p.name for p in out.iterdir()}
@@ -194,7 +194,7 @@ def test_merge_of_a_16bit_session_is_exact_in_fp32(tiny_model_dir, tmp_path):
 
 
 def test_merge_that_did_nothing_fails_loudly_and_saves_nothing(trained, tmp_path, monkeypatch):
-    from qlora_nb.engine import merge as merge_mod
+    from qlora_nb.engine.export import merge as merge_mod
 
     monkeypatch.setattr(merge_mod, "merge_copy", lambda peft_copy, name: peft_copy.unload())
     with pytest.raises(QloraError, match="merge did nothing") as err:
@@ -204,7 +204,7 @@ def test_merge_that_did_nothing_fails_loudly_and_saves_nothing(trained, tmp_path
 
 
 def test_merge_with_wrong_scaling_is_caught(trained, tmp_path, monkeypatch):
-    from qlora_nb.engine import merge as merge_mod
+    from qlora_nb.engine.export import merge as merge_mod
 
     def double_merge(peft_copy, name):  # a classic bug: alpha/r applied twice
         for module in peft_copy.modules():
@@ -218,7 +218,7 @@ def test_merge_with_wrong_scaling_is_caught(trained, tmp_path, monkeypatch):
 
 
 def test_merge_refuses_when_it_will_not_fit_and_says_how_much_it_needs(trained, tmp_path, capsys):
-    from qlora_nb.engine.merge import merge_memory
+    from qlora_nb.engine.export.merge import merge_memory
 
     parts = merge_memory(trained, "default", "float32")
     need = sum(parts.values())

@@ -66,7 +66,7 @@ def test_tiny_llama_round_trips_at_every_outtype(trained, tmp_path, outtype, bar
 def test_a_wrong_rotary_permutation_is_caught_and_nothing_is_kept(tmp_path, monkeypatch):
     from conftest import build_tiny_model_dir
 
-    import qlora_nb.engine.gguf_write as gw
+    import qlora_nb.engine.export.gguf_write as gw
 
     # Large weights make attention sharp, so rotary positions matter (at init scale 0.02 attention is near uniform).
     build_tiny_model_dir(tmp_path / "sharp", initializer_range=0.5)
@@ -153,8 +153,8 @@ def test_modelfile_template_renders_like_the_demo_tokenizer():
     from conftest import demo_model_available
     from transformers import AutoTokenizer
 
-    from qlora_nb.engine.models import cache_dir
-    from qlora_nb.engine.ollama import modelfile_text
+    from qlora_nb.engine.export.ollama import modelfile_text
+    from qlora_nb.engine.model.models import cache_dir
 
     if not demo_model_available():
         pytest.skip("demo model not in the cache")
@@ -179,7 +179,7 @@ def test_untrained_adapter_is_refused(tiny_session, tmp_path):
 def test_unsupported_architecture_names_the_supported_list():
     from transformers import GPT2Config
 
-    from qlora_nb.engine.gguf_arch import arch_of
+    from qlora_nb.engine.export.gguf_arch import arch_of
 
     with pytest.raises(QloraError, match=r"'gpt2' architecture.*Llama family.*Qwen2/Qwen3"):
         arch_of(GPT2Config())
@@ -205,7 +205,7 @@ def test_dir_that_is_a_file_or_holds_user_files_is_refused(trained, tmp_path):
 
 
 def test_not_enough_disk_states_the_expected_size(trained, tmp_path):
-    from qlora_nb.engine.gguf_export import export_gguf
+    from qlora_nb.engine.export.gguf_export import export_gguf
 
     with pytest.raises(QloraError, match=r"needs about [\d.]+ MiB of disk but .* has 0\.0 MiB free"):
         export_gguf(trained, tmp_path / "g", disk_free=0, verbose=False)
@@ -213,7 +213,7 @@ def test_not_enough_disk_states_the_expected_size(trained, tmp_path):
 
 
 def test_interrupt_during_the_write_leaves_no_gguf(trained, tmp_path, monkeypatch):
-    import qlora_nb.engine.gguf_write as gw
+    import qlora_nb.engine.export.gguf_write as gw
 
     calls = {"n": 0}
     real = gw.convert_chunk

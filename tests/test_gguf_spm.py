@@ -78,7 +78,7 @@ def _llama_cpp_spm(text: str, tokens: list[str], scores: list[float]) -> list[in
 
 
 def test_scores_make_llama_cpp_merge_in_the_tokenizer_s_order(llama2):
-    from qlora_nb.engine.gguf_vocab import tokenizer_fields
+    from qlora_nb.engine.export.gguf_vocab import tokenizer_fields
 
     tok = llama2.tokenizer
     fields = tokenizer_fields(tok, len(tok))
@@ -104,7 +104,7 @@ def test_a_vocabulary_of_another_kind_is_refused_naming_both_kinds():
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    from qlora_nb.engine.gguf_vocab import tokenizer_fields
+    from qlora_nb.engine.export.gguf_vocab import tokenizer_fields
 
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))
     with pytest.raises(QloraError, match=r"WordPiece.*byte-level BPE.*sentencepiece-style.*Llama 2, Mistral"):

@@ -92,7 +92,7 @@ def test_load_dtype_bnb_compute_dtype_and_device_map_follow_one_choice(tmp_path,
     import transformers
 
     from qlora_nb.config import LoadConfig
-    from qlora_nb.engine import quantize
+    from qlora_nb.engine.model import quantize
 
     state = fake_gpu(capability)
     captured = {}
@@ -115,7 +115,7 @@ def test_load_dtype_bnb_compute_dtype_and_device_map_follow_one_choice(tmp_path,
 
 def test_no_gpu_visible(monkeypatch):
     from qlora_nb.config import LoadConfig
-    from qlora_nb.engine.quantize import pick_device, resolve_dtype
+    from qlora_nb.engine.model.quantize import pick_device, resolve_dtype
     from qlora_nb.errors import QloraError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -142,7 +142,7 @@ def test_trainer_arguments_on_cuda(monkeypatch, tmp_path, compute_dtype, bf16, f
     import transformers.training_args as hf_args
 
     from qlora_nb.config import TrainConfig
-    from qlora_nb.engine import train as train_mod
+    from qlora_nb.engine.training import train as train_mod
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: pytest.fail("must not be consulted"))
     monkeypatch.setattr(hf_args, "is_torch_bf16_gpu_available", lambda: True)  # transformers' own bf16 GPU check
@@ -189,7 +189,7 @@ def test_load_resets_the_cuda_peak(tiny_model_dir, monkeypatch):
 
 # ------------------------------------------------------------------ memory
 def test_cuda_peak_is_reset_at_each_run(monkeypatch):
-    from qlora_nb.engine.train_events import PeakRssSampler as _RssSampler
+    from qlora_nb.engine.training.train_events import PeakRssSampler as _RssSampler
 
     calls = []
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: calls.append(a))
@@ -283,6 +283,6 @@ def test_the_plan_of_a_session_uses_its_last_run(tiny_session):
 
     run = TrainConfig.from_options({"data": "demo", "batch_size": 2, "cutoff_len": 64,
                                     "optimizer": "paged_adamw_8bit", "gradient_checkpointing": True})
-    tiny_session.runs.append(SimpleNamespace(config=run.to_dict()))  # what engine/train.py stores
+    tiny_session.runs.append(SimpleNamespace(config=run.to_dict()))  # what engine/training/train.py stores
     c = tiny_session.plan(measure=False).config
     assert (c.batch_size, c.seq_len, c.optimizer, c.gradient_checkpointing) == (2, 64, "paged_adamw_8bit", True)

@@ -2,7 +2,7 @@
 
 On the CPU, FSDP is transformers' FSDP2 at load (``train.py --fsdp``; accelerate
 enables FSDP only on accelerators) with a 16-bit base: bitsandbytes' 4-bit
-weights do not shard there (see qlora_nb/engine/distributed.py).
+weights do not shard there (see qlora_nb/engine/scale/distributed.py).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def _fake(bits=4, dora=False, device="cpu"):
 
 
 def test_launch_refuses_what_cannot_run_before_starting_anything():
-    from qlora_nb.engine.launch import check_launch, check_port
+    from qlora_nb.engine.scale.launch import check_launch, check_port
 
     with pytest.raises(QloraError, match="this machine has"):
         check_launch(_fake(), (os.cpu_count() or 1) + 1, False, False)

@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, ...]] = [
 
 # Copied out as a standalone train.py by `%qlora_export`; it uses the public API (`import qlora_nb`) like a
 # user's script would, and nothing in the package imports it.
-STANDALONE = {"qlora_nb.engine.script_template"}
+STANDALONE = {"qlora_nb.engine.export.script_template"}
 
 
 def module_name(path: Path) -> str:
@@ -229,3 +229,92 @@ def test_the_shell_check_can_fail(tmp_path):
                    'def f():\n    return sys.modules.get("ipywidgets.widgets.widget")\n'
                    '"""IPython\'s displayhook is prose, not a lookup."""\n', encoding="utf-8")
     assert shell_references(src) == ["m.py:2 IPython.display", "m.py:3 ipykernel", "m.py:6 ipywidgets.widgets.widget"]
+
+
+# ------------------------------------------------------------------ the engine's sub-packages
+# Lowest first: a module of the engine imports only from its own group or one before it. The shared lifecycle
+# (unloading frees an attached GGUF; an OOM asks the planner for the cheapest fix) sits between generation
+# and training, and the Session facade above everything.
+ENGINE_GROUPS: list[tuple[str, ...]] = [
+    ("arguments", "rollback"),
+    ("scale",),
+    ("model",),
+    ("speed",),
+    ("forecast",),
+    ("export",),
+    ("generation",),
+    ("lifecycle", "interrupts"),
+    ("training",),
+    ("session", ""),  # "" is qlora_nb/engine/__init__.py
+]
+
+
+def engine_group(module: str) -> int:
+    parts = module.split(".")
+    assert parts[:2] == ["qlora_nb", "engine"], module
+    top = parts[2] if len(parts) > 2 else ""
+    for i, names in enumerate(ENGINE_GROUPS):
+        if top in names:
+            return i
+    raise AssertionError(f"{module} is in no engine group: add it to ENGINE_GROUPS in tests/test_layers.py")
+
+
+def engine_edges(g: dict[str, list[tuple[str, int, bool]]]) -> list[tuple[str, str, int, bool]]:
+    return [(m, t, line, runtime) for m, ts in g.items() if m.startswith("qlora_nb.engine")
+            for t, line, runtime in ts if t.startswith("qlora_nb.engine") and t != m]
+
+
+def backward_engine_imports(g: dict[str, list[tuple[str, int, bool]]]) -> list[str]:
+    """Imports that run back up a group. One kind is allowed: a type hint (``if TYPE_CHECKING:``) naming the
+    ``Session`` an operation acts on; it never runs, so it orders nothing."""
+    return [f"{m}:{line} imports {t}" for m, t, line, runtime in engine_edges(g)
+            if engine_group(t) > engine_group(m) and (runtime or t != "qlora_nb.engine.session")]
+
+
+def subpackage_cycles(g: dict[str, list[tuple[str, int, bool]]]) -> list[list[str]]:
+    """Circles between the engine's groups (run-time imports; a type hint is not a load-order dependency)."""
+    def group_name(module: str) -> str:
+        parts = module.split(".")
+        return parts[2] if len(parts) > 2 else ""
+
+    collapsed: dict[str, list[tuple[str, int, bool]]] = {}
+    for m, t, line, runtime in engine_edges(g):
+        a, b = group_name(m), group_name(t)
+        collapsed.setdefault(a, [])
+        collapsed.setdefault(b, [])
+        if a != b:
+            collapsed[a].append((b, line, runtime))
+    return cycles(collapsed)
+
+
+def test_every_engine_module_has_a_group():
+    for module in all_modules():
+        if module.startswith("qlora_nb.engine"):
+            engine_group(module)
+
+
+def test_engine_groups_import_one_way():
+    bad = backward_engine_imports(graph())
+    assert not bad, "engine imports that run back up a group:\n" + "\n".join(bad)
+
+
+def test_no_circles_between_engine_subpackages():
+    found = subpackage_cycles(graph())
+    assert not found, "circles between engine sub-packages:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_the_engine_checks_can_fail():
+    """Plant a circle between two sub-packages: both checks see it."""
+    g = graph()
+    g["qlora_nb.engine.model.quantize"] = g["qlora_nb.engine.model.quantize"] + [
+        ("qlora_nb.engine.training.train", 1, True)]
+    assert any("qlora_nb.engine.model.quantize:1 imports qlora_nb.engine.training.train" in b
+               for b in backward_engine_imports(g))
+    assert any({"model", "training"} <= set(c) for c in subpackage_cycles(g))
+
+
+def test_engine_top_holds_only_the_facade_and_the_shared_lifecycle():
+    """The flat folder is gone: every other module lives in a sub-package named for its capability."""
+    top = sorted(p.stem for p in (PKG / "engine").glob("*.py") if p.stem != "__init__")
+    assert top == sorted(n for group in ENGINE_GROUPS for n in group if n and (PKG / "engine" / f"{n}.py").exists())
+    assert top == ["arguments", "interrupts", "lifecycle", "rollback", "session"]

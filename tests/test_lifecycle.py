@@ -153,7 +153,7 @@ def test_explain_oom_torch_oom_and_others():
 
 def test_explain_oom_asks_the_planner_for_the_cheapest_change(tiny_session, monkeypatch):
     """The run's own settings go to the planner; its cheapest change that fits is the advice."""
-    planner = pytest.importorskip("qlora_nb.engine.planning")
+    planner = pytest.importorskip("qlora_nb.engine.forecast.planning")
     from qlora_nb.engine import lifecycle
 
     run = {"batch_size": 64, "cutoff_len": 4096, "learning_rate": 1e-3, "data": "x.jsonl"}
@@ -186,7 +186,7 @@ def test_oom_inside_a_magic_is_one_paragraph_with_advice(shell, tiny_model_dir, 
 
 def test_oom_while_loading_twin_is_explained(tiny_model_dir, monkeypatch):
     import qlora_nb
-    import qlora_nb.engine.quantize as quantize
+    import qlora_nb.engine.model.quantize as quantize
 
     def oom(*a, **k):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1234 bytes")

@@ -24,7 +24,7 @@ def test_labelled_loss_matches_the_models_own_loss_and_gradients(tiny_model_dir,
     import torch
 
     import qlora_nb
-    from qlora_nb.engine.loss import labelled_loss, supports_labelled_loss
+    from qlora_nb.engine.training.loss import labelled_loss, supports_labelled_loss
 
     session = qlora_nb.load(str(tiny_model_dir), bits=bits, r=4, alpha=8, dropout=0.0, compute_dtype="float32")
     with torch.no_grad():  # B starts at zero; move it so the adapters' gradients depend on the whole path
@@ -48,7 +48,7 @@ def test_labelled_loss_matches_the_models_own_loss_and_gradients(tiny_model_dir,
 def test_labelled_loss_without_labels_is_zero_not_nan(tiny_session):
     import torch
 
-    from qlora_nb.engine.loss import labelled_loss
+    from qlora_nb.engine.training.loss import labelled_loss
 
     batch = _batch(tiny_session)
     batch["labels"] = torch.full_like(batch["labels"], -100)
@@ -56,7 +56,7 @@ def test_labelled_loss_without_labels_is_zero_not_nan(tiny_session):
 
 
 def test_unknown_heads_take_the_models_own_forward(tiny_session):
-    from qlora_nb.engine.loss import supports_labelled_loss
+    from qlora_nb.engine.training.loss import supports_labelled_loss
 
     cfg = tiny_session.model.get_base_model().config
     cfg.model_type, saved = "gemma2", cfg.model_type  # soft-capped logits: not a plain head
@@ -67,7 +67,7 @@ def test_unknown_heads_take_the_models_own_forward(tiny_session):
 
 
 def test_training_uses_the_labelled_loss_and_restores_attention(tiny_session, tmp_path, monkeypatch):
-    from qlora_nb.engine import loss as loss_mod
+    from qlora_nb.engine.training import loss as loss_mod
 
     calls = []
     real = loss_mod.labelled_loss

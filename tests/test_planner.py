@@ -12,7 +12,7 @@ import pytest
 
 import qlora_nb
 from qlora_nb.config import PlanConfig
-from qlora_nb.engine.planning import plan_session
+from qlora_nb.engine.forecast.planning import plan_session
 from qlora_nb.errors import QloraError
 from qlora_nb.memory import formulas as F
 from qlora_nb.memory.architectures import ARCHITECTURES, arch_from_config
@@ -225,7 +225,7 @@ def test_session_plan_uses_session_settings(tiny_session):
     p = tiny_session.plan(seq_len=32, batch_size=2)
     assert p.config.base_bits == 4 and p.config.r == 4 and p.measured is not None
     assert "(exact)" in str(p)
-    from qlora_nb.engine.planning import cheapest_fix
+    from qlora_nb.engine.forecast.planning import cheapest_fix
 
     assert cheapest_fix(tiny_session, batch_size=2, cutoff_len=32) is None  # fits: nothing to change
 

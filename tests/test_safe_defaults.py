@@ -173,7 +173,7 @@ def test_nothing_is_written_outside_the_output_dir_and_the_cache(tiny_model_dir,
 
 
 def test_cache_dir_follows_QLORA_NB_CACHE(tmp_path, monkeypatch):
-    from qlora_nb.engine import models
+    from qlora_nb.engine.model import models
 
     monkeypatch.setenv("QLORA_NB_CACHE", str(tmp_path / "c"))
     assert models.cache_dir() == tmp_path / "c"
@@ -184,7 +184,7 @@ def test_cache_dir_follows_QLORA_NB_CACHE(tmp_path, monkeypatch):
 
 def test_alias_resolves_inside_the_configured_cache(tmp_path, monkeypatch):
     """The demo alias is looked up (and would be fetched/converted) under QLORA_NB_CACHE, nowhere else."""
-    from qlora_nb.engine import models
+    from qlora_nb.engine.model import models
 
     monkeypatch.setenv("QLORA_NB_CACHE", str(tmp_path))
     folder = tmp_path / "models" / "smollm2-135m"

@@ -67,8 +67,8 @@ def test_each_term_by_hand(monkeypatch):
 
 
 def test_step_flops_agree_with_the_module_counter(tiny_session):
-    """The config-only count equals engine/flops.py's count from the loaded modules (one source of truth)."""
-    from qlora_nb.engine.flops import flops_model
+    """The config-only count equals engine/forecast/flops.py's count from the loaded modules (one source of truth)."""
+    from qlora_nb.engine.forecast.flops import flops_model
     from qlora_nb.memory.architectures import arch_from_config
 
     arch = arch_from_config(tiny_session.model.config.to_dict())
@@ -141,7 +141,7 @@ def test_gpu_rates_are_marked_estimated():
 # ----------------------------------------------------------------------------- calibration cache
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    from qlora_nb.engine import speed_calibration as C
+    from qlora_nb.engine.forecast import speed_calibration as C
 
     monkeypatch.setenv("QLORA_NB_CACHE", str(tmp_path))
     calls = []
@@ -183,7 +183,7 @@ def test_a_damaged_cache_is_measured_over(cache, damage):
 
 
 def test_measure_rates_really_measures():
-    from qlora_nb.engine.speed_calibration import measure_rates
+    from qlora_nb.engine.forecast.speed_calibration import measure_rates
 
     r = measure_rates([(16, 32)], tokens=16, repeats=1)
     assert r.matmul_flops_per_s > 0 and r.matmul_fp32_flops_per_s > 0 and r.elementwise_bytes_per_s > 0
@@ -256,7 +256,7 @@ def test_measure_restores_the_session_and_skips_what_does_not_fit(tiny_session, 
     def no_loader(*a, **k):
         raise AssertionError("a setup that does not fit was tried")
 
-    from qlora_nb.engine.speed_measure import measure_setups
+    from qlora_nb.engine.forecast.speed_measure import measure_setups
 
     small = s.plan(ledger=False, gpu="1MB", device="cpu", data=rows)
     out = measure_setups(s, small, steps=2, loader=no_loader)

@@ -1,4 +1,4 @@
-// Run history: one row per run (read from disk by qlora_nb.engine.runs). Tick two or more rows to overlay
+// Run history: one row per run (read from disk by qlora_nb.engine.training.runs). Tick two or more rows to overlay
 // their loss/eval curves and task metric and to see their configs side by side, differences highlighted.
 // Row buttons: load the run's adapter into the session (a new playground column), or get the resume cell.
 import { el, mount, bytes, listen } from "./format.js";

@@ -23,7 +23,7 @@ from ..errors import QloraError, QloraOOMError
 _OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory",
              "failed to allocate")
 
-PLANNER_FIX = "cheapest_fix"  # qlora_nb.engine.planning.cheapest_fix(session, **train_options) -> str | None
+PLANNER_FIX = "cheapest_fix"  # qlora_nb.engine.forecast.planning.cheapest_fix(session, **train_options) -> str | None
 GENERIC_OOM_ADVICE = ("Cheapest changes, in order: gradient_checkpointing: true, a smaller batch_size "
                       "(with gradient_accumulation_steps to keep the effective batch), a smaller cutoff_len, "
                       "optimizer: paged_adamw_8bit; or load with bits=4. Run %qlora_plan to see what fits.")
@@ -88,7 +88,7 @@ def unload_session(session) -> int:
     """
     if is_unloaded(session):
         return 0
-    from .attached import detach
+    from .generation.attached import detach
 
     freed = _session_bytes(session) + detach(session)
     session.model = UnloadedModel()
@@ -145,7 +145,7 @@ def cheapest_change(session=None, options: dict[str, Any] | None = None) -> str:
     """The planner's cheapest change for this session and run, or generic advice when it cannot say."""
     if session is not None and getattr(session, "model", None) is not None and not is_unloaded(session):
         try:
-            from . import planning as planner
+            from .forecast import planning as planner
         except ImportError:
             planner = None
         fix = getattr(planner, PLANNER_FIX, None) if planner is not None else None

@@ -57,7 +57,7 @@ class Session:
 
     def set_adapter(self, name: str) -> None:
         if not isinstance(name, str) or name not in self.adapters:
-            from .adapters import no_adapter
+            from .model.adapters import no_adapter
 
             raise no_adapter(name, self.adapters)
         self.model.set_adapter(name)
@@ -89,7 +89,7 @@ class Session:
     def train(self, data: Any = None, *, on_event=None, **options: Any):
         """Train the active adapter; see :class:`qlora_nb.config.TrainConfig` for options."""
         from .rollback import rolled_back_on_error
-        from .train import train
+        from .training.train import train
 
         with rolled_back_on_error(self):
             return train(self, data=data, on_event=on_event, **options)
@@ -97,7 +97,7 @@ class Session:
     def generate(self, prompt: str, *, adapter: str | None = None, **options: Any) -> str:
         """One generation; ``adapter=None`` uses the active adapter, ``"base"`` disables adapters."""
         from .arguments import require_optional_name
-        from .generate import generate_one
+        from .generation.generate import generate_one
         from .rollback import rolled_back_on_error
 
         if not isinstance(prompt, str):
@@ -107,8 +107,8 @@ class Session:
             return generate_one(self, prompt, adapter=require_optional_name(adapter, "adapter"), **options)
 
     def compare(self, prompts: Any, *, on_event=None, **options: Any):
-        """Base vs adapted generations from the same weights; see :mod:`qlora_nb.engine.generate`."""
-        from .generate import compare
+        """Base vs adapted generations from the same weights; see :mod:`qlora_nb.engine.generation.generate`."""
+        from .generation.generate import compare
         from .rollback import rolled_back_on_error
 
         if prompts is None:
@@ -121,10 +121,10 @@ class Session:
                **options: Any):
         """One prompt streamed token by token from the base and each adapter (the playground's engine call).
 
-        Every token is an event on ``session.events`` (and ``on_event``); see :mod:`qlora_nb.engine.stream`.
+        Every token is an event on ``session.events`` (and ``on_event``); see :mod:`qlora_nb.engine.generation.stream`.
         """
+        from .generation.stream import stream
         from .rollback import rolled_back_on_error
-        from .stream import stream
 
         if not isinstance(prompt, str):
             raise QloraError(f"prompt must be text, got {'None' if prompt is None else type(prompt).__name__}.",
@@ -133,12 +133,12 @@ class Session:
             return stream(self, prompt, columns=columns, logprobs=logprobs, on_event=on_event, **options)
 
     def chat(self, messages: Any, *, adapters: list[str] | None = None, on_event=None, **options: Any):
-        """Reply to a conversation from the base and each adapter, side by side; see :mod:`qlora_nb.engine.chat`.
+        """Reply to a conversation from the base and each adapter, side by side; see :mod:`qlora_nb.engine.generation.chat`.
 
         ``messages``: ``[{"role": "user", "content": "..."}, ...]`` (or ``{column: messages}``, one per column).
-        Returns a :class:`~qlora_nb.engine.chat.ChatResult` (``.replies``, ``.prompt``, token counts).
+        Returns a :class:`~qlora_nb.engine.generation.chat.ChatResult` (``.replies``, ``.prompt``, token counts).
         """
-        from .chat import chat
+        from .generation.chat import chat
         from .rollback import rolled_back_on_error
 
         with rolled_back_on_error(self):
@@ -149,11 +149,11 @@ class Session:
         """Write an adapter as a PEFT folder (``format="peft"``) or a GGUF LoRA for llama.cpp/Ollama (``"gguf"``);
         the keywords are :class:`~qlora_nb.config.SaveOptions`."""
         from .arguments import require_bool, require_optional_name, require_path
-        from .export import save_adapter
+        from .export.export import save_adapter
 
         directory = require_path(directory, "directory")
         if str(format).strip().lower() == "gguf":
-            from .gguf_lora import save_gguf_lora
+            from .export.gguf_lora import save_gguf_lora
 
             return save_gguf_lora(self, directory, overwrite=require_bool(overwrite, "overwrite"),
                                   adapter=require_optional_name(adapter, "adapter"))
@@ -165,7 +165,7 @@ class Session:
 
     def load_adapter(self, directory: str | Path, *, name: str | None = None, allow_pickle: bool = False) -> str:
         from .arguments import require_bool, require_optional_name, require_path
-        from .export import load_adapter
+        from .export.export import load_adapter
         from .rollback import rolled_back_on_error
 
         directory = require_path(directory, "directory", "an adapter folder path")
@@ -178,13 +178,13 @@ class Session:
         """A verified merged copy: a Hugging Face folder (``format="hf"``) or one GGUF file (``"gguf"``; ``"ollama"``
         adds a Modelfile; ``outtype=``). The keywords are :class:`~qlora_nb.config.MergeOptions` (plus ``verbose``…)."""
         from .arguments import require_bool, require_path
-        from .merge import merge
+        from .export.merge import merge
         from .rollback import rolled_back_on_error
 
         directory = require_path(directory, "directory")
         if not isinstance(dtype, str):
             raise QloraError(f"dtype must be text such as 'bf16', got a {type(dtype).__name__}.", where="dtype")
-        from .gguf_export import export_gguf, normalize_format
+        from .export.gguf_export import export_gguf, normalize_format
         from .interrupts import interrupted_as_error
 
         fmt = normalize_format(format)
@@ -203,8 +203,8 @@ class Session:
 
     def export(self, directory: str | Path, *, overwrite: bool = ExportOptions.overwrite, **options: Any) -> Path:
         """train.py + accelerate configs; options are :class:`~qlora_nb.config.ExportOptions` and TrainConfig's."""
-        from .accelerate_export import export_script
         from .arguments import require_bool, require_path
+        from .export.accelerate_export import export_script
 
         directory = require_path(directory, "directory")
         return export_script(self, directory, overwrite=require_bool(overwrite, "overwrite"), **options)
@@ -213,7 +213,7 @@ class Session:
                **options: Any):
         """Train this session's configuration on ``processes`` ranks (``accelerate launch``), then load the
         adapter here; options are TrainConfig fields plus ``port``, ``directory`` and ``overwrite``."""
-        from .launch import launch
+        from .scale.launch import launch
 
         return launch(self, processes, fsdp=fsdp, cpu_offload=cpu_offload, on_event=on_event, **options)
 
@@ -223,25 +223,25 @@ class Session:
         ``measure=True`` (``%qlora_plan --measure``) also times a few real steps of each setup that fits,
         on throwaway copies, and leaves this session exactly as it was.
         """
-        from .forecast import plan_session
+        from .forecast.plan import plan_session
 
         return plan_session(self, measure=measure, loader=load, **options)
 
     def quant_report(self, **options: Any):
         """4-bit reconstruction error and perplexity; options are :class:`~qlora_nb.config.QuantReportOptions`."""
-        from .quant_report import quant_report
+        from .model.quant_report import quant_report
 
         return quant_report(self, **options)
 
     def attach_gguf(self, path: Any) -> Any:
         """Load an exported .gguf back beside the model as the column ``gguf`` of compare, playground and chat."""
-        from .attached import attach_gguf
+        from .generation.attached import attach_gguf
 
         return attach_gguf(self, path)
 
     def detach_gguf(self) -> int:
         """Free the attached GGUF (:meth:`attach_gguf`); the bytes released."""
-        from .attached import detach
+        from .generation.attached import detach
 
         return detach(self)
 
@@ -260,9 +260,9 @@ def load(model: str | None = None, **options: Any) -> Session:
     ``targets``, ``dora``, ``rslora``, ``adapter``…).
     """
     from ..quiet import quiet_libraries
-    from .models import resolve_model
-    from .quantize import attach_lora, load_base, pick_device, resolve_dtype
-    from .tokenizer import load_tokenizer
+    from .model.models import resolve_model
+    from .model.quantize import attach_lora, load_base, pick_device, resolve_dtype
+    from .model.tokenizer import load_tokenizer
 
     if model is not None:
         options["model"] = model
@@ -280,7 +280,7 @@ def load(model: str | None = None, **options: Any) -> Session:
         tokenizer = load_tokenizer(path, cfg)
         base = load_base(path, cfg, device)
         if cfg.adapter:
-            from .export import open_adapter
+            from .export.export import open_adapter
 
             peft_model = open_adapter(base, cfg.adapter, name=cfg.adapter_name, allow_pickle=cfg.allow_pickle,
                                       model_path=path)
@@ -292,7 +292,7 @@ def load(model: str | None = None, **options: Any) -> Session:
     reset_peak(device)  # CUDA: the breakdown's residual starts after loading, not at quantization's temporaries
     if cfg.adapter:
         session.adapters[cfg.adapter_name] = {"source": str(cfg.adapter)}
-    from .models import model_fingerprint
+    from .model.models import model_fingerprint
 
     session.base_fingerprint = model_fingerprint(path)
     return session

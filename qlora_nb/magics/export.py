@@ -26,12 +26,12 @@ class ExportMagics(QloraMagicsBase):
         args = parse_args(self.qlora_save, line, "qlora_save", self.ns)
         opts = SaveOptions.from_options(options_from_args(args, SaveOptions))
         session = self.session(args.session)
-        from ..engine.export import saved_summary
+        from ..engine.export.export import saved_summary
 
         out = session.save(args.directory, overwrite=opts.overwrite, adapter=opts.adapter, format=opts.format)
         name = opts.adapter or session.active_adapter
         if opts.format == "gguf":
-            from ..engine.gguf_lora import lora_summary
+            from ..engine.export.gguf_lora import lora_summary
 
             print(lora_summary(out, name))
         else:
@@ -51,7 +51,7 @@ class ExportMagics(QloraMagicsBase):
         opts = MergeOptions.from_options(options_from_args(args, MergeOptions))  # bad flags fail first
         gguf: dict = {}
         if opts.format != "hf":
-            from ..engine.gguf_write import normalize_outtype
+            from ..engine.export.gguf_write import normalize_outtype
 
             gguf = {"format": opts.format}
             if opts.outtype is not None:

@@ -30,7 +30,7 @@ class LaunchMagics(QloraMagicsBase):
         options = self.resolve_values(parse_yaml_body(cell or "", "qlora_launch"), "%%qlora_launch")
         self.check_bind(args.output, "LaunchResult", flag="-o", force=args.force)
         session = self.session(args.session)
-        from ..engine.launch import check_launch
+        from ..engine.scale.launch import check_launch
 
         check_launch(session, opts.processes, opts.fsdp, opts.cpu_offload)  # before the body is checked
         last = session.runs[-1].config if session.runs else {}

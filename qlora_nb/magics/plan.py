@@ -37,7 +37,7 @@ class PlanMagics(QloraMagicsBase):
         if args.model is None:
             result = self.session(args.session).plan(measure=args.measure, gpu_model=args.gpu_model, **options)
         else:
-            from ..engine.forecast import plan
+            from ..engine.forecast.plan import plan
             from ..errors import QloraError
 
             if args.measure:

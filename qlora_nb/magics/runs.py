@@ -1,4 +1,4 @@
-"""``%qlora_runs``: the run history of a folder (thin: :func:`qlora_nb.engine.runs.list_runs` + the runs view).
+"""``%qlora_runs``: the run history of a folder (thin: :func:`qlora_nb.engine.training.runs.list_runs` + the runs view).
 
 Python twin: ``qlora_nb.runs(folder)`` (and ``qlora_nb.runs_view`` for the widget).
 """
@@ -29,7 +29,7 @@ class RunsMagics(QloraMagicsBase):
         train/eval loss, task metric, tokens/s, peak memory, duration, adapter and checkpoint. Select runs in
         the widget to overlay their curves and see their configs side by side; load an adapter from a row.
         """
-        from ..engine.runs import list_runs
+        from ..engine.training.runs import list_runs
         from ..textsplit import split_list
 
         args = parse_args(self.qlora_runs, line, "qlora_runs", self.ns)

@@ -334,7 +334,7 @@ def plan(model: str | None = None, **options: Any) -> Plan:
 def plan_loaded(loaded: dict[str, Any], *, label: str | None = None, measured: dict[str, int] | None = None,
                 **options: Any) -> Plan:
     """The plan for a loaded model described by plain values (``loaded``: PlanConfig options read from the
-    session by :func:`qlora_nb.engine.planning.session_plan_options`); ``options`` override them.
+    session by :func:`qlora_nb.engine.forecast.planning.session_plan_options`); ``options`` override them.
 
     ``label`` is the model name shown (the user's, not the resolved path); ``measured`` the ledger's bytes
     by component, shown beside the prediction.

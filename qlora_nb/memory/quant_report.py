@@ -7,7 +7,7 @@ blocks of 64: NF4 and FP4 through ``bitsandbytes.functional.quantize_4bit``
 (``round(7·w/absmax)``). Each is dequantized and compared with the original
 (relative MSE ``‖w−ŵ‖²/‖w‖²`` and mean absolute error), per layer and in total.
 The 4-bit vs 16-bit perplexity (which loads a temporary 16-bit copy) is engine
-work, in :mod:`qlora_nb.engine.quant_report`; the plots are in
+work, in :mod:`qlora_nb.engine.model.quant_report`; the plots are in
 :mod:`qlora_nb.views.quant_report`.
 
 bitsandbytes' CPU quantizer is slow (seconds per million values on a busy

@@ -2,10 +2,10 @@
 
 A training step is predicted as five terms, each a count from the
 architecture (:mod:`.architectures`) times a rate measured once on the machine
-(:mod:`qlora_nb.engine.speed_calibration`, cached like the matmul peak):
+(:mod:`qlora_nb.engine.forecast.speed_calibration`, cached like the matmul peak):
 
 * **matmul** — the step's matmul FLOPs (the same counts as
-  :mod:`qlora_nb.engine.flops`: ``4KN`` per token per frozen linear, ``6KN``
+  :mod:`qlora_nb.engine.forecast.flops`: ``4KN`` per token per frozen linear, ``6KN``
   when the weight trains, ``6r(K+N)`` per adapter, ``12·l·d`` attention, the
   output layer on labelled tokens; gradient checkpointing adds one forward)
   divided by the measured matmul rate;

@@ -1,6 +1,6 @@
 """The chat playground: one message box, one multi-turn column per model (the base and each adapter), side by side.
 
-A subscriber of ``session.events`` around :func:`qlora_nb.engine.chat.chat` (the engine never imports this module).
+A subscriber of ``session.events`` around :func:`qlora_nb.engine.generation.chat.chat` (the engine never imports this module).
 The widget keeps the turns (the user's messages and every column's replies) and builds each column's conversation
 from them before every reply:
 
@@ -23,7 +23,7 @@ from typing import Any
 import traitlets
 
 from ..config import SESSION_NAME, GenerateConfig, PlaygroundOptions
-from ..engine.columns import offered_columns
+from ..engine.generation.columns import offered_columns
 from ..errors import QloraError
 from .base import QloraWidget, asset, esm
 from .between_steps import FollowsRuns
@@ -67,7 +67,7 @@ class Chat(FollowsRuns, QloraWidget):
     def __init__(self, session: Any, *, mode: str | None = None, history: str = PlaygroundOptions.history,
                  system: str = "", prompt: str = "", session_name: str = SESSION_NAME, interval: float = 0.1,
                  **kwargs: Any) -> None:
-        from ..engine.chat import NO_TEMPLATE, has_chat_template
+        from ..engine.generation.chat import NO_TEMPLATE, has_chat_template
 
         super().__init__(**kwargs)
         history = PlaygroundOptions.from_options({"history": history}).history  # its one declaration checks it
@@ -102,7 +102,7 @@ class Chat(FollowsRuns, QloraWidget):
         self.available = offered_columns(self.session)  # adapters, then an exported GGUF (--gguf)
 
     def _check_options(self, change: dict) -> None:
-        from ..engine.chat import ChatOptions
+        from ..engine.generation.chat import ChatOptions
 
         try:
             ChatOptions.from_options(change["new"])
@@ -192,7 +192,7 @@ class Chat(FollowsRuns, QloraWidget):
         return convs
 
     def _columns(self) -> list[str]:
-        from ..engine.columns import choose_columns
+        from ..engine.generation.columns import choose_columns
 
         self.refresh_adapters()
         return choose_columns(self.session, [c for c in self.chosen if c in self.available])[0]
@@ -207,7 +207,7 @@ class Chat(FollowsRuns, QloraWidget):
 
     def _reply(self, before: list[dict[str, Any]], text_back: str | None = None) -> Any:
         """Generate the last turn; on an error the turns (and the message box) are put back as they were."""
-        from ..engine.chat import chat, complete
+        from ..engine.generation.chat import chat, complete
 
         if self.status == "generating":
             self._turns = before
@@ -309,8 +309,8 @@ def _messages_code(convs: Any) -> str:
 
 
 def make_playground(session: Any, prompt: str = "", chat: bool | None = None, **kwargs: Any) -> QloraWidget:
-    """The chat (``chat=True``, or None when :func:`~qlora_nb.engine.chat.prefers_chat`) or completion playground."""
-    from ..engine.chat import prefers_chat
+    """The chat (``chat=True``, or None when :func:`~qlora_nb.engine.generation.chat.prefers_chat`) or completion playground."""
+    from ..engine.generation.chat import prefers_chat
 
     if chat is None:
         chat = prefers_chat(session)
@@ -324,7 +324,7 @@ def make_playground(session: Any, prompt: str = "", chat: bool | None = None, **
 
 
 def _coerced(options: dict[str, Any]) -> dict[str, Any]:
-    from ..engine.chat import ChatOptions
+    from ..engine.generation.chat import ChatOptions
 
     try:
         cfg = ChatOptions.from_options(options)

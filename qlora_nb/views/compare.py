@@ -112,7 +112,7 @@ class CompareWidget(QloraWidget):
 
     # ---------------------------------------------------------------- text
     def text(self) -> str:
-        from ..engine.compare_result import render_text
+        from ..engine.generation.compare_result import render_text
 
         return render_text({"columns": self.columns, "rows": self._rows, "notes": self.notes,
                             "changed_count": self.changed_count, "total": self.total})

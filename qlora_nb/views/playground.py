@@ -20,7 +20,7 @@ from typing import Any
 import traitlets
 
 from ..config import GenerateConfig
-from ..engine.columns import diverge_index, offered_columns
+from ..engine.generation.columns import diverge_index, offered_columns
 from .base import QloraWidget, esm
 from .between_steps import FollowsRuns
 from .workbench import error_text, workbench_css
@@ -195,7 +195,7 @@ class Playground(FollowsRuns, QloraWidget):
 
     # ---------------------------------------------------------------- text
     def text(self) -> str:
-        from ..engine.stream import render_stream_text
+        from ..engine.generation.stream import render_stream_text
 
         if not self.columns:
             return f"{self.title}: type a prompt and press Generate (Python: playground.generate('...'))."

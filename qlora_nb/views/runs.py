@@ -1,6 +1,6 @@
 """The run-history widget: a table of runs; tick two or more to overlay their curves and compare their configs.
 
-Everything shown comes from :class:`qlora_nb.engine.runs.Runs` (read from disk),
+Everything shown comes from :class:`qlora_nb.engine.training.runs.Runs` (read from disk),
 so the view holds no state of its own beyond the selection. From a row:
 
 - **load adapter** loads the run's saved adapter into the session as a new

@@ -212,7 +212,7 @@ class Studio(QloraWidget):
             self.preview, self.data_error = {}, error_text(exc, "studio data")
 
     def _refresh_forecast(self, opts: dict[str, Any], cutoff: int) -> None:
-        from ..engine.forecast import studio_forecast
+        from ..engine.forecast.plan import studio_forecast
 
         try:
             self.forecast = studio_forecast(self.session, opts, self._preview, cutoff)

@@ -1,0 +1,117 @@
+"""An exported GGUF as one more column of compare, the playground and chat.
+
+The verdict line of an export gives numbers; a user also wants to *see* the
+file answer like the adapter before shipping it. ``--gguf FILE`` loads the
+file back with transformers (the same reader the verification uses, so what
+is shown is what a user of the file gets) and keeps it beside the session as
+the column ``gguf``; every generation path asks :func:`model_for` which model
+serves a column. One file is attached at a time: attaching another frees the
+first, and ``%qlora_unload`` frees it with the session.
+
+Why not by default: the re-loaded model is a second, unquantized copy (fp32,
+4 bytes per parameter: 0.5 GiB for the 135M demo model, 28 GiB for a 7B), so
+it is only held when asked for, and the cell says how much it holds.
+
+The column uses the session's tokenizer for prompts and decoding, which is
+only right when the file's tokenizer splits text the same way: that is checked
+on attach (the export's own verification checks it too) and a file with
+another vocabulary is refused rather than shown as garbage.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import QloraError
+
+COLUMN = "gguf"
+_PROBES = ["Hello there, how are you?", "def add(a, b):\n    return a + b", "Ünïcode 3 + 4 = 7 ✓"]
+
+
+@dataclass
+class Attached:
+    """A GGUF loaded back beside the session: the file, when it was read, and the model."""
+
+    column: str
+    file: Path
+    mtime: float
+    model: Any
+    nbytes: int
+
+    def describe(self) -> str:
+        return (f"column {self.column!r}: {self.file} loaded back with transformers "
+                f"({self.nbytes / 2**20:,.0f} MiB in memory until %qlora_unload)")
+
+
+def attached(session) -> dict[str, Attached]:
+    return getattr(session, "attached", None) or {}
+
+
+def model_for(session, column: str):
+    """The model that generates ``column``: an attached GGUF's, else the session's."""
+    entry = attached(session).get(column)
+    return entry.model if entry is not None else session.model
+
+
+def _resolve(path: Any) -> Path:
+    file = Path(str(path)).expanduser()
+    if file.is_dir():
+        found = sorted(file.glob("*.gguf"))
+        if len(found) != 1:
+            raise QloraError(f"{file} holds {len(found)} .gguf files, so which one to show is not clear.",
+                             where="--gguf", hint="Pass the .gguf file itself.")
+        file = found[0]
+    if not file.is_file():
+        raise QloraError(f"no file at {file}.", where="--gguf",
+                         hint="Pass the .gguf written by %qlora_merge DIR --format gguf (its path is in the verdict "
+                              "line).")
+    from ...weightfiles import check_gguf_file
+
+    check_gguf_file(file, where="--gguf")
+    return file
+
+
+def attach_gguf(session, path: Any) -> Attached:
+    """Load ``path`` (a .gguf, or a folder holding one) back and keep it as the ``gguf`` column."""
+    from ..export.gguf_check import _same_ids, load_back
+
+    file = _resolve(path)
+    column = COLUMN if COLUMN not in session.adapters else f"{COLUMN} file"
+    current = attached(session).get(column)
+    if current is not None and current.file == file.resolve() and current.mtime == file.stat().st_mtime:
+        return current
+    detach(session)
+    try:
+        model, tokenizer = load_back(file.parent, file.name)
+    except QloraError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to read the file is reported as that
+        raise QloraError(f"transformers could not load {file} ({type(exc).__name__}: {str(exc)[:200]}).",
+                         where="--gguf", hint="Pass a GGUF written by %qlora_merge --format gguf, or a model "
+                                              "transformers can read from GGUF.") from None
+    if len(tokenizer) != len(session.tokenizer) or not _same_ids(session.tokenizer, tokenizer, _PROBES):
+        del model
+        gc.collect()
+        raise QloraError(f"{file}'s tokenizer splits text differently from this session's ({len(tokenizer):,} vs "
+                         f"{len(session.tokenizer):,} tokens), so its column cannot be shown beside the others.",
+                         where="--gguf", hint="Attach a GGUF exported from this session's model.")
+    model.to(session.device)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    entry = Attached(column, file.resolve(), file.stat().st_mtime, model, nbytes)
+    if not hasattr(session, "attached"):
+        session.attached = {}
+    session.attached[column] = entry
+    return entry
+
+
+def detach(session) -> int:
+    """Free every attached GGUF; the bytes released."""
+    entries = attached(session)
+    freed = sum(e.nbytes for e in entries.values())
+    if entries:
+        entries.clear()
+        gc.collect()
+    return freed
