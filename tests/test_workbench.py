@@ -251,7 +251,7 @@ def test_magics_and_python_twins(tiny_session):
 def test_engine_does_not_import_the_workbench_views():
     root = Path(qlora_nb.__file__).parent
     upward = re.compile(r"(from|import)\s+[.\w]*\b(widgets|views|magics)\b")
-    for path in (root / "engine" / "stream.py", root / "data" / "preview.py"):
+    for path in (root / "engine" / "generation" / "stream.py", root / "data" / "preview.py"):
         assert not upward.search(path.read_text(encoding="utf-8")), path
 
 
