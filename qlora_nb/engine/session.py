@@ -1,7 +1,11 @@
 """``Session``: one loaded base model with its named LoRA adapters, and everything done to it.
 
 The magics are thin wrappers over these methods; scripts and tests call them
-directly. Heavy modules are imported inside the methods that need them.
+directly. Heavy modules are imported inside the methods that need them, so that
+``import qlora_nb`` and ``%load_ext`` stay free of torch and transformers. None of
+those in-function imports is there to break a cycle: no module of the engine
+imports this one at run time (the sub-packages name ``Session`` only in type
+hints), which ``tests/test_layers.py`` checks.
 """
 
 from __future__ import annotations
