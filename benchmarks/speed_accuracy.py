@@ -109,9 +109,14 @@ def run_real(bits: int, batches: list[int], cutoffs: list[int], steps: int, work
 
     import qlora_nb
     from qlora_nb.data.load import load_demo
+    from qlora_nb.engine.forecast.planning import plan_session
+    from qlora_nb.engine.forecast.recalibrate import remeasure
 
     session = qlora_nb.load("smollm2-135m", bits=bits, device="cpu")
     data = load_demo().rows
+    p = plan_session(session, measure=False)
+    rates = remeasure(p.arch, p.config)[1]  # under the lock: a cache measured on a busy machine is repaired first
+    print(json.dumps({"rates": rates.to_dict()}), flush=True)
     cells = []
     for batch in batches:
         for cutoff in cutoffs:
@@ -125,7 +130,7 @@ def run_real(bits: int, batches: list[int], cutoffs: list[int], steps: int, work
             cell = {"bits": bits, "batch": batch, "cutoff": cutoff, "measured_s": measured, "predicted_s": predicted,
                     "error": predicted / measured - 1.0, "step_gaps_s": gaps, "load_before": load_before,
                     "load_after": os.getloadavg()[0], "threads": torch.get_num_threads(),
-                    "tokens_per_s": r.metrics.get("tokens_per_s"),
+                    "tokens_per_s": r.metrics.get("tokens_per_s"), "rates": rates.to_dict(),
                     "forecast_check": (r.metrics.get("forecast_check") or {}).get("note")}
             print(json.dumps({k: cell[k] for k in ("bits", "batch", "cutoff", "measured_s", "predicted_s", "error",
                                                    "load_before", "load_after")}), flush=True)
