@@ -17,6 +17,15 @@ meaningless with another torch process on the same cores), e.g.::
 
 Results: ``benchmarks/results/speed-accuracy-<machine>.json`` (one entry per
 cell, merged across runs).
+
+``--real-data`` checks the forecast a run makes for itself instead: the demo
+rows as they are (about 80 tokens, shorter than both cutoffs, so batches are
+padded to their longest row in the length-grouped order the Trainer draws),
+trained with ``Session.train`` and ``logging_steps=1``; predicted is the run's
+own ``predicted_step_s`` from its history, measured the median of its logged
+``step_s`` after step 1. The load average before and after each cell is kept
+beside it. Results: ``speed-accuracy-real-<machine>.json``; ``--table
+--real-data`` prints that table.
 """
 
 from __future__ import annotations
@@ -94,8 +103,44 @@ def run_bits(bits: int, batches: list[int], cutoffs: list[int], steps: int, work
     return cells
 
 
-def save(cells: list[dict]) -> None:
-    path = results_path()
+def run_real(bits: int, batches: list[int], cutoffs: list[int], steps: int, work_dir: Path) -> list[dict]:
+    """The run's own forecast vs its measured steady step, on the demo rows as they are."""
+    import torch
+
+    import qlora_nb
+    from qlora_nb.data.load import load_demo
+    from qlora_nb.engine.forecast.planning import plan_session
+    from qlora_nb.engine.forecast.recalibrate import remeasure
+
+    session = qlora_nb.load("smollm2-135m", bits=bits, device="cpu")
+    data = load_demo().rows
+    p = plan_session(session, measure=False)
+    rates = remeasure(p.arch, p.config)[1]  # under the lock: a cache measured on a busy machine is repaired first
+    print(json.dumps({"rates": rates.to_dict()}), flush=True)
+    cells = []
+    for batch in batches:
+        for cutoff in cutoffs:
+            load_before = os.getloadavg()[0]
+            r = session.train(data=data, max_steps=steps, batch_size=batch, cutoff_len=cutoff, val_split=0,
+                              n_probes=0, logging_steps=1, output_dir=str(work_dir / f"real-{bits}-{batch}-{cutoff}"),
+                              overwrite=True, report_to="none")
+            gaps = [h["step_s"] for h in r.history if "step_s" in h]
+            predicted = next(h["predicted_step_s"] for h in r.history if h.get("predicted_step_s"))
+            measured = statistics.median(gaps[1:])
+            cell = {"bits": bits, "batch": batch, "cutoff": cutoff, "measured_s": measured, "predicted_s": predicted,
+                    "error": predicted / measured - 1.0, "step_gaps_s": gaps, "load_before": load_before,
+                    "load_after": os.getloadavg()[0], "threads": torch.get_num_threads(),
+                    "tokens_per_s": r.metrics.get("tokens_per_s"), "rates": rates.to_dict(),
+                    "forecast_check": (r.metrics.get("forecast_check") or {}).get("note")}
+            print(json.dumps({k: cell[k] for k in ("bits", "batch", "cutoff", "measured_s", "predicted_s", "error",
+                                                   "load_before", "load_after")}), flush=True)
+            cells.append(cell)
+    session.unload()
+    return cells
+
+
+def save(cells: list[dict], path: Path | None = None) -> None:
+    path = path or results_path()
     old = json.loads(path.read_text()) if path.exists() else {"cells": []}
     keep = [c for c in old["cells"] if (c["bits"], c["batch"], c["cutoff"]) not in
             {(n["bits"], n["batch"], n["cutoff"]) for n in cells}]
@@ -108,14 +153,22 @@ def save(cells: list[dict]) -> None:
     path.write_text(json.dumps(old, indent=1))
 
 
-def table(path: Path | None = None) -> str:
-    data = json.loads((path or results_path()).read_text())
+def real_path() -> Path:
+    return results_path().with_name(results_path().name.replace("speed-accuracy-", "speed-accuracy-real-"))
+
+
+def table(path: Path | None = None, real: bool = False) -> str:
+    data = json.loads((path or (real_path() if real else results_path())).read_text())
+    what = ("the demo rows as they are (padded per batch), the run's own predicted_step_s; median of logged steps "
+            "2..N; load average before/after each cell" if real else "rows longer than the cutoff; median of steps 2..N")
     lines = [f"CPU: {data['cpu']} ({data['cores']} cores), torch {data['torch']}, {data['date']}; demo model "
-             f"SmolLM2-135M, LoRA r=16 all-linear, rows longer than the cutoff; median of steps 2..N.", "",
-             "| base | batch | cutoff | measured s/step | predicted s/step | error |", "|---|---|---|---|---|---|"]
+             f"SmolLM2-135M, LoRA r=16 all-linear, {what}.", "",
+             "| base | batch | cutoff | measured s/step | predicted s/step | error |" + (" load |" if real else ""),
+             "|---|---|---|---|---|---|" + ("---|" if real else "")]
     for c in data["cells"]:
         lines.append(f"| {c['bits']}-bit | {c['batch']} | {c['cutoff']} | {c['measured_s']:.2f} | "
-                     f"{c['predicted_s']:.2f} | {c['error']:+.0%} |")
+                     f"{c['predicted_s']:.2f} | {c['error']:+.0%} |"
+                     + (f" {c['load_before']:.1f}/{c['load_after']:.1f} |" if real else ""))
     worst = max(abs(c["error"]) for c in data["cells"])
     lines += ["", f"Worst cell: {worst:.0%} (the forecast states ±25%)."]
     return "\n".join(lines)
@@ -128,18 +181,20 @@ def main() -> None:
     ap.add_argument("--cutoffs", default="128,256")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--table", action="store_true", help="print the markdown table of the saved cells")
+    ap.add_argument("--real-data", action="store_true", help="the run's own forecast on the demo rows as they are")
     args = ap.parse_args()
     if args.table:
-        print(table())
+        print(table(real=args.real_data))
         return
     if args.bits is None:
         ap.error("--bits or --table")
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        cells = run_bits(args.bits, [int(b) for b in args.batches.split(",")],
-                         [int(c) for c in args.cutoffs.split(",")], args.steps, Path(tmp))
-    save(cells)
+        run = run_real if args.real_data else run_bits
+        cells = run(args.bits, [int(b) for b in args.batches.split(",")],
+                    [int(c) for c in args.cutoffs.split(",")], args.steps, Path(tmp))
+    save(cells, real_path() if args.real_data else None)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def test_run_steps_and_the_no_data_note():
 
 
 def test_workload_from_lengths_caps_at_the_cutoff():
-    w = Workload.from_lengths(2, [10, 300], [5, 200], cutoff=100)
+    w = Workload.from_lengths(1, [10, 300], [5, 200], cutoff=100)  # batch 1: no padding (test_time_padding.py)
     assert w.tokens_per_row == 55 and w.sq_tokens_per_row == (100 + 10_000) / 2 and w.labelled_per_row == 52.5
     assert w.rows == 2 and w.from_data
 
@@ -163,7 +163,7 @@ def test_calibration_is_written_read_and_keyed(cache):
     C.forget()  # a new process: the file answers, nothing is measured
     assert C.machine_rates([(8, 16)]) == first and len(calls) == 1
     key = next(iter(json.loads(path.read_text())))
-    assert "threads=" in key and "[(8, 16)]" in key and "bfloat16" in key
+    assert "threads=" in key and "[(8, 16)]" in key and "bfloat16" in key and "torch=" in key
     C.machine_rates([(8, 32)])  # other shapes: measured and kept beside the first
     C.machine_rates([(8, 16)], dtype="float32")  # another dtype too
     assert len(calls) == 3 and len(json.loads(path.read_text())) == 3
@@ -175,7 +175,7 @@ def test_a_damaged_cache_is_measured_over(cache, damage):
     C, calls, path = cache
     import torch
 
-    key = C.cache_key("cpu", "bfloat16", [(8, 16)], 512, torch.get_num_threads())
+    key = C.cache_key("cpu", "bfloat16", [(8, 16)], 512, torch.get_num_threads(), torch.__version__)
     path.write_text(damage.replace("KEY", key.replace('"', '\\"')))
     rates = C.machine_rates([(8, 16)])
     assert len(calls) == 1 and rates.matmul_flops_per_s > 0

@@ -308,15 +308,16 @@ function drawTime(box, f, apply) {
   box.replaceChildren();
   if (!f || !f.step_seconds) return;
   const est = f.source === "estimated" ? ", estimated from published peaks" : "";
+  const sure = f.certainty || `±${Math.round(100 * f.uncertainty)}%${est}`;  // how sure, worded in Python
   box.append(el("div", { class: "qn-muted" }, `time (as planned; run %qlora_plan again after changes): `,
-    el("b", { "data-testid": "plan-step-seconds" }, secs(f.step_seconds)), ` per step (±${Math.round(100 * f.uncertainty)}%${est}), run `,
+    el("b", { "data-testid": "plan-step-seconds" }, secs(f.step_seconds)), ` per step (${sure}), run `,
     el("b", {}, f.run_seconds ? secs(f.run_seconds) : "–"), ` — ${f.run_note}`));
   const rows = [el("tr", {}, el("th", {}, "setup"), el("th", {}, "s/step"), el("th", {}, "memory"), el("th", {}, "verdict"),
     ...(f.measured && f.measured.length ? [el("th", {}, "measured")] : []))];
   for (const m of f.methods || []) {
     const meas = (f.measured || []).find((x) => x.method === m.method && x.bits === m.bits);
     rows.push(el("tr", {}, el("td", {}, m.label), el("td", {}, secs(m.step_seconds)), el("td", {}, bytes(m.memory_bytes)), el("td", {}, m.verdict),
-      ...(f.measured && f.measured.length ? [el("td", {}, meas ? (meas.step_seconds ? secs(meas.step_seconds) : meas.why || "") : "")] : [])));
+      ...(f.measured && f.measured.length ? [el("td", {}, meas ? (meas.step_seconds ? secs(meas.step_seconds) + (meas.flag ? ` (!) ${meas.flag}` : "") : meas.why || "") : "")] : [])));
   }
   box.append(el("table", { class: "qn-table", "data-testid": "plan-time-table" }, ...rows));
   if (f.fastest) {

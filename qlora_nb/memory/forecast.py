@@ -14,7 +14,7 @@ rates come from the caller (the engine measures them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..config import PlanConfig
@@ -46,8 +46,7 @@ def price(arch: Arch, cfg: PlanConfig, rates: Rates, work: Workload) -> tuple[St
     """(step time, predicted memory bytes) of one configuration; ``work`` gives the tokens per row."""
     comp, params, matrices, _ = compute_components(arch, cfg)
     act = activation_bytes_per_token_layer(arch, cfg, matrices)
-    w = Workload(cfg.batch_size, work.tokens_per_row, work.sq_tokens_per_row, work.labelled_per_row, work.rows,
-                 work.from_data)
+    w = work.at(cfg.batch_size, cfg.gradient_accumulation_steps)  # padding depends on the batch size
     t = predict_step(arch, cfg.method, cfg.base_bits, matrices, params["trainable"], act, w, rates,
                      cfg.gradient_checkpointing, cfg.gradient_accumulation_steps, int8_in_fp32=cfg.device == "cpu")
     if cfg.gpus > 1:  # each device runs its own micro-batches; the step also waits for the collectives
@@ -71,17 +70,43 @@ class Forecast:
     measured: list[dict[str, Any]] = field(default_factory=list)  # filled by --measure
     machine: str = ""  # whose rates: "cpu:<model>:<cores>", "cuda:<name>"
     link_note: str = ""  # how the communication term of several devices was priced
+    setup: tuple[str, int] = ("", 0)  # the plan's own (method, bits)
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every fitting setup the fastest search priced
+    measure_note: str = ""  # why predictions and measurements disagree, when --measure flagged one
+
+    @property
+    def own_measured(self) -> dict[str, Any] | None:
+        """The --measure row of the plan's own setup, when it was timed."""
+        return next((m for m in self.measured if (m.get("method"), m.get("bits")) == self.setup
+                     and m.get("step_seconds")), None)
 
     @property
     def step_seconds(self) -> float:
-        return self.time.step_seconds
+        """Seconds per optimizer step: measured here when --measure timed this setup, else the prediction."""
+        own = self.own_measured
+        return float(own["step_seconds"]) if own else self.time.step_seconds
+
+    @property
+    def certainty(self) -> str:
+        """How sure the figure is, in words: measured, the ± of rates measured here, or a published estimate."""
+        own = self.own_measured
+        if own:
+            n = max(1, len(own.get("step_gaps_s") or []) - 1)
+            return f"measured here: median of {n} step(s) after warm-up; predicted {format_seconds(self.time.step_seconds)}"
+        t = self.time
+        if t.source == "estimated":
+            return (f"±{t.uncertainty:.0%}, estimated from the {self.machine.split(':', 1)[-1]}'s published peak "
+                    f"x {GPU_EFFICIENCY:.0%}")
+        return f"±{t.uncertainty:.0%}, rates measured here on {self.machine or 'this machine'}"
 
     @property
     def run_seconds(self) -> float | None:
         return self.step_seconds * self.steps if self.steps else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"step_seconds": self.step_seconds, "tokens_per_s": self.time.tokens_per_s,
+        return {"step_seconds": self.step_seconds, "predicted_step_seconds": self.time.step_seconds,
+                "certainty": self.certainty, "measure_note": self.measure_note,
+                "padding_share": self.workload.padding_share, "tokens_per_s": self.time.tokens_per_s,
                 "run_seconds": self.run_seconds, "steps": self.steps, "run_note": self.run_note,
                 "uncertainty": self.time.uncertainty, "source": self.time.source, "terms": dict(self.time.terms),
                 "methods": [dict(m) for m in self.methods], "fastest": dict(self.fastest) if self.fastest else None,
@@ -91,14 +116,14 @@ class Forecast:
 
     def lines(self) -> list[str]:
         t = self.time
-        pm = f"±{t.uncertainty:.0%}, " + (f"estimated for {self.machine.split(':', 1)[-1]} from its published peak "
-                                           f"x {GPU_EFFICIENCY:.0%}" if t.source == "estimated"
-                                           else f"rates measured on {self.machine or 'this machine'}")
-        rows = (f"{self.workload.tokens_per_row:.0f} tokens per row from the data" if self.workload.from_data
+        w = self.workload
+        rows = (f"{w.real_tokens_per_row:.0f} tokens per row from the data, {w.tokens_per_row:.0f} computed with "
+                f"padding ({w.padding_share:.0%}), {w.labelled_per_row:.0f} labelled" if w.from_data
                 else "every row seq_len tokens (no data)")
-        out = [f"time: {format_seconds(t.step_seconds)} per optimizer step ({pm}), {t.tokens_per_s:,.0f} tokens/s; "
+        tps = t.tokens / self.step_seconds if self.step_seconds else 0.0
+        out = [f"time: {format_seconds(self.step_seconds)} per optimizer step ({self.certainty}), {tps:,.0f} tokens/s; "
                f"{rows}",
-               "  terms: " + ", ".join(f"{k} {v:.3f} s" for k, v in t.terms.items())]
+               "  terms (predicted): " + ", ".join(f"{k} {v:.3f} s" for k, v in t.terms.items())]
         if "communication" in t.terms:
             out.append(f"  communication: {self.link_note}")
         out.append(f"  run: {format_seconds(self.run_seconds)} for {self.run_note}" if self.steps
@@ -106,18 +131,55 @@ class Forecast:
         out.append("  by method (same batch):")
         for m in self.methods:
             measured = next((x for x in self.measured if x["method"] == m["method"] and x["bits"] == m["bits"]), None)
-            extra = ""
-            if measured is not None:
-                extra = (f"   measured {format_seconds(measured['step_seconds'])}" if measured.get("step_seconds")
-                         else f"   not measured: {measured.get('why', '')}")
-            out.append(f"    {m['label']:<20} {format_seconds(m['step_seconds']):>9}/step  "
+            figure, extra = m["step_seconds"], ""
+            if measured is not None and measured.get("step_seconds"):
+                figure = measured["step_seconds"]
+                extra = f"   measured (predicted {format_seconds(m['step_seconds'])})"
+                if measured.get("flag"):
+                    extra += f"  (!) {measured['flag']}"
+            elif measured is not None:
+                extra = f"   predicted; not measured: {measured.get('why', '')}"
+            out.append(f"    {m['label']:<20} {format_seconds(figure):>9}/step  "
                        f"{human_bytes(m['memory_bytes']):>10}  {m['verdict']}{extra}")
+        if self.measure_note:
+            out.append(f"  (!) predictions far from the measurements; likely cause: {self.measure_note}")
         if self.fastest:
             f = self.fastest
-            out.append(f"fastest that fits: {f['text']} — {format_seconds(f['step_seconds'])} per optimizer step")
+            how = {"measured": "measured", "scaled": "predicted x its measured/predicted ratio",
+                   "scaled by the others": "predicted x the measured setups' ratio"}.get(f.get("source", ""), "")
+            out.append(f"fastest that fits: {f['text']} — {format_seconds(f['step_seconds'])} per optimizer step"
+                       + (f" ({how})" if how else ""))
         else:
             out.append(f"fastest that fits: {self.fastest_note}")
         return out
+
+    def apply_measured(self, measured: list[dict[str, Any]], note: str = "") -> None:
+        """Let measurements win: each method's own figure, and the fastest re-chosen from measured step times.
+
+        A setup measured at the plan's batch counts its measurement; the same setup at another batch or with
+        checkpointing is its prediction times that setup's measured/predicted ratio; a setup not measured
+        (full fine-tuning) is scaled by the median ratio of those that were, so a prediction that is low for
+        every setup cannot win by being unmeasured.
+        """
+        import statistics
+
+        self.measured, self.measure_note = measured, note
+        ratios = {(m["method"], m["bits"]): m["step_seconds"] / m["predicted_s"] for m in measured
+                  if m.get("step_seconds") and m.get("predicted_s")}
+        if not ratios:
+            return
+        common = statistics.median(ratios.values())
+        best = None
+        for c in self.candidates:
+            key = (c["method"], c["bits"])
+            own = key in ratios and c.get("plan_batch")
+            seconds = c["step_seconds"] * ratios.get(key, common)
+            source = "measured" if own else "scaled" if key in ratios else "scaled by the others"
+            if best is None or seconds < best["step_seconds"]:
+                best = {**c, "step_seconds": seconds, "predicted_s": c["step_seconds"], "source": source}
+        if best is not None:
+            best.pop("plan_batch", None)
+            self.fastest = best
 
 
 def _setup_cfg(cfg: PlanConfig, method: str, bits: int, **changes: Any) -> PlanConfig:
@@ -133,8 +195,7 @@ def _describe(method: str, bits: int, batch: int, accum: int, ckpt: bool) -> str
 def build_forecast(arch: Arch, cfg: PlanConfig, rates: Rates, work: Workload, limit: int) -> Forecast:
     """Price the plan's own configuration, each method at its batch, and search the fastest that fits."""
     own, _ = price(arch, cfg, rates, work)
-    steps, note = run_steps(Workload(cfg.batch_size * cfg.gpus, work.tokens_per_row, work.sq_tokens_per_row,
-                                     work.labelled_per_row, work.rows, work.from_data),
+    steps, note = run_steps(replace(work, batch_size=cfg.batch_size * cfg.gpus),
                             cfg.max_steps, cfg.epochs, cfg.gradient_accumulation_steps)  # a step: every device's batch
     if cfg.method == "full" or cfg.dora:  # other methods keep the plan's LoRA settings; full has none to keep
         setups = [(cfg.method, cfg.base_bits)]
@@ -151,6 +212,7 @@ def build_forecast(arch: Arch, cfg: PlanConfig, rates: Rates, work: Workload, li
                         "memory_bytes": total, "verdict": verdict})
     effective = cfg.batch_size * cfg.gradient_accumulation_steps
     best: dict[str, Any] | None = None
+    candidates: list[dict[str, Any]] = []
     for method, bits in setups:
         b = cfg.batch_size
         batches = []
@@ -165,10 +227,13 @@ def build_forecast(arch: Arch, cfg: PlanConfig, rates: Rates, work: Workload, li
                 t, total = price(arch, c, rates, work)
                 if total > TIGHT * limit:
                     continue
+                cand = {"method": method, "bits": bits, "batch_size": batch, "gradient_accumulation_steps": accum,
+                        "gradient_checkpointing": ckpt, "step_seconds": t.step_seconds,
+                        "memory_bytes": total, "text": _describe(method, bits, batch, accum, ckpt)}
+                candidates.append({**cand, "plan_batch": (batch, accum, ckpt) == (
+                    cfg.batch_size, cfg.gradient_accumulation_steps, cfg.gradient_checkpointing)})
                 if best is None or t.step_seconds < best["step_seconds"]:
-                    best = {"method": method, "bits": bits, "batch_size": batch, "gradient_accumulation_steps": accum,
-                            "gradient_checkpointing": ckpt, "step_seconds": t.step_seconds,
-                            "memory_bytes": total, "text": _describe(method, bits, batch, accum, ckpt)}
+                    best = cand
     why = "" if best else (f"no setup fits in {human_bytes(limit)} (methods x batch sizes x gradient checkpointing "
                            f"searched)")
     link = ""
@@ -177,4 +242,5 @@ def build_forecast(arch: Arch, cfg: PlanConfig, rates: Rates, work: Workload, li
         what = {"cpu": "gloo between CPU processes", "pcie": "PCIe", "nvlink": "NVLink"}[kind]
         link = (f"{cfg.gpus} devices over {what} at an estimated {LINK_BYTES_PER_S[kind] / 1e9:.0f} GB/s, not "
                 "overlapped with compute (an upper bound; --interconnect nvlink for SXM boards)")
-    return Forecast(own, steps, note, methods, best, why, work, machine=rates.machine, link_note=link)
+    return Forecast(own, steps, note, methods, best, why, work, machine=rates.machine, link_note=link,
+                    setup=(cfg.method, cfg.base_bits), candidates=candidates)

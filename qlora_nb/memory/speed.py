@@ -81,6 +81,7 @@ class Rates:
     matmul_fp32_flops_per_s: float = 0.0  # 0: same as matmul_flops_per_s
     machine: str = ""
     source: str = "measured"  # "measured" (calibrated here) or "estimated" (published peak x efficiency)
+    load_average: float | None = None  # the 1-minute load average while they were measured
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +91,8 @@ class Rates:
         deq = {int(k): float(v) for k, v in (d.get("dequant_seconds_per_weight") or {}).items()}
         return cls(float(d["matmul_flops_per_s"]), float(d["elementwise_bytes_per_s"]), float(d["op_seconds"]),
                    float(d["adamw_seconds_per_param"]), deq, float(d["matmul_fp32_flops_per_s"]),
-                   str(d.get("machine", "")), str(d.get("source", "measured")))
+                   str(d.get("machine", "")), str(d.get("source", "measured")),
+                   float(d["load_average"]) if d.get("load_average") is not None else None)
 
 
 def gpu_rates(name: str) -> Rates | None:
@@ -109,7 +111,12 @@ def gpu_rates(name: str) -> Rates | None:
 
 @dataclass
 class Workload:
-    """What a step computes: rows per step and their tokens (from the data when known, else ``seq_len`` each)."""
+    """What a step computes: rows per step and their tokens (from the data when known, else ``seq_len`` each).
+
+    From data, ``tokens_per_row`` is what the step *computes*: each row padded to its batch's longest
+    (:mod:`.batches`), while ``real_tokens_per_row`` counts the rows' own tokens (what tokens/s reports).
+    The rows' lengths are kept so :meth:`at` can re-price another batch size, whose padding differs.
+    """
 
     batch_size: int
     tokens_per_row: float
@@ -117,6 +124,12 @@ class Workload:
     labelled_per_row: float
     rows: int | None = None  # training rows, when the data is known
     from_data: bool = False
+    real_tokens_per_row: float = 0.0  # 0: same as tokens_per_row (no padding)
+    lengths: tuple[int, ...] = ()  # each row's tokens after truncation at the cutoff, when from data
+    labelled: tuple[int, ...] = ()
+    grouping: str = "group_by_length"  # how training batches rows (see .batches)
+    steps: int | None = None  # optimizer steps of the run (a short run takes the longest batches first)
+    grad_accum: int = 1
 
     @classmethod
     def padded(cls, batch_size: int, seq_len: int) -> Workload:
@@ -124,17 +137,38 @@ class Workload:
         return cls(batch_size, float(seq_len), float(seq_len) ** 2, float(seq_len))
 
     @classmethod
-    def from_lengths(cls, batch_size: int, lengths: list[int], labelled: list[int], cutoff: int) -> Workload:
-        """From tokenized rows: lengths capped at ``cutoff`` (training truncates there)."""
-        n = max(1, len(lengths))
-        capped = [min(x, cutoff) for x in lengths]
-        return cls(batch_size, sum(capped) / n, sum(x * x for x in capped) / n,
-                   sum(min(x, cutoff) for x in labelled) / n if labelled else sum(capped) / n,
-                   len(lengths), True)
+    def from_lengths(cls, batch_size: int, lengths: list[int], labelled: list[int], cutoff: int,
+                     grouping: str = "group_by_length", steps: int | None = None, grad_accum: int = 1) -> Workload:
+        """From tokenized rows: lengths capped at ``cutoff`` (training truncates there), padded per batch."""
+        capped = tuple(min(x, cutoff) for x in lengths)
+        lab = tuple(min(x, cutoff) for x in labelled) if len(labelled) == len(lengths) else capped
+        w = cls(batch_size, 0.0, 0.0, 0.0, len(lengths), True, 0.0, capped, lab, grouping, steps, max(1, grad_accum))
+        return w.at(batch_size, grad_accum)
+
+    def at(self, batch_size: int, grad_accum: int = 1) -> Workload:
+        """The same rows batched ``batch_size`` at a time (padding re-derived from the lengths when known)."""
+        from dataclasses import replace
+
+        from .batches import padded_means
+
+        if not self.lengths:
+            return replace(self, batch_size=batch_size, grad_accum=max(1, grad_accum))
+        p = padded_means(list(self.lengths), list(self.labelled), batch_size, grad_accum, self.grouping, self.steps)
+        return replace(self, batch_size=batch_size, grad_accum=max(1, grad_accum), tokens_per_row=p.tokens,
+                       sq_tokens_per_row=p.sq_tokens, labelled_per_row=p.labelled, real_tokens_per_row=p.real)
 
     @property
     def tokens(self) -> float:
         return self.batch_size * self.tokens_per_row
+
+    @property
+    def real_tokens(self) -> float:
+        return self.batch_size * (self.real_tokens_per_row or self.tokens_per_row)
+
+    @property
+    def padding_share(self) -> float:
+        """Share of the computed tokens that are padding."""
+        return 1.0 - self.real_tokens / self.tokens if self.tokens else 0.0
 
 
 def step_flops(arch: Arch, method: str, matrices: list[dict[str, Any]], work: Workload,
@@ -211,4 +245,4 @@ def predict_step(arch: Arch, method: str, bits: int, matrices: list[dict[str, An
     terms = {k: v * max(1, grad_accum) for k, v in micro.items()}
     terms["optimizer"] = trainable * rates.adamw_seconds_per_param
     unc = ESTIMATED_UNCERTAINTY if rates.source == "estimated" else MEASURED_UNCERTAINTY
-    return StepTime(terms, work.tokens * max(1, grad_accum), unc, rates.source)
+    return StepTime(terms, work.real_tokens * max(1, grad_accum), unc, rates.source)

@@ -11,8 +11,8 @@ from .workbench import PREVIEW_ROWS
 
 def preview_state(preview: Any, tokenizer: Any, cutoff: int, opts: dict[str, Any]) -> dict[str, Any]:
     """The synced ``preview`` trait for a loaded :func:`qlora_nb.data.preview.load_preview` result."""
+    from ..data.split import split_rows
     from ..engine.generation.columns import token_pieces
-    from ..engine.training.train import split_rows
 
     completion_only = TrainConfig.completion_only  # not a studio control: the %%qlora_train default
     rows = []

@@ -21,6 +21,7 @@ from ...memory.plan import Plan
 from ...memory.speed import Rates, Workload, gpu_rates
 
 DEFAULT_VAL_SPLIT = 0.1  # what training holds out unless told otherwise (TrainConfig.val_split)
+TRAIN_SEED = 42  # TrainConfig.seed's default: the held-out split is seeded by it
 
 
 def rates_for(arch: Arch, cfg: PlanConfig, gpu_name: str | None = None) -> Rates:
@@ -54,8 +55,17 @@ def rates_for(arch: Arch, cfg: PlanConfig, gpu_name: str | None = None) -> Rates
     return rates
 
 
+def grouping_of(group_by_length: bool = True, packing: bool = False) -> str:
+    """How training batches its rows (``TrainConfig.group_by_length`` / ``packing``; see memory/batches.py)."""
+    return "packing" if packing else "group_by_length" if group_by_length else "random"
+
+
 def workload_for(cfg: PlanConfig, tokenizer: Any = None, template: str | None = None) -> Workload:
-    """Tokens per row from ``cfg.data`` tokenized as training does; every row ``seq_len`` tokens without data."""
+    """Tokens per row from ``cfg.data`` tokenized as training does; every row ``seq_len`` tokens without data.
+
+    With data, each batch is padded to its longest row in the order training's default sampler draws them
+    (length-grouped), over the steps the run takes when ``max_steps`` is set.
+    """
     if cfg.data is None:
         return Workload.padded(cfg.batch_size, cfg.seq_len)
     from ...data.collate import tokenize_rows
@@ -63,18 +73,24 @@ def workload_for(cfg: PlanConfig, tokenizer: Any = None, template: str | None = 
     from ...data.validate import validate
 
     if tokenizer is None:
-        raise QloraError("data was given but no tokenizer is at hand to count its tokens.",
+        raise QloraError(f"data was given but no tokenizer is at hand to count its tokens: {cfg.model!r} is not on "
+                         "this machine (no tokenizer files in its folder or the cache).",
                          where="plan option 'data'",
-                         hint="Plan the loaded session instead (session.plan(data=...) / %qlora_plan --data ...), "
-                              "or leave data out for a time per step.")
+                         hint="Load the model once (qlora_nb.load(...)) so its tokenizer is cached, plan the loaded "
+                              "session (session.plan(data=...) / %qlora_plan --data ...), or leave data out for a "
+                              "time per step.")
     text = validate(load_data(cfg.data), template, tokenizer)
-    tok = tokenize_rows(text.rows, text.template, tokenizer, cfg.seq_len, True, text.chat_format)
+    rows = text.rows
+    if text.val_rows is None:  # training holds out a share (data/split.py) before batching the rest
+        from ...data.split import split_rows
+
+        rows = split_rows(rows, DEFAULT_VAL_SPLIT, TRAIN_SEED)[0]
+    tok = tokenize_rows(rows, text.template, tokenizer, cfg.seq_len, True, text.chat_format)
     lengths = [len(ex["input_ids"]) for ex in tok.examples]
     labelled = [sum(1 for t in ex["labels"][1:] if t != -100) for ex in tok.examples]
-    work = Workload.from_lengths(cfg.batch_size, lengths, labelled, cfg.seq_len)
-    if text.val_rows is None:  # training holds out a share (engine/train.split_rows); the mean length stays
-        work.rows = len(text.rows) - max(1, round(len(text.rows) * DEFAULT_VAL_SPLIT))
-    return work
+    return Workload.from_lengths(cfg.batch_size, lengths, labelled, cfg.seq_len, grouping_of(),
+                                 cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else None,
+                                 cfg.gradient_accumulation_steps)
 
 
 def attach_forecast(p: Plan, *, tokenizer: Any = None, template: str | None = None, rates: Rates | None = None,
@@ -95,7 +111,12 @@ def plan(model: str | None = None, *, gpu_model: str | None = None, **options: A
     from ...memory.planner import plan as memory_plan
 
     p = memory_plan(model, **options)
-    return attach_forecast(p, gpu_name=gpu_model)
+    tokenizer = None
+    if p.config.data is not None:  # the rows are counted with the model's own tokenizer, when it is on this machine
+        from ..model.tokenizer import cached_tokenizer
+
+        tokenizer = cached_tokenizer(p.config.model)
+    return attach_forecast(p, tokenizer=tokenizer, gpu_name=gpu_model)
 
 
 def plan_session(session, *, measure: bool = False, ledger: bool = True, steps: int = 3,
@@ -121,8 +142,9 @@ def plan_session(session, *, measure: bool = False, ledger: bool = True, steps: 
     return p
 
 
-def run_prediction(session, cfg: Any, examples: list[dict[str, list[int]]]) -> float | None:
-    """Predicted seconds per optimizer step of a run about to start (its own tokenized rows); None if unpriceable.
+def run_prediction(session, cfg: Any, examples: list[dict[str, list[int]]], steps: int | None = None) -> float | None:
+    """Predicted seconds per optimizer step of a run about to start (its own tokenized rows, padded per batch as
+    its sampler groups them, over its ``steps``); None if unpriceable.
 
     The dashboard shows it beside the measured step time, and the ETA at step 1 uses it (step 1 pays for
     warm-up, so elapsed time alone overstates the run).
@@ -136,7 +158,8 @@ def run_prediction(session, cfg: Any, examples: list[dict[str, list[int]]]) -> f
                                 gradient_accumulation_steps=cfg.gradient_accumulation_steps)
         lengths = [len(ex["input_ids"]) for ex in examples]
         labelled = [sum(1 for t in ex["labels"][1:] if t != -100) for ex in examples]
-        work = Workload.from_lengths(cfg.batch_size, lengths, labelled, cfg.cutoff_len)
+        work = Workload.from_lengths(cfg.batch_size, lengths, labelled, cfg.cutoff_len,
+                                     grouping_of(cfg.group_by_length, cfg.packing), steps, cfg.gradient_accumulation_steps)
         return price(p.arch, p.config, rates_for(p.arch, p.config), work)[0].step_seconds
     except Exception:  # advice only: a forecast that cannot be made must never stop a run
         return None
@@ -168,7 +191,10 @@ def studio_forecast(session, opts: dict[str, Any], preview: Any, cutoff: int) ->
     work = p.forecast.workload
     if lengths:
         rows = len(preview.rows)
-        work = Workload.from_lengths(c.batch_size, lengths, [], cutoff)
+        work = Workload.from_lengths(c.batch_size, lengths, [], cutoff,
+                                     grouping_of(get("group_by_length"), get("packing")),
+                                     c.max_steps if c.max_steps and c.max_steps > 0 else None,
+                                     c.gradient_accumulation_steps)
         split = get("val_split")  # a fraction, or a count when >= 1 (TrainConfig.val_split)
         work.rows = rows if preview.val_rows else max(1, rows - (int(split) if split >= 1 else round(rows * split)))
     f = build_forecast(p.arch, c, rates_for(p.arch, c), work, p.limit_bytes)

@@ -6,23 +6,28 @@ and in fp32 (matmul FLOP/s: LLM.int8's CPU training path multiplies in fp32), bi
 the LLM.int8 CPU path's ``CB.to(dtype) * SCB/127`` (seconds per weight), a
 read-modify-write elementwise chain (bytes/s), a tiny op (seconds per
 dispatch) and ``torch.optim.AdamW`` over adapter-sized tensors (seconds per
-parameter). Timings are medians of several repeats, not bests: a forecast
-should be what a step usually gets, while the MFU's peak (:mod:`.flops`) is the
-best the hardware can do.
+parameter). Each timing is the *best* of several repeats: another process on
+the cores can only make a repeat slower, never faster, so the best is the one
+noise cannot poison (a median measured while a second torch process shared the
+2 cores here was 15-30x too slow, and stayed in the cache for every later
+forecast). What a real step loses to its own overheads is in the model's fitted
+efficiencies (:mod:`qlora_nb.memory.speed`), not in the rates.
 
 The result is cached in the toolkit's cache (``speed_rates.json``), keyed by
-machine (CPU model and cores, or GPU name), thread count, compute dtype, token
-count and shapes, so it is measured once per machine (~2 s on a 2-core CPU);
-a damaged or foreign file is measured over and rewritten. A GPU that is not
-the one this process runs on is priced from its published peak
-(:func:`qlora_nb.memory.speed.gpu_rates`), marked "estimated".
+machine (CPU model and cores, or GPU name), torch version, thread count,
+compute dtype, token count and shapes, so it is measured once per machine
+(~2 s on a 2-core CPU); a damaged or foreign file is measured over and
+rewritten. :func:`recalibrate` measures again and keeps, rate by rate, the
+better of the old and the new figure (a run far from its forecast calls it,
+:mod:`.recalibrate`). A GPU that is not the one this process runs on is priced
+from its published peak (:func:`qlora_nb.memory.speed.gpu_rates`), marked
+"estimated".
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,11 +64,17 @@ def _write(key: str, rates: Rates) -> None:
         write_text_atomic(rates_file(), json.dumps(data, indent=1, sort_keys=True))
 
 
-def cache_key(device: str, dtype: str, shapes: list[tuple[int, int]], tokens: int, threads: int) -> str:
-    return f"{_machine(device)}|{dtype}|threads={threads}|tokens={tokens}|{sorted(shapes)}"
+def cache_key(device: str, dtype: str, shapes: list[tuple[int, int]], tokens: int, threads: int,
+              torch_version: str | None = None) -> str:
+    if torch_version is None:
+        import torch
+
+        torch_version = torch.__version__
+    return f"{_machine(device)}|torch={torch_version}|{dtype}|threads={threads}|tokens={tokens}|{sorted(shapes)}"
 
 
-def _median_time(fn: Callable[[], object], sync: Callable[[], object], repeats: int) -> float:
+def _best_time(fn: Callable[[], object], sync: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timings after one warm-up call (see the module docstring for why the best)."""
     fn()  # kernel selection, packing, allocator warm-up
     times = []
     for _ in range(repeats):
@@ -72,7 +83,7 @@ def _median_time(fn: Callable[[], object], sync: Callable[[], object], repeats: 
         fn()
         sync()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return min(times)
 
 
 def measure_rates(shapes: list[tuple[int, int]], dtype: str = "bfloat16", device: str = "cpu", tokens: int = 512,
@@ -90,11 +101,11 @@ def measure_rates(shapes: list[tuple[int, int]], dtype: str = "bfloat16", device
         x = torch.randn(tokens, k, dtype=dt, device=device)
         w = torch.randn(n, k, dtype=dt, device=device)
         g = torch.randn(tokens, n, dtype=dt, device=device)
-        seconds += _median_time(lambda x=x, w=w: torch.nn.functional.linear(x, w), sync, repeats)
-        seconds += _median_time(lambda g=g, w=w: g @ w, sync, repeats)
+        seconds += _best_time(lambda x=x, w=w: torch.nn.functional.linear(x, w), sync, repeats)
+        seconds += _best_time(lambda g=g, w=w: g @ w, sync, repeats)
         x32, w32, g32 = x.float(), w.float(), g.float()
-        seconds32 += _median_time(lambda x=x32, w=w32: torch.nn.functional.linear(x, w), sync, repeats)
-        seconds32 += _median_time(lambda g=g32, w=w32: g @ w, sync, repeats)
+        seconds32 += _best_time(lambda x=x32, w=w32: torch.nn.functional.linear(x, w), sync, repeats)
+        seconds32 += _best_time(lambda g=g32, w=w32: g @ w, sync, repeats)
         flop += 4.0 * tokens * k * n
         deq4 += _dequant4_seconds(w, sync, repeats)
         deq8 += _dequant8_seconds(w, sync, repeats)
@@ -103,16 +114,26 @@ def measure_rates(shapes: list[tuple[int, int]], dtype: str = "bfloat16", device
     big = torch.randn(4 * 2**20, dtype=torch.float32, device=device)
     scale = torch.rand_like(big)
     # x * s + x: reads two tensors, writes two (the product, then the sum)
-    elt = _median_time(lambda: torch.add(big * scale, big), sync, repeats)
+    elt = _best_time(lambda: torch.add(big * scale, big), sync, repeats)
     tiny = torch.ones(8, device=device)
-    op = _median_time(lambda: [tiny.add(1.0) for _ in range(100)], sync, repeats) / 100
+    op = _best_time(lambda: [tiny.add(1.0) for _ in range(100)], sync, repeats) / 100
     return Rates(
         matmul_flops_per_s=flop / seconds if seconds > 0 else 1e9,
         matmul_fp32_flops_per_s=flop / seconds32 if seconds32 > 0 else 1e9,
         elementwise_bytes_per_s=4.0 * big.numel() * big.element_size() / max(elt, 1e-9),
         op_seconds=op, adamw_seconds_per_param=_adamw_seconds_per_param(shapes, device, sync, repeats),
         dequant_seconds_per_weight={4: deq4 / weights, 8: deq8 / weights},
-        machine=_machine(device), source="measured")
+        machine=_machine(device), source="measured", load_average=_load_average())
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average while measuring (None where the OS has none), kept with the rates."""
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _dequant4_seconds(w, sync, repeats: int) -> float:
@@ -122,7 +143,7 @@ def _dequant4_seconds(w, sync, repeats: int) -> float:
     except ImportError:
         return 0.0
     q, state = BF.quantize_4bit(w, quant_type="nf4", compress_statistics=True)
-    return _median_time(lambda: BF.dequantize_4bit(q, state), sync, repeats)
+    return _best_time(lambda: BF.dequantize_4bit(q, state), sync, repeats)
 
 
 def _dequant8_seconds(w, sync, repeats: int) -> float:
@@ -131,7 +152,7 @@ def _dequant8_seconds(w, sync, repeats: int) -> float:
 
     scb = w.float().abs().amax(1)
     cb = torch.round(w.float() / scb[:, None] * 127).to(torch.int8)
-    return _median_time(lambda: cb.to(w.dtype).mul_(scb.unsqueeze(1).mul(1.0 / 127.0)), sync, repeats)
+    return _best_time(lambda: cb.to(w.dtype).mul_(scb.unsqueeze(1).mul(1.0 / 127.0)), sync, repeats)
 
 
 def _adamw_seconds_per_param(shapes, device: str, sync, repeats: int) -> float:
@@ -146,7 +167,7 @@ def _adamw_seconds_per_param(shapes, device: str, sync, repeats: int) -> float:
         p.grad = torch.randn_like(p)
     opt = torch.optim.AdamW(params, lr=1e-4)
     total = sum(p.numel() for p in params)
-    return _median_time(opt.step, sync, repeats) / total
+    return _best_time(opt.step, sync, repeats) / total
 
 
 def machine_rates(shapes: list[tuple[int, int]], dtype: str = "bfloat16", device: str = "cpu", tokens: int = 512,
@@ -168,6 +189,39 @@ def machine_rates(shapes: list[tuple[int, int]], dtype: str = "bfloat16", device
     if cache:
         _write(key, rates)
     return rates
+
+
+def better_of(old: Rates, new: Rates) -> Rates:
+    """Rate by rate, the faster of two measurements of the same machine (noise only ever slows one down)."""
+    deq: dict[int, float] = {}
+    for bits in {*old.dequant_seconds_per_weight, *new.dequant_seconds_per_weight}:
+        seen = [v for v in (old.dequant_seconds_per_weight.get(bits), new.dequant_seconds_per_weight.get(bits)) if v]
+        if seen:
+            deq[bits] = min(seen)
+    return Rates(matmul_flops_per_s=max(old.matmul_flops_per_s, new.matmul_flops_per_s),
+                 elementwise_bytes_per_s=max(old.elementwise_bytes_per_s, new.elementwise_bytes_per_s),
+                 op_seconds=min(old.op_seconds, new.op_seconds),
+                 adamw_seconds_per_param=min(old.adamw_seconds_per_param, new.adamw_seconds_per_param),
+                 dequant_seconds_per_weight=deq,
+                 matmul_fp32_flops_per_s=max(old.matmul_fp32_flops_per_s, new.matmul_fp32_flops_per_s),
+                 machine=new.machine or old.machine, source="measured", load_average=new.load_average)
+
+
+def recalibrate(shapes: list[tuple[int, int]], dtype: str = "bfloat16", device: str = "cpu",
+                tokens: int = 512) -> tuple[Rates | None, Rates]:
+    """Measure again and cache the better of the old and new rates: (the old rates if any, the kept rates)."""
+    import torch
+
+    key = cache_key(device, dtype, shapes, tokens, torch.get_num_threads())
+    old = _RATES.get(key)
+    if old is None:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            old = Rates.from_dict(_read()[key])
+    new = measure_rates(shapes, dtype, device, tokens)
+    kept = better_of(old, new) if old is not None and old.source == "measured" else new
+    _RATES[key] = kept
+    _write(key, kept)
+    return old, kept
 
 
 def forget() -> None:

@@ -13,7 +13,11 @@ trains adapters. A setup whose memory forecast does not fit is not tried, and
 the plan says so.
 
 The step time is the median of steps 2..N (step 1 pays for kernel selection
-and allocator warm-up), the same rule as the accuracy benchmark.
+and allocator warm-up), the same rule as the accuracy benchmark. The measured
+figures then win (:meth:`qlora_nb.memory.forecast.Forecast.apply_measured`):
+the plan's own time, each method's row and the fastest setup; a prediction
+2x or more off its measurement is flagged and the machine's rates are
+measured again (:mod:`.recalibrate`).
 """
 
 from __future__ import annotations
@@ -106,7 +110,10 @@ def measure_setups(session, plan: Plan, *, steps: int = 3, template: str | None 
     if after != before:  # the user's session must be exactly as it was; say so loudly if not
         raise QloraError("measuring changed the session's adapters or trainable flags.", where="--measure",
                          hint=f"before {before}, after {after}; please report this.")
-    plan.forecast.measured = out
+    from .recalibrate import flag_measurements
+
+    note = flag_measurements(plan.arch, cfg, out)  # marks rows >= 2x off and re-measures the rates if any is
+    plan.forecast.apply_measured(out, note or "")  # the measured figures win: own time, each method, fastest
     return out
 
 

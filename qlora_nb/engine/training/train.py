@@ -18,13 +18,13 @@ schedule. A second interrupt still leaves a checkpoint (see
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ...config import TrainConfig
+from ...data.split import split_rows  # noqa: F401  (re-exported: the studio and older callers import it here)
 from ...errors import QloraError
 from .run_output import find_checkpoint, output_dir, save_run, save_state
 from .train_events import PeakRssSampler, make_callback
@@ -48,21 +48,6 @@ class Prepared:
     template: Any
     chat: bool
     truncated: int
-
-
-def split_rows(rows: list[dict[str, str]], val_split: float, seed: int) -> tuple[list, list]:
-    """A seeded held-out split: a fraction when ``val_split < 1``, a row count otherwise."""
-    if val_split <= 0:
-        return list(rows), []
-    n_val = int(val_split) if val_split >= 1 else max(1, round(len(rows) * val_split))
-    if n_val >= len(rows):
-        raise QloraError(f"val_split={val_split:g} holds out {n_val} of {len(rows)} rows, leaving none to train on.",
-                         where="train option 'val_split'",
-                         hint="Use a smaller fraction (e.g. 0.1), a smaller count, or 0 for no evaluation.")
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    held = set(order[:n_val])
-    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
 
 def prepare(session, cfg: TrainConfig) -> Prepared:
@@ -124,6 +109,16 @@ def _trainer_class():
                 return labelled_loss(model, inputs, num_items_in_batch)
 
     return CountingTrainer
+
+
+def _forecast_check(session, history: list[dict[str, Any]], predicted: float | None) -> dict[str, Any] | None:
+    """engine/forecast/recalibrate.check_run; advice only, so a failure there never fails the run."""
+    from ..forecast.recalibrate import check_run
+
+    try:
+        return check_run(session, history, predicted)
+    except Exception:
+        return None
 
 
 def _planned_steps(cfg: TrainConfig, n_train: int) -> int:
@@ -277,7 +272,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
     trainer.flops_model, state["peak_flops"] = _flops_and_peak(session, cfg)
     from ..forecast.plan import run_prediction
 
-    state["predicted_step_s"] = run_prediction(session, cfg, prep.train)
+    state["predicted_step_s"] = run_prediction(session, cfg, prep.train, planned)
     trainer.add_callback(make_callback(session, cfg, prep, flag, history, state))
     if cfg.eval_metric is not None:
         from .task_metric import TrainingMetric
@@ -343,6 +338,14 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
         metrics.setdefault("eval_loss", next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None))
     if trainer.task_metric is not None:
         metrics.update(trainer.task_metric.final_metrics())
+    check = None if interrupted else _forecast_check(session, history, state.get("predicted_step_s"))
+    if check is not None:  # the steady step was >30% off its forecast: kept in the metrics, said once per process
+        metrics["forecast_check"] = check
+    if check is not None and check["said"]:
+        note = f"{note}\n{check['note']}".strip()
+        import warnings
+
+        warnings.warn(check["note"], stacklevel=3)
     adapter_dir = save_run(session, cfg, out, metrics, prep)
     save_state(trainer, out)
     from ..lifecycle import last_complete_checkpoint
