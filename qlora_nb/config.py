@@ -76,12 +76,22 @@ GRADIENT_ACCUMULATION = Concept("gradient_accumulation_steps", 1, "Micro-batches
                                 "(time per step scales with it).", min=1)
 GGUF_COLUMN = Concept("gguf", None, "A .gguf file (from %qlora_merge DIR --format gguf) shown as one more column "
                       "'gguf', as transformers loads it back; held in memory until %qlora_unload.")
+GGUF_ENGINE = Concept("engine", "transformers", "What serves the gguf column: transformers (loads the file back "
+                      "in fp32, the default) or llama.cpp (the llama-cpp-python package, the program users deploy "
+                      "with, at its speed; install it with `make llamacpp-check`).",
+                      choices=("transformers", "llama.cpp"))
 CPU_OFFLOAD = Concept("cpu_offload", False, "FSDP only: keep the parameter shards, gradients and optimizer states "
                       "in host RAM.")
 
 
 def _dtype(value: str) -> str:
     return DTYPE_ALIASES.get(value, value)
+
+
+def _check_engine(engine: str, gguf: str | None, where: str) -> None:
+    if engine != "transformers" and gguf is None:
+        raise QloraError(f"engine {engine} serves the gguf column, but no GGUF file is given.", where=where,
+                         hint="Add the file: --gguf FILE --engine llama.cpp (gguf=FILE, engine='llama.cpp').")
 
 
 def _check_targets(targets: list[Any], where: str) -> list[str]:
@@ -228,6 +238,10 @@ class GenerateConfig(OptionsBase):
     logprobs: bool = option(False, "Score each output token's log-prob: compare shades each token by how much the "
                                    "adapter changed it, the playground shows each column's mean.")
     gguf: str | None = GGUF_COLUMN()
+    engine: str = GGUF_ENGINE()
+
+    def validate(self) -> None:
+        _check_engine(self.engine, self.gguf, self.where("engine"))
 
 
 @dataclass
@@ -334,9 +348,20 @@ class MergeOptions(OptionsBase):
                                  "bf16 or f32. K-quants (Q4_K_M, ...) need llama-quantize: export f16, then "
                                  "`llama-quantize IN-f16.gguf OUT-Q4_K_M.gguf Q4_K_M`, or `ollama create NAME "
                                  "--quantize q4_K_M -f DIR/Modelfile`.")
+    base_only: bool = option(False, "GGUF only: write the base exactly as this session holds it (NF4 dequantized "
+                             "to the outtype), no adapter merged: the base a GGUF LoRA (%qlora_save DIR --format "
+                             "gguf) was trained on; needs no trained adapter.")
 
     def validate(self) -> None:
         self.dtype = _dtype(self.dtype)
+        if self.base_only and self.format == "hf":
+            raise QloraError("base_only writes a GGUF base for a GGUF LoRA; a Hugging Face merge has no base-only "
+                             "form.", where=self.where("base_only"),
+                             hint="Add --format gguf (format='gguf'); the base's own folder is the HF form.")
+        if self.base_only and self.adapter is not None:
+            raise QloraError(f"base_only writes the base without any adapter, so adapter {self.adapter!r} would "
+                             "be ignored.", where=self.where("base_only"),
+                             hint="Drop --adapter, or drop --base-only to merge that adapter.")
         if self.outtype is not None and self.format == "hf":
             raise QloraError("outtype applies to GGUF exports only.", where=self.where("outtype"),
                              hint="Add format gguf (--format gguf) or ollama, or use dtype for a Hugging Face merge.")
@@ -352,6 +377,10 @@ class PlaygroundOptions(OptionsBase):
     history: str = option("same", "Chat: every column continues from the first column's answers (same, an A/B on "
                           "identical context) or from its own (own).", choices=("same", "own"))
     gguf: str | None = GGUF_COLUMN()
+    engine: str = GGUF_ENGINE()
+
+    def validate(self) -> None:
+        _check_engine(self.engine, self.gguf, self.where("engine"))
 
 
 @dataclass

@@ -53,7 +53,7 @@ class ExportMagics(QloraMagicsBase):
         if opts.format != "hf":
             from ..engine.export.gguf_write import normalize_outtype
 
-            gguf = {"format": opts.format}
+            gguf = {"format": opts.format, "base_only": opts.base_only}
             if opts.outtype is not None:
                 gguf["outtype"] = normalize_outtype(opts.outtype)
         session = self.session(args.session)
