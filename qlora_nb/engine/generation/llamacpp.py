@@ -31,7 +31,10 @@ from ...errors import QloraError
 
 ENGINE = "llama.cpp"
 PIN = "llama-cpp-python==0.3.36"  # the version the check in benchmarks/llamacpp_check.py verified
-_CTX = 2048  # tokens of context the column holds (prompt + reply)
+# Tokens of context the column holds (prompt + reply). Fixed rather than read from the header first: gguf-py's
+# reader parses the whole vocabulary in Python (seconds for a 49k vocabulary); a model trained on fewer (only tiny
+# test models) gets a one-line llama.cpp warning on stderr.
+_CTX = 2048
 
 
 def import_llama_cpp():
@@ -55,18 +58,6 @@ def add_bos(llm) -> bool:
     return str(value).lower() == "true" if value is not None else True
 
 
-def trained_context(file: Path) -> int | None:
-    """``<arch>.context_length`` from the file's header (a longer context only costs KV memory and a warning)."""
-    try:
-        from gguf import GGUFReader
-
-        fields = GGUFReader(str(file)).fields
-        arch = fields["general.architecture"].contents()
-        return int(fields[f"{arch}.context_length"].contents())
-    except Exception:  # noqa: BLE001 - the header is checked elsewhere; here it only sizes the context
-        return None
-
-
 class LlamaCppModel:
     """A llama.cpp model with the ``generate`` / forward surface the generation path uses."""
 
@@ -75,9 +66,8 @@ class LlamaCppModel:
         # forward below reads each position's logits as it is evaluated instead.
         self.lib = import_llama_cpp()
         self.file = Path(file)
-        self.llm = self.lib.Llama(model_path=str(file), lora_path=str(lora) if lora else None,
-                                  n_ctx=min(n_ctx, trained_context(self.file) or n_ctx), n_threads=n_threads,
-                                  verbose=False)
+        self.llm = self.lib.Llama(model_path=str(file), lora_path=str(lora) if lora else None, n_ctx=n_ctx,
+                                  n_threads=n_threads, verbose=False)
         self.nbytes = int(self.file.stat().st_size) + (int(Path(lora).stat().st_size) if lora else 0)
 
     def tokenize(self, text: str) -> list[int]:
