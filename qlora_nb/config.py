@@ -76,10 +76,8 @@ GRADIENT_ACCUMULATION = Concept("gradient_accumulation_steps", 1, "Micro-batches
                                 "(time per step scales with it).", min=1)
 GGUF_COLUMN = Concept("gguf", None, "A .gguf file (from %qlora_merge DIR --format gguf) shown as one more column "
                       "'gguf', as transformers loads it back; held in memory until %qlora_unload.")
-GGUF_ENGINE = Concept("engine", "transformers", "What serves the gguf column: transformers (loads the file back "
-                      "in fp32, the default) or llama.cpp (the llama-cpp-python package, the program users deploy "
-                      "with, at its speed; install it with `make llamacpp-check`).",
-                      choices=("transformers", "llama.cpp"))
+GGUF_ENGINE = Concept("engine", "transformers", "What serves the gguf column: transformers (the file loaded back "
+                      "in fp32) or llama.cpp (llama-cpp-python, as users deploy it).", choices=("transformers", "llama.cpp"))
 CPU_OFFLOAD = Concept("cpu_offload", False, "FSDP only: keep the parameter shards, gradients and optimizer states "
                       "in host RAM.")
 
@@ -354,14 +352,6 @@ class MergeOptions(OptionsBase):
 
     def validate(self) -> None:
         self.dtype = _dtype(self.dtype)
-        if self.base_only and self.format == "hf":
-            raise QloraError("base_only writes a GGUF base for a GGUF LoRA; a Hugging Face merge has no base-only "
-                             "form.", where=self.where("base_only"),
-                             hint="Add --format gguf (format='gguf'); the base's own folder is the HF form.")
-        if self.base_only and self.adapter is not None:
-            raise QloraError(f"base_only writes the base without any adapter, so adapter {self.adapter!r} would "
-                             "be ignored.", where=self.where("base_only"),
-                             hint="Drop --adapter, or drop --base-only to merge that adapter.")
         if self.outtype is not None and self.format == "hf":
             raise QloraError("outtype applies to GGUF exports only.", where=self.where("outtype"),
                              hint="Add format gguf (--format gguf) or ollama, or use dtype for a Hugging Face merge.")

@@ -84,7 +84,7 @@ def test_the_gguf_lora_message_names_the_base_only_export(tiny_model_dir, tmp_pa
 
 # ------------------------------------------------------------------ bad input
 def test_base_only_refusals_name_the_option_and_write_nothing(tiny_session, tmp_path):
-    with pytest.raises(QloraError, match=r"^base_only: .*Hugging Face merge has no base-only form.*format='gguf'"):
+    with pytest.raises(QloraError, match=r"^--base-only: .*Hugging Face merge has no base-only form.*format='gguf'"):
         tiny_session.merge(tmp_path / "h", base_only=True)
     with pytest.raises(QloraError, match=r"^--base-only: .*adapter 'default' would be ignored"):
         tiny_session.merge(tmp_path / "a", format="gguf", base_only=True, adapter="default")
@@ -115,9 +115,9 @@ def test_magic_base_only_and_its_bad_flags(tiny_session, tmp_path, capsys):
         out = capsys.readouterr().out
         assert re.search(r"^GGUF verified: .*-base-f16\.gguf \(f16\) .*session's base", out, re.M)
         assert ip.user_ns["res"].base_only
-        with pytest.raises(QloraError, match=r"\(--base-only\): base_only writes a GGUF base"):
+        with pytest.raises(QloraError, match=r"^--base-only: base_only writes a GGUF base"):
             ip.run_line_magic("qlora_merge", f"{tmp_path / 'x'} --base-only")
-        with pytest.raises(QloraError, match=r"\(--base-only\): .*adapter 'default' would be ignored"):
+        with pytest.raises(QloraError, match=r"^--base-only: .*adapter 'default' would be ignored"):
             ip.run_line_magic("qlora_merge", f"{tmp_path / 'x'} --format gguf --base-only --adapter default")
     finally:
         ip.run_line_magic("unload_ext", "qlora_nb")

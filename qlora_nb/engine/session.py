@@ -203,7 +203,7 @@ class Session:
                              hint='Pass format="gguf" (or --format gguf), or use dtype= for a Hugging Face merge.')
         if options.pop("base_only", False):
             raise QloraError("base_only writes a GGUF base for a GGUF LoRA; a Hugging Face merge has no base-only "
-                             "form.", where="base_only",
+                             "form.", where="--base-only",
                              hint="Pass format='gguf' (--format gguf); the base's own folder is the HF form.")
         with stopped, rolled_back_on_error(self):
             return merge(self, directory, dtype=dtype, overwrite=require_bool(overwrite, "overwrite"), **options)
