@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 SRC := $(shell find qlora_nb widgets -type f \( -name '*.py' -o -name '*.js' -o -name '*.css' -o -name '*.json' -o -name '*.jsonl' -o -name '*.txt' \) 2>/dev/null) pyproject.toml
 
-.PHONY: demo test lint bench bench-smoke model browser-deps clean lock gpu-check
+.PHONY: demo test lint bench bench-smoke model browser-deps clean lock gpu-check llamacpp-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -68,6 +68,19 @@ bench: $(STAMP) model
 GPU_PY ?= python3
 gpu-check:
 	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 $(GPU_PY) benchmarks/gpu_check.py
+
+# Opt-in, never part of `make test`: the exported GGUF files run by llama.cpp itself (llama-cpp-python, pinned in
+# qlora_nb/engine/generation/llamacpp.py). It has no CPU wheel on the index, so the first run builds it from source
+# (cmake + a C++ compiler, 20-35 min on 2 cores) into LLAMACPP_LIB, kept between runs (pip's wheel cache makes a
+# reinstall take seconds). Then benchmarks/llamacpp_check.py -> benchmarks/results/llamacpp-check-*.json.
+LLAMACPP_LIB ?= $(HOME)/.cache/qlora_nb/llamacpp-lib
+$(LLAMACPP_LIB)/.installed: qlora_nb/engine/generation/llamacpp.py | $(STAMP)
+	$(PIP) install --no-deps --upgrade --target $(LLAMACPP_LIB) \
+	  "$$($(BIN)/python -c 'from qlora_nb.engine.generation.llamacpp import PIN; print(PIN)')" diskcache==5.6.3
+	touch $@
+
+llamacpp-check: $(STAMP) model $(LLAMACPP_LIB)/.installed
+	PYTHONPATH=$(LLAMACPP_LIB) PYTHONUNBUFFERED=1 $(BIN)/python benchmarks/llamacpp_check.py
 
 bench-smoke: $(STAMP) model
 	$(BIN)/python benchmarks/run.py --mode smoke

@@ -76,12 +76,20 @@ GRADIENT_ACCUMULATION = Concept("gradient_accumulation_steps", 1, "Micro-batches
                                 "(time per step scales with it).", min=1)
 GGUF_COLUMN = Concept("gguf", None, "A .gguf file (from %qlora_merge DIR --format gguf) shown as one more column "
                       "'gguf', as transformers loads it back; held in memory until %qlora_unload.")
+GGUF_ENGINE = Concept("engine", "transformers", "What serves the gguf column: transformers (the file loaded back "
+                      "in fp32) or llama.cpp (llama-cpp-python, as users deploy it).", choices=("transformers", "llama.cpp"))
 CPU_OFFLOAD = Concept("cpu_offload", False, "FSDP only: keep the parameter shards, gradients and optimizer states "
                       "in host RAM.")
 
 
 def _dtype(value: str) -> str:
     return DTYPE_ALIASES.get(value, value)
+
+
+def _check_engine(engine: str, gguf: str | None, where: str) -> None:
+    if engine != "transformers" and gguf is None:
+        raise QloraError(f"engine {engine} serves the gguf column, but no GGUF file is given.", where=where,
+                         hint="Add the file: --gguf FILE --engine llama.cpp (gguf=FILE, engine='llama.cpp').")
 
 
 def _check_targets(targets: list[Any], where: str) -> list[str]:
@@ -228,6 +236,10 @@ class GenerateConfig(OptionsBase):
     logprobs: bool = option(False, "Score each output token's log-prob: compare shades each token by how much the "
                                    "adapter changed it, the playground shows each column's mean.")
     gguf: str | None = GGUF_COLUMN()
+    engine: str = GGUF_ENGINE()
+
+    def validate(self) -> None:
+        _check_engine(self.engine, self.gguf, self.where("engine"))
 
 
 @dataclass
@@ -334,6 +346,9 @@ class MergeOptions(OptionsBase):
                                  "bf16 or f32. K-quants (Q4_K_M, ...) need llama-quantize: export f16, then "
                                  "`llama-quantize IN-f16.gguf OUT-Q4_K_M.gguf Q4_K_M`, or `ollama create NAME "
                                  "--quantize q4_K_M -f DIR/Modelfile`.")
+    base_only: bool = option(False, "GGUF only: write the base exactly as this session holds it (NF4 dequantized "
+                             "to the outtype), no adapter merged: the base a GGUF LoRA (%qlora_save DIR --format "
+                             "gguf) was trained on; needs no trained adapter.")
 
     def validate(self) -> None:
         self.dtype = _dtype(self.dtype)
@@ -352,6 +367,10 @@ class PlaygroundOptions(OptionsBase):
     history: str = option("same", "Chat: every column continues from the first column's answers (same, an A/B on "
                           "identical context) or from its own (own).", choices=("same", "own"))
     gguf: str | None = GGUF_COLUMN()
+    engine: str = GGUF_ENGINE()
+
+    def validate(self) -> None:
+        _check_engine(self.engine, self.gguf, self.where("engine"))
 
 
 @dataclass

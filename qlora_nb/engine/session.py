@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import ExportOptions, LoadConfig, MergeOptions, SaveOptions
+from ..config import ExportOptions, GenerateConfig, LoadConfig, MergeOptions, SaveOptions
 from ..errors import QloraError
 from ..events import EventBus
 
@@ -180,7 +180,8 @@ class Session:
     def merge(self, directory: str | Path, *, dtype: str = MergeOptions.dtype, overwrite: bool = MergeOptions.overwrite,
               format: str = MergeOptions.format, **options: Any):
         """A verified merged copy: a Hugging Face folder (``format="hf"``) or one GGUF file (``"gguf"``; ``"ollama"``
-        adds a Modelfile; ``outtype=``). The keywords are :class:`~qlora_nb.config.MergeOptions` (plus ``verbose``…)."""
+        adds a Modelfile; ``outtype=``; ``base_only=True``: the base alone as the session holds it, for a GGUF
+        LoRA). The keywords are :class:`~qlora_nb.config.MergeOptions` (plus ``verbose``…)."""
         from .arguments import require_bool, require_path
         from .export.merge import merge
         from .rollback import rolled_back_on_error
@@ -196,12 +197,18 @@ class Session:
         stopped = interrupted_as_error(f"merging into {directory}", "merge",
                                        f"Nothing was written to {directory} and the session is as it was.")
         if fmt != "hf":
+            if "base_only" in options:
+                options["base_only"] = require_bool(options["base_only"], "base_only")
             with stopped, rolled_back_on_error(self):
                 return export_gguf(self, directory, ollama=fmt == "ollama",
                                    overwrite=require_bool(overwrite, "overwrite"), **options)
         if "outtype" in options:
             raise QloraError("outtype applies to GGUF exports only.", where="outtype",
                              hint='Pass format="gguf" (or --format gguf), or use dtype= for a Hugging Face merge.')
+        if options.pop("base_only", False):
+            raise QloraError("base_only writes a GGUF base for a GGUF LoRA; a Hugging Face merge has no base-only "
+                             "form.", where="--base-only",
+                             hint="Pass format='gguf' (--format gguf); the base's own folder is the HF form.")
         with stopped, rolled_back_on_error(self):
             return merge(self, directory, dtype=dtype, overwrite=require_bool(overwrite, "overwrite"), **options)
 
@@ -237,11 +244,13 @@ class Session:
 
         return quant_report(self, **options)
 
-    def attach_gguf(self, path: Any) -> Any:
-        """Load an exported .gguf back beside the model as the column ``gguf`` of compare, playground and chat."""
+    def attach_gguf(self, path: Any, engine: str = GenerateConfig.engine) -> Any:
+        """Load an exported .gguf back beside the model as the column ``gguf`` of compare, playground and chat;
+        ``engine="llama.cpp"`` serves it with llama-cpp-python instead of transformers."""
         from .generation.attached import attach_gguf
 
-        return attach_gguf(self, path)
+        cfg = GenerateConfig.from_options({"gguf": str(path), "engine": engine})  # a bad engine name fails here
+        return attach_gguf(self, path, cfg.engine)
 
     def detach_gguf(self) -> int:
         """Free the attached GGUF (:meth:`attach_gguf`); the bytes released."""

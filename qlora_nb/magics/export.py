@@ -56,6 +56,8 @@ class ExportMagics(QloraMagicsBase):
             gguf = {"format": opts.format}
             if opts.outtype is not None:
                 gguf["outtype"] = normalize_outtype(opts.outtype)
+        if opts.base_only:  # refused by the engine for an HF merge, and with --adapter
+            gguf["base_only"] = True
         session = self.session(args.session)
         if args.output:
             self.check_bind(args.output, "GGUFResult" if gguf else "MergeResult", flag="-o", force=args.force)

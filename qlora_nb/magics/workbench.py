@@ -60,7 +60,7 @@ class WorkbenchMagics(QloraMagicsBase):
                              hint="Give one of them (or neither: chat when the tokenizer has a chat template).")
         session = self.session(args.session)
         if opts.gguf is not None:
-            print(session.attach_gguf(opts.gguf).describe())
+            print(session.attach_gguf(opts.gguf, engine=opts.engine).describe())
         prompt = " ".join(args.prompt).strip()
         if len(prompt) >= 2 and prompt[0] == prompt[-1] and prompt[0] in "'\"":
             prompt = prompt[1:-1]

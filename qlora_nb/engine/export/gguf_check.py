@@ -1,6 +1,7 @@
 """Load a written GGUF back with transformers and compare it with the adapted session.
 
-Three things must survive the trip, each checked on the file itself:
+Three things must survive the trip, each checked on the file itself (a
+base-only file is compared with the session's base, adapters off):
 the weights (logits on probe prompts against the live session with the adapter
 active, and against the base so an export that lost the adapter is caught), the
 tokenizer (the same ids for the probes), and the chat template and EOS id
@@ -124,7 +125,10 @@ def _judge(session: Session, path: Path, result: GGUFResult, got, base) -> None:
 def verdict_figures(result: Any) -> str:
     n = len(result.probes)
     top1 = f", top-1 agreement {result.top1_agreement:.1%}" if result.outtype == "q8_0" else ""
-    return (f"max |Δlogit| {result.max_abs_diff:.2g} vs the adapted session on {n} prompts "
-            f"(logits up to {result.logit_scale:.3g}; the adapter moves them by up to {result.adapter_effect:.2g})"
+    against = (f"vs the session's base (adapters off) on {n} prompts (logits up to {result.logit_scale:.3g})"
+               if getattr(result, "base_only", False) else
+               f"vs the adapted session on {n} prompts (logits up to {result.logit_scale:.3g}; the adapter moves "
+               f"them by up to {result.adapter_effect:.2g})")
+    return (f"max |Δlogit| {result.max_abs_diff:.2g} {against}"
             f"{top1}; chat template {'✓' if result.template_match else '✗'}, EOS id "
             f"{'✓' if result.eos_match else '✗'}, tokenizer {'✓' if result.tokens_match else '✗'}")

@@ -144,5 +144,8 @@ def lora_summary(folder: Path, adapter: str, seconds: float | None = None) -> st
     took = f" in {seconds:.1f} s" if seconds is not None else ""
     return (f"saved adapter {adapter!r} as a GGUF LoRA {f} ({human_bytes(size, floor='MiB')}){took}, read back with "
             f"gguf.GGUFReader ✓; use it with `llama-cli -m BASE.gguf --lora {f}` or `ADAPTER ./{f.name}` in an "
-            "Ollama Modelfile (FROM the same base)")
+            "Ollama Modelfile, where BASE.gguf is the base as this session holds it (NF4 dequantized, what the "
+            "adapter was trained on): write it with `%qlora_merge BASEDIR --format gguf --base-only` "
+            "(session.merge(BASEDIR, format='gguf', base_only=True)), or --format ollama --base-only for a "
+            "Modelfile FROM it")
 

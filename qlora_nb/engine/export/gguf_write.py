@@ -138,6 +138,19 @@ def _trained_copies(session: Session, adapter: str) -> dict[str, Any]:
     return out
 
 
+def quantized_modules(session: Session) -> dict[str, Any]:
+    """Module path (as in the checkpoint) -> every bitsandbytes 4/8-bit linear of the session, LoRA-wrapped or not.
+
+    Their dequantized weights are what the session computes with, so they replace the checkpoint's for every
+    quantized linear, targeted by the adapter or not (and for the whole base in a base-only file).
+    """
+    out = {}
+    for path, module in session.model.get_base_model().named_modules():
+        if type(getattr(module, "weight", None)).__name__ in ("Params4bit", "Int8Params"):
+            out[path.removesuffix(".base_layer")] = module
+    return out
+
+
 def _dequantized(layer):
     """The weight the forward uses, fp32 on CPU: bitsandbytes' dequantization for 4/8-bit, else the tensor."""
     weight = layer.weight
@@ -173,8 +186,11 @@ def plan_tensors(session: Session, arch: Arch, outtype: str,
 
 
 def tensor_rows(arch: Arch, item: Planned, ckpt: CheckpointTensors, loras: dict, copies: dict,
-                adapter: str) -> Iterator[Any]:
-    """The merged tensor's rows as fp32 numpy chunks, in llama.cpp's row order."""
+                adapter: str, quantized: dict | None = None) -> Iterator[Any]:
+    """The merged tensor's rows as fp32 numpy chunks, in llama.cpp's row order.
+
+    ``quantized`` (:func:`quantized_modules`): quantized linears whose dequantized weight replaces the checkpoint's.
+    """
     import torch
 
     module_path = item.hf_key.rsplit(".", 1)[0]
@@ -182,6 +198,8 @@ def tensor_rows(arch: Arch, item: Planned, ckpt: CheckpointTensors, loras: dict,
         source = copies[module_path].weight.detach().cpu()
     elif module_path in loras and item.hf_key.endswith(".weight"):
         source = _dequantized(loras[module_path].get_base_layer())
+    elif module_path in (quantized or {}) and item.hf_key.endswith(".weight"):
+        source = _dequantized(quantized[module_path])
     elif item.hf_key == "lm_head.weight" and item.hf_key not in ckpt.files:
         source = ckpt.get("model.embed_tokens.weight")
     else:

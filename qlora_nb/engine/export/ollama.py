@@ -112,8 +112,11 @@ def _quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def modelfile_text(tokenizer, gguf_name: str, num_ctx: int | None = None) -> str:
-    """``FROM``, ``TEMPLATE``, ``SYSTEM`` (the template's default), ``PARAMETER stop`` lines and the context size."""
+def modelfile_text(tokenizer, gguf_name: str, num_ctx: int | None = None, base_only: bool = False) -> str:
+    """``FROM``, ``TEMPLATE``, ``SYSTEM`` (the template's default), ``PARAMETER stop`` lines and the context size.
+
+    ``base_only``: the file is the session's base; a commented ``ADAPTER`` line says where a GGUF LoRA goes.
+    """
     parts = chat_parts(tokenizer)
     head = parts.head
     bos = getattr(tokenizer, "bos_token", None)
@@ -135,4 +138,8 @@ def modelfile_text(tokenizer, gguf_name: str, num_ctx: int | None = None) -> str
     lines += [f"PARAMETER stop {_quote(s)}" for s in stops]
     if num_ctx:
         lines.append(f"PARAMETER num_ctx {int(num_ctx)}")
+    if base_only:
+        lines += ["", "# The base as the session holds it. To serve an adapter on it, save the adapter with",
+                  "# %qlora_save DIR --format gguf, copy NAME-lora.gguf here and uncomment:",
+                  "# ADAPTER ./NAME-lora.gguf"]
     return "\n".join(lines) + "\n"

@@ -40,8 +40,12 @@ class Attached:
     mtime: float
     model: Any
     nbytes: int
+    engine: str = "transformers"
 
     def describe(self) -> str:
+        if self.engine != "transformers":
+            return (f"column {self.column!r}: {self.file} served by llama.cpp ({self.nbytes / 2**20:,.0f} MiB "
+                    "file, memory-mapped, until %qlora_unload)")
         return (f"column {self.column!r}: {self.file} loaded back with transformers "
                 f"({self.nbytes / 2**20:,.0f} MiB in memory until %qlora_unload)")
 
@@ -74,15 +78,21 @@ def _resolve(path: Any) -> Path:
     return file
 
 
-def attach_gguf(session, path: Any) -> Attached:
-    """Load ``path`` (a .gguf, or a folder holding one) back and keep it as the ``gguf`` column."""
+def attach_gguf(session, path: Any, engine: str = "transformers") -> Attached:
+    """Load ``path`` (a .gguf, or a folder holding one) back and keep it as the ``gguf`` column.
+
+    ``engine``: transformers (the default) or llama.cpp (:mod:`.llamacpp`) serves it.
+    """
     from ..export.gguf_check import _same_ids, load_back
 
     file = _resolve(path)
     column = COLUMN if COLUMN not in session.adapters else f"{COLUMN} file"
     current = attached(session).get(column)
-    if current is not None and current.file == file.resolve() and current.mtime == file.stat().st_mtime:
+    if current is not None and current.file == file.resolve() and current.mtime == file.stat().st_mtime \
+            and current.engine == engine:
         return current
+    if engine != "transformers":
+        return _attach_llamacpp(session, file, column)
     detach(session)
     try:
         model, tokenizer = load_back(file.parent, file.name)
@@ -107,11 +117,38 @@ def attach_gguf(session, path: Any) -> Attached:
     return entry
 
 
+def _attach_llamacpp(session, file: Path, column: str) -> Attached:
+    """The file served by llama.cpp; refused like the transformers path when it splits text differently."""
+    from .llamacpp import LlamaCppModel, same_ids
+
+    detach(session)
+    try:
+        model = LlamaCppModel(file)
+    except QloraError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to read the file is reported as that
+        raise QloraError(f"llama.cpp could not load {file} ({type(exc).__name__}: {str(exc)[:200]}).",
+                         where="--gguf", hint="Pass a GGUF written by %qlora_merge --format gguf, or leave "
+                                              "--engine out to load it with transformers.") from None
+    if not same_ids(model, session.tokenizer, _PROBES):
+        model.close()
+        raise QloraError(f"llama.cpp splits text differently from this session's tokenizer when it reads {file}, "
+                         "so its column cannot be shown beside the others.", where="--gguf",
+                         hint="Attach a GGUF exported from this session's model.")
+    entry = Attached(column, file.resolve(), file.stat().st_mtime, model, model.nbytes, "llama.cpp")
+    if not hasattr(session, "attached"):
+        session.attached = {}
+    session.attached[column] = entry
+    return entry
+
+
 def detach(session) -> int:
     """Free every attached GGUF; the bytes released."""
     entries = attached(session)
     freed = sum(e.nbytes for e in entries.values())
     if entries:
+        for entry in entries.values():
+            getattr(entry.model, "close", lambda: None)()  # llama.cpp frees its context now, not at GC
         entries.clear()
         gc.collect()
     return freed

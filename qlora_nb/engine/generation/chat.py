@@ -196,7 +196,8 @@ def _stats(cell: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------ generation
-def _columns_and_messages(session, messages: Any, adapters: list[str] | None, gguf: Any = None
+def _columns_and_messages(session, messages: Any, adapters: list[str] | None, gguf: Any = None,
+                          engine: str = "transformers"
                           ) -> tuple[list[str], dict[str, list[dict[str, str]]], list[str], str]:
     if isinstance(messages, Mapping):  # own history: one conversation per column
         if adapters is not None:
@@ -207,14 +208,14 @@ def _columns_and_messages(session, messages: Any, adapters: list[str] | None, gg
             raise QloraError("the messages dict is empty.", where="messages",
                              hint='Pass {"base": [...], "<adapter>": [...]} or one list for every column.')
         convs = {str(c): check_messages(m, f"messages[{str(c)!r}]") for c, m in messages.items()}
-        chosen, notes = choose_columns(session, [n for n in names if n != BASE], gguf)
+        chosen, notes = choose_columns(session, [n for n in names if n != BASE], gguf, engine)
         columns = [c for c in chosen if c in names]
         if not columns:
             raise QloraError("no column of the messages dict can answer: " + " ".join(notes), where="messages",
                              hint='Include "base", or train the adapter first.')
         return columns, {c: convs[c] for c in columns}, notes, "own"
     conv = check_messages(messages)
-    columns, notes = choose_columns(session, _adapter_list(adapters), gguf)
+    columns, notes = choose_columns(session, _adapter_list(adapters), gguf, engine)
     return columns, {c: conv for c in columns}, notes, "chat"
 
 
@@ -238,7 +239,7 @@ def chat(session, messages: Any, *, adapters: list[str] | None = None, on_event:
     ``temperature``, ``top_p``, ``seed``).
     """
     cfg = _options(options)
-    columns, convs, notes, mode = _columns_and_messages(session, messages, adapters, cfg.gguf)
+    columns, convs, notes, mode = _columns_and_messages(session, messages, adapters, cfg.gguf, cfg.engine)
     prompts: dict[str, Prompt] = {}
     for c in columns:
         where = "messages" if mode == "chat" else f"messages[{c!r}]"
@@ -251,7 +252,7 @@ def complete(session, text: str, *, adapters: list[str] | None = None, on_event:
              should_stop: Callable[[], bool] | None = None, **options: Any) -> ChatResult:
     """Completion mode: ``text`` continued by every column, formatted as training formatted free text (no chat)."""
     cfg = _options(options)
-    columns, notes = choose_columns(session, _adapter_list(adapters), cfg.gguf)
+    columns, notes = choose_columns(session, _adapter_list(adapters), cfg.gguf, cfg.engine)
     p = format_prompt(session, text, False)
     convs = {c: [{"role": "user", "content": text}] for c in columns}
     return _run(session, columns, {c: p for c in columns}, convs, cfg, notes, "completion", on_event, should_stop)

@@ -27,17 +27,18 @@ def offered_columns(session) -> list[str]:
     return [*(n for n in session.adapters if n in getattr(session.model, "peft_config", {})), *attached(session)]
 
 
-def choose_columns(session, requested: list[str], gguf: Any = None) -> tuple[list[str], list[str]]:
+def choose_columns(session, requested: list[str], gguf: Any = None,
+                   engine: str = "transformers") -> tuple[list[str], list[str]]:
     """``(columns, notes)``: base, the requested (default: all) adapters that are trained, then an attached GGUF.
 
-    ``gguf``: a GGUF file to attach first (:mod:`.attached`); an attached file is shown when it is asked for, by
-    this or by its column name, or when no column is named.
+    ``gguf``: a GGUF file to attach first (:mod:`.attached`, served by ``engine``); an attached file is shown when
+    it is asked for, by this or by its column name, or when no column is named.
     """
     from .attached import attach_gguf, attached
 
     notes: list[str] = []
     if gguf is not None:
-        notes.append(attach_gguf(session, gguf).describe())
+        notes.append(attach_gguf(session, gguf, engine).describe())
     files = attached(session)
     extra = [c for c in files if gguf is not None or not requested or c in requested]
     requested = [r for r in requested if r not in files]

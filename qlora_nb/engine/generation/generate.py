@@ -47,7 +47,7 @@ def generate_one(session, prompt: str, adapter: str | None = None, **options: An
     """One generation from ``prompt``: the active adapter (None), a named adapter, or ``"base"``."""
     cfg = GenerateConfig.from_options(options)
     if cfg.gguf is not None:
-        choose_columns(session, [], cfg.gguf)  # attach it: its column is then named by adapter="gguf"
+        choose_columns(session, [], cfg.gguf, cfg.engine)  # attach it: its column is then named by adapter="gguf"
     files = list(attached(session))
     if adapter is not None and adapter != BASE and adapter not in adapter_names(session) and adapter not in files:
         raise no_adapter(adapter, [BASE, *adapter_names(session), *files])
@@ -70,7 +70,7 @@ def compare(session, prompts: Any, on_event: Callable[[dict], None] | None = Non
     """
     cfg = GenerateConfig.from_options(options)
     items = normalize_prompts(prompts)
-    columns, notes = choose_columns(session, cfg.adapters, cfg.gguf)
+    columns, notes = choose_columns(session, cfg.adapters, cfg.gguf, cfg.engine)
     prepared = []
     for i, item in enumerate(items):
         where = "prompt" if len(items) == 1 else f"prompt {i}"

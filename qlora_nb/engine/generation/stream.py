@@ -302,7 +302,7 @@ def stream(session, prompt: str, *, columns: list[str] | None = None, logprobs: 
     from .prompts import encode, format_prompt
 
     cfg = GenerateConfig.from_options(options)
-    chosen, notes = choose_columns(session, [c for c in (columns or []) if c != BASE], cfg.gguf)
+    chosen, notes = choose_columns(session, [c for c in (columns or []) if c != BASE], cfg.gguf, cfg.engine)
     p = format_prompt(session, prompt, cfg.chat)
     ids = encode(session, p, cfg.max_new_tokens, "prompt")
     emit = emitter(session, on_event)
