@@ -324,9 +324,11 @@ def document(rows: list[dict[str, Any]], reserve: float, cache: float) -> str:
         "* Answer.AI's 4.37-era Llama built no 4D attention mask (is_causal SDPA); transformers 4.38/4.39 did "
         "(b·4096²·2 bytes), which their README excluded.",
         "* The published runs ran older libraries; the check validates the terms (per-layer bytes, layers in "
-        "flight, loss tensors, allocator slack) with each source's own stack, so a forecast for the pinned "
-        "libraries rests on the pinned stack's logit figures read from transformers 5.24's code, not measured "
-        "on a GPU here.",
+        "flight, loss tensors, allocator slack) with each source's own stack. The pinned stack's own figures "
+        "were counted with the installed libraries on CPU (`benchmarks/loss_peak.py`: 12.0 B per logit entry "
+        "for the Trainer and the labelled loss, 14.0 when the output is kept; each checkpointed layer adds "
+        "exactly cd·h per token), not measured on a GPU: no GPU was lent to this work. `make gpu-check` now "
+        "records the reserved forecast against `max_memory_reserved` for the next GPU run.",
         "", "Regenerate: `python benchmarks/published_memory.py` (no torch import; about a second).", ""]
     return "\n".join(lines)
 

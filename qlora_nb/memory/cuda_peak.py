@@ -14,8 +14,11 @@ peft 0.21, torch SDPA, the Trainer or :mod:`qlora_nb.engine.training.loss`):
   ``nll_loss``, the input gradient of ``log_softmax``): **12 B per (token, vocab)
   entry**, none held while the decoder layers run backward (``Stack.logit_peak``
   / ``logit_held``; the forward peaks lower, at 10 B: bf16 logits + fp32 upcast
-  + log-probabilities). The CPU fit found about 5 fp32 copies + the bf16 logits;
-  the CPU kernels allocate temporaries that the fused CUDA kernels do not.
+  + log-probabilities). Counted with the installed libraries (live tensor
+  storages through one step, benchmarks/loss_peak.py): 12.02 B per entry for
+  the Trainer, 11.97 for the labelled loss, 14.02 for a loop that keeps the
+  output through backward. The CPU RSS fit found about 5 fp32 copies + the bf16
+  logits: process RSS also holds what malloc has not returned.
 * **Attention.** SDPA on CUDA (flash or memory-efficient) keeps the output and
   an fp32 log-sum-exp per head, no ``s x s`` matrix; backward adds dq, dk, dv
   plus an fp32 dq accumulator for the layer being differentiated.
@@ -27,7 +30,10 @@ peft 0.21, torch SDPA, the Trainer or :mod:`qlora_nb.engine.training.loss`):
   gradients and attention's dq/dk/dv + fp32 dq) and the hidden-state gradient
   and residual (``2·cd·h``). A 4/8-bit base also dequantizes one weight at a
   time to the compute dtype (the largest linear). Without checkpointing all
-  layers' saved tensors are alive. FSDP adds its gathered units
+  layers' saved tensors are alive (loss_peak.py: with checkpointing each added
+  layer adds exactly ``cd·h`` per token to the peak; the peak less the
+  checkpoints was within 3% of one layer's saved bytes + these gradients).
+  FSDP adds its gathered units
   (:mod:`.multi_device`), not activations.
 * **Phases.** The peak is the larger of the loss phase (checkpoints + the loss
   tensors) and the first layer's backward (checkpoints + one layer + held
