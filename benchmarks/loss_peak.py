@@ -11,7 +11,8 @@ It counts tensors, not allocator blocks, so it means the same on CPU as on CUDA 
 
 Measured (transformers 5.24, torch 2.13 CPU, AMD EPYC 2 cores; model weights excluded, their views too):
 Trainer path 12.02, qlora_nb's labelled loss 11.97, a loop that keeps the output through backward 14.02 B per
-logit entry (the bf16 logits, 2 B, stay alive). With non-reentrant checkpointing every added decoder layer adds
+logit entry (the bf16 logits, 2 B, stay alive); transformers 4.37's loss (fp32 logits in the output, a shifted
+copy) as fsdp_qlora's loop ran it, emulated: 15.97 (published_memory.py's Answer.AI stack: 16). With non-reentrant checkpointing every added decoder layer adds
 exactly cd*h = 512 B per token to the peak (one checkpoint), 9,240 B without; the peak less the checkpoints is
 one layer's working set (its recomputed tensors plus the gradients it produces).
 """
@@ -96,7 +97,16 @@ def main() -> int:
         out = model(input_ids=ids, labels=ids)
         out.loss.backward()
 
-    for name, step in (("Trainer", trainer), ("labelled loss", labelled), ("loop holding the output", holding)):
+    def v437() -> None:  # transformers 4.37's LlamaForCausalLM loss, as fsdp_qlora's loop ran it (output kept)
+        hidden = model.model(input_ids=ids).last_hidden_state
+        logits = model.lm_head(hidden).float()  # kept in the output through backward
+        shift = logits[..., :-1, :].contiguous()
+        loss = torch.nn.functional.cross_entropy(shift.view(-1, V), ids[..., 1:].reshape(-1))
+        del shift
+        loss.backward()
+
+    for name, step in (("Trainer", trainer), ("labelled loss", labelled), ("loop holding the output", holding),
+                       ("4.37 loss, output kept", v437)):
         with Live(model) as live:
             step()
         print(f"{name:<24} peak live tensors {live.peak / entries:.2f} B per logit entry ({entries:,} entries)")

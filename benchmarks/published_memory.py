@@ -37,7 +37,8 @@ BOUND_PCT = 20  # the issue's target: every row within +-20%
 ANSWERAI = Stack(
     "fsdp_qlora train.py (Feb-Mar 2024): transformers 4.37 (README excludes 4.38/4.39) LlamaForCausalLM upcasts "
     "the logits to fp32 before the loss and shifts them with .contiguous(); the loop keeps `output` (fp32 logits) "
-    "through backward; peft <= 0.10 casts LoRA to the bf16 quant-storage dtype; pure bf16 (no mixed precision)",
+    "through backward (16 B per entry, counted on an emulation by loss_peak.py: 15.97); peft <= 0.10 casts LoRA "
+    "to the bf16 quant-storage dtype; pure bf16 (no mixed precision)",
     logit_peak=16, logit_held=4, adapter_bytes=2)
 PEFT_FSDP = Stack(
     "peft docs FSDP+QLoRA (Mar 2024): transformers 4.40 Trainer (outputs dropped before backward: fp32 logits, "
