@@ -253,18 +253,18 @@ def _fmt(r: dict[str, Any]) -> str:
 
 NOT_REPRODUCED = [
     ("QLoRA paper, Table 6 'Size' column (Guanaco 65B 41 GB, 33B 21 GB, 13B 10 GB, 7B 5 GB; Vicuna 13B 26 GB)",
-     "the memory footprint of each model for inference (Vicuna 13B's 26 GB is its 16-bit weights), not a "
-     "training peak, and no context or batch is stated; GUIDE.md section 2 reads 41 GB as the 65B training "
-     "figure. The configuration the paper trained 65B with (scripts/finetune_guanaco_65b.sh on one 48 GB GPU) is "
-     "kept above as a 'ran' row instead."),
+     "as we read the paper (not re-fetched in this session: artidoro/qlora's README and scripts state no training "
+     "peak), these are each model's memory footprint for use, not a training peak (Vicuna 13B's 26 GB is its "
+     "16-bit weights), and no context or batch goes with them; GUIDE.md section 2 reads 41 GB as the 65B "
+     "training figure. The configuration the paper trained 65B with (scripts/finetune_guanaco_65b.sh, one 48 GB "
+     "GPU) is kept above as a 'ran' row instead."),
     ("QLoRA paper, Figure 6 (memory breakdown per LLaMA size)",
-     "an estimate (\"estimated only for adapters and the base model weights\"), not a measurement."),
-    ("philschmid, FSDP + QLoRA Llama 3 70B (4x24 GB with offload, 22 GB/GPU at 3072 tokens, batch 1)",
-     "the LoRA rank, targets and library versions of the run that gave the figure are not stated beside it; the "
-     "figure reads an nvidia-smi screenshot of a different run (A100 40 GB)."),
+     "an estimate by component for batch 1 x 512, as we recall its caption, not a measured peak."),
+    ("philschmid, FSDP + QLoRA Llama 3 70B (4x24 GB with offload, '22 GB/GPU' at 3072 tokens, batch 1)",
+     "found only quoted in a gist; the LoRA rank, targets and library versions were not at hand, and the "
+     "nvidia-smi output beside the quote shows A100 40 GB cards, not the 24 GB ones."),
     ("axolotl examples/llama-3 README (8B LoRA 'single GPU @ 11GB', 70B QLoRA+FSDP 'dual GPU @ 21GB')",
-     "round requirements, not measurements; the sequence length and micro-batch live in YAML files that changed "
-     "after the figures were written."),
+     "round requirements in a README, not a measured peak stated with its context and micro-batch."),
 ]
 
 
