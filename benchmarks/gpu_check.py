@@ -197,6 +197,13 @@ def check_model(label: str, shape: dict[str, Any], args, work: Path, checks: Che
                        int(torch.cuda.max_memory_reserved()), "planner_allocator_peak": predicted, "ratio": ratio}
         checks.add(label, "planner peak vs max_memory_allocated (+-10%)", abs(ratio - 1) <= PEAK_TOLERANCE,
                    f"predicted {predicted / 2**30:.2f} GiB, measured {peak / 2**30:.2f} GiB, ratio {ratio:.3f}")
+        from qlora_nb.memory.cuda_peak import CHECK_ERROR_PCT, reserved_bytes
+
+        reserved = int(torch.cuda.max_memory_reserved())  # what runs out; the plan's total less the context
+        r_ratio = (reserved_bytes(plan.components) - plan.paged_bytes) / reserved
+        res["peak"]["planner_reserved"], res["peak"]["reserved_ratio"] = reserved_bytes(plan.components), r_ratio
+        checks.add(label, f"planner reserved vs max_memory_reserved (+-{CHECK_ERROR_PCT}%, the published check)",
+                   abs(r_ratio - 1) <= CHECK_ERROR_PCT / 100, f"ratio {r_ratio:.3f}")
         checks.add(label, "optimizer state paged", after.optimizer_paged, f"optimizer {after.optimizer_name}")
 
     if full_ops:

@@ -310,11 +310,14 @@ def test_plan_magic(shell, capsys, tiny_session):
 
 
 def test_components_scale_with_tokens():
+    # On CUDA the peak is the loss phase here (1024+ tokens); below ~300 tokens one layer's backward with its
+    # dequantized weight (a per-step, not per-token, tensor) is the larger phase instead (cuda_peak.py).
     a = ARCHITECTURES["llama-2-7b"]
-    c1 = compute_components(a, PlanConfig(seq_len=256, batch_size=1))[0]
-    c2 = compute_components(a, PlanConfig(seq_len=256, batch_size=2))[0]
-    assert c2["activations"] == 2 * c1["activations"] and c2["logits"] == 2 * c1["logits"]
-    assert c2["quantized_weights"] == c1["quantized_weights"]
+    for device in ("cuda", "cpu"):
+        c1 = compute_components(a, PlanConfig(seq_len=1024, batch_size=1, device=device))[0]
+        c2 = compute_components(a, PlanConfig(seq_len=1024, batch_size=2, device=device))[0]
+        assert abs(c2["activations"] - 2 * c1["activations"]) <= 1  # the CPU scale rounds down once
+        assert c2["logits"] == 2 * c1["logits"] and c2["quantized_weights"] == c1["quantized_weights"]
 
 
 def test_human_bytes_floor_keeps_one_unit_system():

@@ -81,11 +81,22 @@ export function components(a, o, K) {
     for (const m of mats) lora += (perIn * m.d_in + 4 * o.r) * m.count;
     per += Math.floor(lora / a.layers);
   } else per += cd * (h + qd + h + a.intermediate);
-  const tokens = o.batch_size * o.seq_len, scale = cpu ? K.cpu_act_scale : 1.0;
-  const act = o.gradient_checkpointing ? tokens * (a.layers * cd * h + 2 * per) : tokens * (a.layers + 1) * per;
-  c.activations = Math.floor(act * scale);
-  c.logits = tokens * a.vocab * (cd + 4 * K.logit_fp32_copies);
-  c.overhead = cpu ? K.cpu_runtime_bytes : K.cuda_context_bytes;
+  const tokens = o.batch_size * o.seq_len;
+  if (cpu) {  // the RSS fit (memory/planner.py)
+    const act = o.gradient_checkpointing ? tokens * (a.layers * cd * h + 2 * per) : tokens * (a.layers + 1) * per;
+    c.activations = Math.floor(act * K.cpu_act_scale);
+    c.logits = tokens * a.vocab * (cd + 4 * K.logit_fp32_copies);
+    c.overhead = K.cpu_runtime_bytes;
+  } else {  // what CUDA keeps (memory/cuda_peak.py dynamic_peak, the pinned stack)
+    const back = Math.max(3 * cd * a.intermediate, cd * (qd + 2 * kvd) + 4 * qd) + 2 * cd * h;
+    const kept = o.gradient_checkpointing ? tokens * a.layers * cd * h : tokens * a.layers * per;
+    const inLayer = o.gradient_checkpointing ? tokens * (per + back) : tokens * back;
+    const deq = bits >= 16 ? 0 : Math.max(...specs.map((s) => s.d_in * s.d_out)) * cd;
+    const loss = [kept + tokens * cd * h, tokens * a.vocab * K.logit_peak];
+    const layer = [kept + inLayer + deq, tokens * a.vocab * K.logit_held];
+    [c.activations, c.logits] = layer[0] + layer[1] > loss[0] + loss[1] ? layer : loss;
+    c.overhead = K.cuda_context_bytes + Math.floor(K.reserve * c.activations) + K.allocator_cache_bytes;
+  }
   return { components: perDevice(a, o, c), trainable, quantized };
 }
 const total = (c) => Object.values(c).reduce((t, v) => t + v, 0);

@@ -13,6 +13,18 @@ from .multi_device import describe
 
 COMPONENTS = ("quantized_weights", "quant_constants", "other_weights", "adapters", "gradients",
               "optimizer_states", "activations", "logits", "overhead")
+EXACT = frozenset(COMPONENTS[:6])  # storage arithmetic, byte-exact against the ledger (tests/test_planner.py)
+
+
+def certainty(component: str, device: str) -> str:
+    """How sure the plan is of one component (issue 31): exact arithmetic, a CPU fit, or the published check."""
+    from .cuda_peak import CHECK_ERROR_PCT
+
+    if component in EXACT:
+        return "exact"
+    if device == "cpu":
+        return "fitted on CPU runs"
+    return f"±{CHECK_ERROR_PCT}% published check"
 
 
 @dataclass
@@ -106,9 +118,14 @@ class Plan:
             if k in measured:
                 extra = f"   measured {human_bytes(measured[k]):>10}" + ("  (exact)" if measured[k] == self.components[k]
                                                                     else "")
-            lines.append(f"  {k:<{width}} {human_bytes(self.components[k]):>10}{extra}")
+            lines.append(f"  {k:<{width}} {human_bytes(self.components[k]):>10}  {certainty(k, c.device):<24}"
+                         f"{extra}".rstrip())
         lines.append(f"  {'total':<{width}} {human_bytes(self.total):>10}   vs {human_bytes(self.limit_bytes)} "
-                     f"({self.limit_source})")
+                     f"({self.limit_source})" + ("; on CUDA: the allocator's reserved bytes + the CUDA context"
+                                                 if c.device != "cpu" else ""))
+        if c.device != "cpu":
+            lines.append("  (activations and logits: what is alive at the step's peak, the loss or one layer's "
+                         "backward, whichever holds more)")
         if describe(c) and self.host_ram:
             h = self.host_ram
             lines.append(f"  host RAM {human_bytes(h['total'])}: {human_bytes(h['runtimes'])} process runtimes + "

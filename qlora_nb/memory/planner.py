@@ -18,7 +18,7 @@ logits). Backward needs one more layer's worth of gradients in flight, so a
 step peaks at ``(L + 1)`` layers; with gradient checkpointing only each layer's
 input (``cd·h``) is kept plus two layers (recompute + gradients).
 
-Logits: ``b·s·V·(cd + 5·4)``: the model's logits in compute dtype and five
+Logits (CPU): ``b·s·V·(cd + 5·4)``: the model's logits in compute dtype and five
 fp32 tensors of the same shape alive at the loss backward (the upcast, the
 log-probabilities cross-entropy keeps, their gradient, the logits' gradient
 and a softmax temporary) — 22 B/token/vocab entry in bf16, vs 10 B kept after
@@ -38,9 +38,15 @@ where the loader's freed heap absorbs part of the step), 0% (256), ±1.5%
 (512), 0% (1024), +12%/−6% (1024 with checkpointing).
 
 Overhead: on CPU the process RSS also holds the Python/torch/transformers
-runtime, the tokenizer and heap the loader freed but kept (fit above). On
-CUDA it is the CUDA context and allocator slack, an estimate (no GPU was
-available to fit it), and activations are taken unscaled.
+runtime, the tokenizer and heap the loader freed but kept (fit above).
+
+On CUDA none of the CPU fit applies: activations, logits and overhead come from
+:mod:`.cuda_peak` (what the pinned code keeps: 12 B per logit entry at the loss
+backward, one recomputed layer in flight, the larger of the loss phase and the
+layer phase, plus the CUDA context and the caching allocator's slack, fitted
+and checked on published per-GPU peaks in benchmarks/published_memory.py).
+The CUDA total is what the device must have: ``torch.cuda.max_memory_reserved``
+plus the context.
 """
 
 from __future__ import annotations
@@ -54,13 +60,13 @@ from ..errors import QloraError, did_you_mean
 from ..units import human_bytes, parse_memory
 from . import formulas as F
 from .architectures import ARCHITECTURES, Arch, resolve_arch
+from .cuda_peak import CUDA_CONTEXT_BYTES, PINNED, Stack, dynamic_peak, slack_bytes
 from .plan import COMPONENTS, Plan
 
 # Fitted on this CPU by benchmarks/planner_check.py (see the module docstring and the results JSON).
 CPU_RUNTIME_BYTES = 664 * 2**20  # python + torch + transformers + peft + bnb + tokenizer + retained heap
 CPU_ACT_SCALE = 1.106  # RSS growth per saved-activation byte (backward temporaries, malloc slack)
-LOGIT_FP32_COPIES = 5  # upcast, log-probs, their gradient, the logits' gradient, a softmax temporary
-CUDA_CONTEXT_BYTES = 768 * 2**20  # CUDA context + cuBLAS workspace + allocator slack (estimate)
+LOGIT_FP32_COPIES = 5  # CPU: upcast, log-probs, their gradient, the logits' gradient, a softmax temporary
 TIGHT = 0.9  # above this share of the memory the verdict is "tight"
 OFFLOAD_HOST_BYTES = 128 * 2**30  # CPU offload is suggested only when its shards fit a 128 GiB workstation
 
@@ -84,8 +90,10 @@ def lora_matrices(arch: Arch, targets: list[str], r: int) -> list[dict[str, Any]
             for s in chosen]
 
 
-def activation_bytes_per_token_layer(arch: Arch, cfg: PlanConfig, matrices: list[dict[str, Any]]) -> int:
-    """Bytes autograd keeps per token in one decoder layer (see the module docstring)."""
+def activation_bytes_per_token_layer(arch: Arch, cfg: PlanConfig, matrices: list[dict[str, Any]],
+                                     adapter_bytes: int = 4) -> int:
+    """Bytes autograd keeps per token in one decoder layer (see the module docstring; ``adapter_bytes``: the
+    LoRA weights' dtype, which the adapted input is cast to)."""
     cd = F.DTYPE_BYTES[cfg.compute_dtype]
     h, i = arch.hidden, arch.intermediate
     norms = arch.norms_per_layer * (4 * h + 4)
@@ -94,9 +102,9 @@ def activation_bytes_per_token_layer(arch: Arch, cfg: PlanConfig, matrices: list
     lora = 0
     if cfg.method != "full":
         # lora_A's fp32 input per target; dropout adds its noise tensor (fp32 on CPU, a bool mask on CUDA).
-        per_in = 4 + ((4 if cfg.device == "cpu" else 1) if cfg.dropout > 0 else 0)
+        per_in = adapter_bytes + ((4 if cfg.device == "cpu" else 1) if cfg.dropout > 0 else 0)
         for m in matrices:
-            lora += (per_in * int(m["d_in"]) + 4 * int(m["r"])) * int(m["count"]) // arch.layers
+            lora += (per_in * int(m["d_in"]) + adapter_bytes * int(m["r"])) * int(m["count"]) // arch.layers
     else:  # trainable weights: each linear keeps its input (shared inputs once)
         lora = cd * (h + arch.q_dim + h + i)
     return norms + attn + mlp + lora
@@ -119,8 +127,13 @@ def _trainable_tensors(arch: Arch, cfg: PlanConfig, matrices: list[dict[str, Any
     return out
 
 
-def compute_components(arch: Arch, cfg: PlanConfig) -> tuple[dict[str, int], dict[str, int], list, int]:
-    """(components, params, LoRA matrices, paged bytes) for one architecture and configuration."""
+def compute_components(arch: Arch, cfg: PlanConfig, stack: Stack = PINNED,
+                       ) -> tuple[dict[str, int], dict[str, int], list, int]:
+    """(components, params, LoRA matrices, paged bytes) for one architecture and configuration.
+
+    ``stack``: what the training code keeps on CUDA (:mod:`.cuda_peak`); the default is the pinned libraries.
+    """
+    ab = F.FP32 if cfg.device == "cpu" else stack.adapter_bytes
     bits, cd = cfg.base_bits, F.DTYPE_BYTES[cfg.compute_dtype]
     comp = dict.fromkeys(COMPONENTS, 0)
     quantized = 0
@@ -149,12 +162,14 @@ def compute_components(arch: Arch, cfg: PlanConfig) -> tuple[dict[str, int], dic
     if cfg.method == "full":
         comp["gradients"] = trainable * cd
     else:
-        comp["adapters"] = trainable * F.FP32
-        comp["gradients"] = trainable * F.FP32
+        comp["adapters"] = trainable * ab
+        comp["gradients"] = trainable * ab
     paged = 0
     for n, k in tensors:
         if cfg.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
             b = F.adamw8bit_state_bytes(n)
+        elif cfg.optimizer == "adamw" and cfg.method != "full" and ab != F.FP32:
+            b = 2 * ab * n + F.FP32  # torch AdamW keeps its moments in the parameter's dtype
         else:
             b = F.adamw_state_bytes(n)
         comp["optimizer_states"] += b * k
@@ -162,15 +177,18 @@ def compute_components(arch: Arch, cfg: PlanConfig) -> tuple[dict[str, int], dic
             paged += b * k
 
     tokens = cfg.batch_size * cfg.seq_len
-    per_layer = activation_bytes_per_token_layer(arch, cfg, matrices)
-    if cfg.gradient_checkpointing:
-        act = tokens * (arch.layers * cd * arch.hidden + 2 * per_layer)
-    else:
-        act = tokens * (arch.layers + 1) * per_layer
-    scale = CPU_ACT_SCALE if cfg.device == "cpu" else 1.0
-    comp["activations"] = int(act * scale)
-    comp["logits"] = tokens * arch.vocab * (cd + 4 * LOGIT_FP32_COPIES)
-    comp["overhead"] = CPU_RUNTIME_BYTES if cfg.device == "cpu" else CUDA_CONTEXT_BYTES
+    per_layer = activation_bytes_per_token_layer(arch, cfg, matrices, ab)
+    if cfg.device == "cpu":  # the RSS fit (module docstring)
+        if cfg.gradient_checkpointing:
+            act = tokens * (arch.layers * cd * arch.hidden + 2 * per_layer)
+        else:
+            act = tokens * (arch.layers + 1) * per_layer
+        comp["activations"] = int(act * CPU_ACT_SCALE)
+        comp["logits"] = tokens * arch.vocab * (cd + 4 * LOGIT_FP32_COPIES)
+        comp["overhead"] = CPU_RUNTIME_BYTES
+    else:  # what CUDA keeps, counted from the pinned code (cuda_peak.py)
+        comp["activations"], comp["logits"] = dynamic_peak(arch, cfg, per_layer, stack)
+        comp["overhead"] = CUDA_CONTEXT_BYTES + slack_bytes(comp["activations"], comp["logits"])
     params = {"total": base_params + (trainable if cfg.method != "full" else 0), "trainable": trainable,
               "quantized": quantized}
     from .multi_device import per_device

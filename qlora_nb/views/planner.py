@@ -17,11 +17,14 @@ from .base import QloraWidget, asset, esm
 
 
 def planner_constants() -> dict[str, float]:
+    from ..memory import cuda_peak as C
     from ..memory import planner as P
 
     return {"cpu_runtime_bytes": P.CPU_RUNTIME_BYTES, "cpu_act_scale": P.CPU_ACT_SCALE,
-            "cuda_context_bytes": P.CUDA_CONTEXT_BYTES, "tight": P.TIGHT,
-            "logit_fp32_copies": P.LOGIT_FP32_COPIES, "offload_host_bytes": P.OFFLOAD_HOST_BYTES}
+            "cuda_context_bytes": C.CUDA_CONTEXT_BYTES, "tight": P.TIGHT,
+            "logit_fp32_copies": P.LOGIT_FP32_COPIES, "offload_host_bytes": P.OFFLOAD_HOST_BYTES,
+            "logit_peak": C.PINNED.logit_peak, "logit_held": C.PINNED.logit_held, "reserve": C.RESERVE,
+            "allocator_cache_bytes": C.ALLOCATOR_CACHE_BYTES}
 
 
 PLANNER_CHOICES = ("method", "quant", "optimizer", "strategy")
