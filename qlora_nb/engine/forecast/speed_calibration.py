@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...memory.speed import Rates
-from .flops import _machine
+from .flops import _machine, own_rng
 
 RATES_FILE = "speed_rates.json"
 _RATES: dict[str, Rates] = {}
@@ -163,7 +163,8 @@ def machine_rates(shapes: list[tuple[int, int]], dtype: str = "bfloat16", device
             if min(known.matmul_flops_per_s, known.matmul_fp32_flops_per_s, known.elementwise_bytes_per_s) > 0:
                 _RATES[key] = known
                 return known
-    rates = measure_rates(shapes, dtype, device, tokens)
+    with own_rng(device):  # measured between a run's set_seed and its first step: leave its generators alone
+        rates = measure_rates(shapes, dtype, device, tokens)
     _RATES[key] = rates
     if cache:
         _write(key, rates)

@@ -90,6 +90,7 @@ def _trainer_class():
 
     from ...data.collate import real_tokens
     from .loss import labelled_loss, supports_labelled_loss
+    from .sampler import seeded_length_grouped
 
     class CountingTrainer(Trainer):
         """A Trainer that counts the non-padding tokens it trains on (for tokens/s), and projects only
@@ -100,6 +101,10 @@ def _trainer_class():
         flops_model = None
         labelled_loss_ok: bool | None = None
         task_metric = None  # engine/task_metric.TrainingMetric when eval_metric is set
+
+        def _get_train_sampler(self, train_dataset=None):
+            return seeded_length_grouped(super()._get_train_sampler(train_dataset),
+                                         self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
         def log(self, logs, *args, **kwargs):
             # The eval's own log entry gets the task metric, so log_history and every report_to logger hold it.
