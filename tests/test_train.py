@@ -123,6 +123,24 @@ def test_row_order_follows_the_seed_not_earlier_draws(tiny_model_dir, tmp_path):
     assert noisy.losses == quiet.losses
 
 
+def test_a_batch_larger_than_the_data_evaluates_the_same_rows_in_one_batch(tiny_model_dir, tmp_path):
+    """batch_size 2**31: the eval batch is capped at the held-out rows (the Trainer repeats each eval loss
+    batch_size times: 8 GB for 4 rows), and both batches hold the same rows as with batch_size 20."""
+    from types import SimpleNamespace
+
+    from qlora_nb.config import TrainConfig
+    from qlora_nb.engine.training import train as train_mod
+
+    cfg = TrainConfig.from_options({"data": "demo", "batch_size": 2**31})
+    cpu = SimpleNamespace(device="cpu", config=SimpleNamespace(compute_dtype="bfloat16"), model=None)
+    args = train_mod._training_args(cpu, cfg, tmp_path / "args", "run", True, 1, n_val=4)
+    assert (args.per_device_train_batch_size, args.per_device_eval_batch_size) == (2**31, 4)
+    opts = dict(data=ROWS, max_steps=1, eval_steps=1, val_split=4, **FAST)
+    whole = fresh(tiny_model_dir).train(output_dir=str(tmp_path / "a"), **{**opts, "batch_size": 20})
+    huge = fresh(tiny_model_dir).train(output_dir=str(tmp_path / "b"), **{**opts, "batch_size": 2**31})
+    assert huge.losses == whole.losses and huge.eval_losses == whole.eval_losses
+
+
 def test_same_seed_same_losses(tiny_model_dir, tmp_path):
     opts = dict(data=ROWS, max_steps=4, val_split=0, seed=7, **FAST)
     a = fresh(tiny_model_dir).train(output_dir=str(tmp_path / "a"), **opts)
