@@ -95,3 +95,14 @@ def _frozen_heap():
     gc.collect()
     gc.freeze()
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers the fast tier (``make test-fast``: not browser, integration or slow) relies on, by file and
+    fixture, so a new test is sorted right without hand-marking: every test in a ``test_browser*.py`` file
+    drives a browser, and one that asks for the demo model (``demo_session_factory``) is an integration test."""
+    for item in items:
+        if Path(str(item.fspath)).name.startswith("test_browser"):
+            item.add_marker(pytest.mark.browser)
+        if "demo_session_factory" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
