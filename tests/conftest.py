@@ -70,6 +70,26 @@ def demo_session_factory():
     return make
 
 
+@pytest.fixture(scope="session")
+def demo_trained(demo_session_factory, tmp_path_factory):
+    """The demo model trained once on the demo task (60 steps, lr 5e-4), for every test that needs that adapter.
+
+    Each such test used to train its own (2.5 min apiece on 2 cores, issue 34). Shared read-only: a test may
+    generate, compare, save or merge from ``session``, never train it or change its adapters. The held-out exact
+    match of the base (``before``) and of the trained adapter (``after``) is measured here, once, right after
+    training, so no test's work can change what another reads.
+    """
+    from types import SimpleNamespace
+
+    from qlora_nb.cli import exact_match
+
+    session = demo_session_factory()
+    before = exact_match(session, n=8, base=True)
+    run = session.train(data="demo", max_steps=60, learning_rate=5e-4, n_probes=0,
+                        output_dir=str(tmp_path_factory.mktemp("demo-trained") / "demo"))
+    return SimpleNamespace(session=session, run=run, before=before, after=exact_match(session, n=8))
+
+
 @pytest.fixture
 def write_jsonl(tmp_path):
     def write(rows, name="data.jsonl"):
