@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 SRC := $(shell find qlora_nb widgets -type f \( -name '*.py' -o -name '*.js' -o -name '*.css' -o -name '*.json' -o -name '*.jsonl' -o -name '*.txt' \) 2>/dev/null) pyproject.toml
 
-.PHONY: demo test lint bench bench-smoke model browser-deps clean lock gpu-check llamacpp-check
+.PHONY: demo test test-fast lint bench bench-smoke model browser-deps clean lock gpu-check llamacpp-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -57,6 +57,13 @@ lint: $(STAMP)
 test: $(STAMP) model browser-deps
 	$(BIN)/ruff check qlora_nb tests benchmarks
 	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 --rootdir=.. -c ../pyproject.toml .
+
+# The edit-test loop: everything but the browser, notebook and demo-model tests (markers in pyproject.toml,
+# assigned by file and fixture in tests/conftest.py); a few minutes on 2 cores. CI runs the full `make test`.
+test-fast: $(STAMP)
+	$(BIN)/ruff check qlora_nb tests benchmarks
+	cd tests && ../$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 --rootdir=.. -c ../pyproject.toml \
+	  -m "not browser and not integration and not slow" .
 
 bench: $(STAMP) model
 	$(BIN)/python benchmarks/run.py --mode full

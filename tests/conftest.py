@@ -70,6 +70,26 @@ def demo_session_factory():
     return make
 
 
+@pytest.fixture(scope="session")
+def demo_trained(demo_session_factory, tmp_path_factory):
+    """The demo model trained once on the demo task (60 steps, lr 5e-4), for every test that needs that adapter.
+
+    Each such test used to train its own (2.5 min apiece on 2 cores, issue 34). Shared read-only: a test may
+    generate, compare, save or merge from ``session``, never train it or change its adapters. The held-out exact
+    match of the base (``before``) and of the trained adapter (``after``) is measured here, once, right after
+    training, so no test's work can change what another reads.
+    """
+    from types import SimpleNamespace
+
+    from qlora_nb.cli import exact_match
+
+    session = demo_session_factory()
+    before = exact_match(session, n=8, base=True)
+    run = session.train(data="demo", max_steps=60, learning_rate=5e-4, n_probes=0,
+                        output_dir=str(tmp_path_factory.mktemp("demo-trained") / "demo"))
+    return SimpleNamespace(session=session, run=run, before=before, after=exact_match(session, n=8))
+
+
 @pytest.fixture
 def write_jsonl(tmp_path):
     def write(rows, name="data.jsonl"):
@@ -78,3 +98,31 @@ def write_jsonl(tmp_path):
         return p
 
     return write
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _frozen_heap():
+    """Keep the cyclic garbage collector off what is already alive when a test file starts (issue 34).
+
+    One pytest process accumulates about a million long-lived objects (torch, transformers, IPython, the
+    session fixtures); every full collection walked them all (accelerate's ``free_memory`` runs one at the
+    start of each ``Trainer.train``), which took half of test_option_boundaries' time. ``gc.freeze`` moves
+    the survivors of a collection into a generation the collector skips; refcounting still frees them, and
+    whatever a test creates is collected as before.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers the fast tier (``make test-fast``: not browser, integration or slow) relies on, by file and
+    fixture, so a new test is sorted right without hand-marking: every test in a ``test_browser*.py`` file
+    drives a browser, and one that asks for the demo model (``demo_session_factory``) is an integration test."""
+    for item in items:
+        if Path(str(item.fspath)).name.startswith("test_browser"):
+            item.add_marker(pytest.mark.browser)
+        if "demo_session_factory" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 
@@ -60,6 +62,7 @@ def test_one_machine_fingerprint_for_every_benchmark():
         assert "from machine import fingerprint" in src and "/proc/cpuinfo" not in src and "nvidia-smi" not in src
 
 
+@pytest.mark.slow  # 46-56 s on 2 cores: in `make test`, not in the fast tier
 def test_smoke_run_writes_every_row(tmp_path, tiny_model_dir):
     out, md = tmp_path / "results", tmp_path / "RESULTS.md"
     proc = subprocess.run(

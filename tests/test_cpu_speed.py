@@ -329,6 +329,21 @@ def test_matmul_peak_is_measured_once_per_machine_and_kept_in_the_cache(tmp_path
     assert flops.matmul_peak([(64, 32)], "float32", tokens=16, seconds=0.02) > 0
 
 
+def test_machine_measurements_leave_the_global_generator_alone(tmp_path, monkeypatch):
+    """They run between a run's set_seed and its first step, the first time in a process (issue 34)."""
+    import torch
+
+    from qlora_nb.engine.forecast import flops, speed_calibration
+
+    monkeypatch.setenv("QLORA_NB_CACHE", str(tmp_path))
+    monkeypatch.setattr(flops, "_PEAKS", {})
+    monkeypatch.setattr(speed_calibration, "_RATES", {})
+    before = torch.random.get_rng_state()
+    assert flops.matmul_peak([(64, 32)], "float32", tokens=16, seconds=0.02) > 0
+    assert speed_calibration.machine_rates([(64, 32)], "float32", tokens=16).matmul_flops_per_s > 0
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 def test_progress_line_shows_the_mfu_when_the_event_has_it():
     from qlora_nb.views.progress import step_fields
 

@@ -257,15 +257,14 @@ def test_magics_merge_ollama_and_save_gguf(trained, tmp_path, capsys):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_demo_q8_0_export_keeps_held_out_exact_match(demo_session_factory, tmp_path):
-    """Train the demo task, export q8_0, reload with transformers: exact match within one row of the session."""
+def test_demo_q8_0_export_keeps_held_out_exact_match(demo_trained, tmp_path):
+    """The demo task trained (conftest's demo_trained), exported q8_0, reloaded with transformers: exact match
+    within one row of the session's."""
     from types import SimpleNamespace
 
     from qlora_nb.cli import exact_match
 
-    session = demo_session_factory()
-    session.train(data="demo", max_steps=60, learning_rate=5e-4, output_dir=str(tmp_path / "demo"), n_probes=0)
-    adapted = exact_match(session, n=8)
+    session, adapted = demo_trained.session, demo_trained.after
     result = session.merge(tmp_path / "g", format="gguf", outtype="q8_0", verbose=False)
     assert result.verified
     exported = exact_match(SimpleNamespace(model=_reload(result.file), tokenizer=session.tokenizer, device="cpu"),

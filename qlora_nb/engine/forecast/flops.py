@@ -127,6 +127,18 @@ def _write_peak(key: str, value: float) -> None:
         write_text_atomic(_peaks_file(), json.dumps(data, indent=1, sort_keys=True))
 
 
+def own_rng(device: str = "cpu"):
+    """Measure with random tensors without drawing from the global generators a run was seeded with.
+
+    The first measurement in a process (or on a machine) happens between the Trainer's ``set_seed`` and
+    the first step: drawing its tensors from torch's global generator shifted the run's dropout masks, so a
+    run with a given seed trained differently in a fresh process than in one that had measured before.
+    """
+    import torch
+
+    return torch.random.fork_rng(devices=[torch.device(device)] if str(device).startswith("cuda") else [])
+
+
 def matmul_peak(shapes: list[tuple[int, int]], dtype: str = "bfloat16", device: str = "cpu", tokens: int = 320,
                 seconds: float = 0.3, cache: bool = True) -> float:
     """Best FLOP/s of ``F.linear`` at ``(tokens, in) @ (in, out)`` for the given shapes, within ``seconds``.
@@ -148,9 +160,10 @@ def matmul_peak(shapes: list[tuple[int, int]], dtype: str = "bfloat16", device: 
     dt = getattr(torch, dtype)
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     best = 0.0
-    pairs = [(torch.randn(tokens, k, dtype=dt, device=device), torch.randn(n, k, dtype=dt, device=device))
-             for k, n in shapes] or [(torch.randn(tokens, 512, dtype=dt, device=device),
-                                      torch.randn(512, 512, dtype=dt, device=device))]
+    with own_rng(device):
+        pairs = [(torch.randn(tokens, k, dtype=dt, device=device), torch.randn(n, k, dtype=dt, device=device))
+                 for k, n in shapes] or [(torch.randn(tokens, 512, dtype=dt, device=device),
+                                          torch.randn(512, 512, dtype=dt, device=device))]
     budget = seconds / len(pairs)
     for x, w in pairs:
         flop = 2.0 * x.shape[0] * x.shape[1] * w.shape[0]

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...memory.speed import Rates
-from .flops import _machine
+from .flops import _machine, own_rng
 
 RATES_FILE = "speed_rates.json"
 _RATES: dict[str, Rates] = {}
@@ -88,7 +88,16 @@ def _best_time(fn: Callable[[], object], sync: Callable[[], object], repeats: in
 
 def measure_rates(shapes: list[tuple[int, int]], dtype: str = "bfloat16", device: str = "cpu", tokens: int = 512,
                   repeats: int = 7) -> Rates:
-    """Time each primitive (see the module docstring) and return the machine's :class:`Rates`."""
+    """Time each primitive (see the module docstring) and return the machine's :class:`Rates`.
+
+    Its random tensors come from a forked generator: a measurement taken between a run's ``set_seed`` and
+    its first step (or after a run, by the drift check) must leave the run's generators where they were.
+    """
+    with own_rng(device):
+        return _measure_rates(shapes, dtype, device, tokens, repeats)
+
+
+def _measure_rates(shapes: list[tuple[int, int]], dtype: str, device: str, tokens: int, repeats: int) -> Rates:
     import torch
 
     dt = getattr(torch, dtype)

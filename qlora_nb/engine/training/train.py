@@ -75,6 +75,7 @@ def _trainer_class():
 
     from ...data.collate import real_tokens
     from .loss import labelled_loss, supports_labelled_loss
+    from .sampler import seeded_length_grouped
 
     class CountingTrainer(Trainer):
         """A Trainer that counts the non-padding tokens it trains on (for tokens/s), and projects only
@@ -85,6 +86,10 @@ def _trainer_class():
         flops_model = None
         labelled_loss_ok: bool | None = None
         task_metric = None  # engine/task_metric.TrainingMetric when eval_metric is set
+
+        def _get_train_sampler(self, train_dataset=None):
+            return seeded_length_grouped(super()._get_train_sampler(train_dataset),
+                                         self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
         def log(self, logs, *args, **kwargs):
             # The eval's own log entry gets the task metric, so log_history and every report_to logger hold it.
@@ -151,7 +156,11 @@ def _optim_name(optimizer: str) -> str:
     return OPTIM_NAMES[optimizer]
 
 
-def _training_args(session, cfg: TrainConfig, out: Path, name: str, has_val: bool, eval_steps: int):
+def _training_args(session, cfg: TrainConfig, out: Path, name: str, has_val: bool, eval_steps: int,
+                   n_val: int | None = None):
+    """The Trainer's arguments. The eval batch is capped at the held-out row count: the Trainer's eval loop
+    repeats each batch's loss ``batch_size`` times, so ``batch_size: 4294967295`` allocated 16 GB to score 2 rows
+    (the same rows form the one batch either way, so the eval loss is unchanged)."""
     from transformers import TrainingArguments
 
     from ...precision import trainer_precision
@@ -161,10 +170,11 @@ def _training_args(session, cfg: TrainConfig, out: Path, name: str, has_val: boo
     # the load's resolved compute dtype decides (never torch.cuda.is_bf16_supported(): True when emulated on T4)
     flags = trainer_precision(session.config.compute_dtype, session.device)
     sampling = "group_by_length" if cfg.group_by_length and not cfg.packing else "random"
+    eval_batch = cfg.batch_size if n_val is None else min(cfg.batch_size, max(1, n_val))
     return TrainingArguments(
         output_dir=str(out), run_name=name, seed=cfg.seed, data_seed=cfg.seed, use_cpu=use_cpu,
         bf16=flags["bf16"], fp16=flags["fp16"],
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=eval_batch,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
@@ -260,7 +270,7 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
 
     flag = InterruptFlag()
     with quiet_libraries():
-        args = _training_args(session, cfg, out, name, bool(prep.val), eval_steps)
+        args = _training_args(session, cfg, out, name, bool(prep.val), eval_steps, len(prep.val))
         trainer = _trainer_class()(
             model=model, args=args, train_dataset=ListDataset(prep.train),
             eval_dataset=ListDataset(prep.val) if prep.val else None,
