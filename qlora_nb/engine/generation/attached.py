@@ -77,12 +77,16 @@ def _resolve(path: Any) -> Path:
 def attach_gguf(session, path: Any) -> Attached:
     """Load ``path`` (a .gguf, or a folder holding one) back and keep it as the ``gguf`` column."""
     from ..export.gguf_check import _same_ids, load_back
+    from ..export.gguf_header import check_before_loading
 
+    config = session.model.config  # first: an unloaded session's stand-in model raises its one paragraph here
     file = _resolve(path)
     column = COLUMN if COLUMN not in session.adapters else f"{COLUMN} file"
     current = attached(session).get(column)
     if current is not None and current.file == file.resolve() and current.mtime == file.stat().st_mtime:
         return current
+    # incomplete metadata, another model than the base, too big for the free memory: refused before loading
+    check_before_loading(file, config, freed=sum(e.nbytes for e in attached(session).values()))
     detach(session)
     try:
         model, tokenizer = load_back(file.parent, file.name)
