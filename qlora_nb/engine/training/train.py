@@ -207,6 +207,7 @@ def train(session, data: Any = None, on_event=None, **options: Any) -> TrainResu
 
     cfg = TrainConfig.from_options(options)
     preflight.check_probes(cfg)
+    preflight.check_metric(cfg)
     out, name = output_dir(session, cfg)
     preflight.prepare_output_dir(session, cfg, out)  # a file, unwritable, or not ours: before the data work
     from ..interrupts import interrupted_as_error
@@ -312,7 +313,10 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
                 model.zero_grad(set_to_none=True)
             except Exception as exc:  # out of memory: stop cleanly, keep the checkpoints, explain (issue 9)
                 from ..lifecycle import drop_traceback, is_oom
+                from .task_metric import MetricError, stopped_by_metric
 
+                if isinstance(exc, MetricError):  # the user's metric failed at an eval: stop at a checkpoint
+                    raise stopped_by_metric(trainer, out, exc) from None
                 if not is_oom(exc):
                     raise
                 oom = drop_traceback(exc)  # its frames hold the step's activations
