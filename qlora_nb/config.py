@@ -242,6 +242,9 @@ class GenerateConfig(OptionsBase):
         _check_engine(self.engine, self.gguf, self.where("engine"))
 
 
+PLAN_MAX_SEQ_LEN, PLAN_MAX_BATCH = 2**24, 2**16  # tokens (longest published contexts: ~10M), rows per device
+
+
 @dataclass
 class PlanConfig(OptionsBase):
     """What ``%qlora_plan`` / :func:`qlora_nb.plan` predict memory for (defaults: the QLoRA recipe)."""
@@ -283,6 +286,12 @@ class PlanConfig(OptionsBase):
     def validate(self) -> None:
         self.compute_dtype = _dtype(self.compute_dtype)
         self.targets = _check_targets(self.targets, self.where("targets"))
+        for name, top, why in (("seq_len", PLAN_MAX_SEQ_LEN, "above every model's context (about 10M at most)"),
+                               ("batch_size", PLAN_MAX_BATCH, "more rows per device per step than any device holds")):
+            if getattr(self, name) > top:  # a plan of 10**12 tokens is arithmetic, not advice
+                raise QloraError(f"{name} {getattr(self, name):,} is {why}; this planner stops at {top:,}.",
+                                 where=self.where(name), hint="Plan what you would train with: seq_len your longest "
+                                 "row, at most the model's context (max_position_embeddings); batch_size per device.")
         if self.gpu is not None:
             parse_memory(self.gpu)  # refuse "0GB", "-3", "lots" here, naming the option
         if self.method == "full" and self.bits not in (None, 16):

@@ -13,6 +13,7 @@ same thing wherever it is shown. Pure functions: no model, no session.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Callable
@@ -61,28 +62,68 @@ def resolve(metric: Any, where: str = "train option 'eval_metric'") -> Scorer:
                           "f(prediction, reference) that returns a bool or a number from 0 to 1.")
 
 
-def _checked(fn: Callable[[str, str], Any], where: str) -> Scorer:
-    """A user's callable whose result is checked: a bad return value names the metric, not a Trainer frame."""
-    name = metric_name(fn)
+SIGNATURE = "f(prediction: str, reference: str) -> bool | float in [0, 1]"
+RETURN_HINT = "Return e.g. float(prediction.strip() == reference.strip())."
 
-    def score(prediction: str, reference: str) -> float:
-        value = fn(prediction, reference)
+
+class MetricError(QloraError):
+    """A user's metric callable failed on a row: the training loop stops at a checkpoint (engine/training)."""
+
+
+def _check_signature(fn: Callable[..., Any], name: str, where: str) -> None:
+    """Refuse, before anything runs, a callable that cannot be called as ``fn(prediction, reference)``."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: found out at its first call
+        return
+    try:
+        sig.bind("prediction", "reference")
+    except TypeError as exc:
+        raise QloraError(f"the metric {name!r} has the signature {name}{sig}, which cannot be called with a "
+                         f"prediction and a reference ({exc}).", where=where,
+                         hint=f"Write it as {SIGNATURE}.") from None
+
+
+def _checked(fn: Callable[[str, str], Any], where: str) -> Scorer:
+    """A user's callable, checked: its signature up front, then each call's exception and return value.
+
+    Whatever goes wrong names the metric and the row, never a Trainer frame; ``row`` is passed by
+    :func:`score_pairs`.
+    """
+    name = metric_name(fn)
+    _check_signature(fn, name, where)
+
+    def score(prediction: str, reference: str, row: int | None = None) -> float:
+        at = f" on row {row}" if row is not None else ""
+        try:
+            value = fn(prediction, reference)
+        except Exception as exc:  # noqa: BLE001 - the user's code: any exception is reported as theirs
+            raise MetricError(f"the metric {name!r} raised {type(exc).__name__}: {str(exc)[:200]}{at} (prediction "
+                              f"{str(prediction)[:60]!r}, reference {str(reference)[:60]!r}).", where=where,
+                              hint=f"Fix the function; it is called as {SIGNATURE}, once per held-out row.") \
+                from None
         if isinstance(value, bool):
             return float(value)
         if isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1:
             return float(value)
-        raise QloraError(f"the metric {name!r} returned {value!r} for the prediction {str(prediction)[:60]!r}; "
-                         "a metric returns True/False or a number from 0 to 1.", where=where,
-                         hint="Return e.g. float(prediction.strip() == reference.strip()).")
+        raise MetricError(f"the metric {name!r} returned {value!r}{at} for the prediction {str(prediction)[:60]!r}; "
+                          "a metric returns True/False or a number from 0 to 1.", where=where, hint=RETURN_HINT)
 
     score.__name__ = name
+    score.names_rows = True  # type: ignore[attr-defined]
     return score
+
+
+def score_pairs(fn: Scorer, predictions: list[str], references: list[str]) -> list[float]:
+    """One score per pair, each call told its row so a failing user metric names it."""
+    if not getattr(fn, "names_rows", False):  # a built-in: nothing of the user's to name
+        return [fn(p, r) for p, r in zip(predictions, references, strict=True)]
+    return [fn(p, r, row=i) for i, (p, r) in enumerate(zip(predictions, references, strict=True))]  # type: ignore
 
 
 def score_all(metric: Any, predictions: list[str], references: list[str]) -> list[float]:
     """One score per (prediction, reference) pair."""
-    fn = resolve(metric)
-    return [fn(p, r) for p, r in zip(predictions, references, strict=True)]
+    return score_pairs(resolve(metric), predictions, references)
 
 
 def fmt_hits(hits: float, total: int) -> str:

@@ -224,8 +224,14 @@ class Session:
                **options: Any):
         """Train this session's configuration on ``processes`` ranks (``accelerate launch``), then load the
         adapter here; options are TrainConfig fields plus ``port``, ``directory`` and ``overwrite``."""
-        from .scale.launch import launch
+        from .export.accelerate_export import train_options
+        from .scale.launch import LAUNCH_ONLY, check_launch, launch
+        from .training.train import check_run
 
+        # everything %%qlora_train refuses, refused here in the kernel, before a folder or a process exists;
+        # relative paths (data, directory) resolve against the kernel's working folder: the notebook's
+        check_launch(self, processes, bool(fsdp), bool(cpu_offload))
+        check_run(self, train_options(self, {k: v for k, v in options.items() if k not in LAUNCH_ONLY}))
         return launch(self, processes, fsdp=fsdp, cpu_offload=cpu_offload, on_event=on_event, **options)
 
     def plan(self, *, measure: bool = False, **options: Any):

@@ -124,6 +124,11 @@ class QloraWidget(anywidget.AnyWidget):
     _view_id: str | None = None
     _shown_in: int | None = None  # the execution count of the cell that displayed it
     SETTLED = ("done", "stopped", "error")  # a ``status`` trait reaching one of these rewrites the saved fallback
+    # Every public method either needs the session (marked @needs_session, views/session_guard.py) or is listed
+    # here, per class; UNLOADED is the class's one paragraph once its session is gone (buttons and Python alike).
+    SESSION_FREE: tuple[str, ...] = ("text", "fallback_title", "fallback_body", "fallback_bundle",
+                                     "refresh_fallback", "clear_display")
+    UNLOADED: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

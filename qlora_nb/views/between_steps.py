@@ -90,6 +90,7 @@ class FollowsRuns:
     """For a widget (playground, chat) whose clicks are answered between a run's steps: owns its watch."""
 
     _watch: TrainingWatch | None = None
+    SESSION_FREE: tuple[str, ...] = ("follow_runs", "close")
 
     def follow_runs(self, session: Any) -> None:
         self._watch = TrainingWatch(self, session, lambda content: self._on_front_msg(self, content, None),

@@ -18,6 +18,7 @@ class BreakdownWidget(QloraWidget):
     """Parameter counts, LoRA cost per matrix type, stacked memory bar, bits/param, savings vs 16-bit."""
 
     _esm = esm("breakdown.js")
+    SESSION_FREE = ("for_session", "on_event", "update_ledger")  # shows a ledger; holds no session
     _css = asset("qlora.css")
     ledger = traitlets.Dict().tag(sync=True)
     title = traitlets.Unicode("").tag(sync=True)

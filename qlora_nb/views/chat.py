@@ -27,6 +27,7 @@ from ..engine.generation.columns import offered_columns
 from ..errors import QloraError
 from .base import QloraWidget, asset, esm
 from .between_steps import FollowsRuns
+from .session_guard import SessionGone, needs_session, unloaded_text
 from .workbench import error_text, workbench_css
 
 OPTION_NAMES = ("max_new_tokens", "sample", "temperature", "top_p", "seed")
@@ -43,6 +44,9 @@ def chat_css() -> str:
 
 class Chat(FollowsRuns, QloraWidget):
     """System prompt, message box, history toggle, one streamed multi-turn column per model (base first)."""
+
+    UNLOADED = unloaded_text("chat", "to reply with", "%qlora_playground --chat")
+    SESSION_FREE = ("clear", "on_event", "to_code")
 
     _esm = esm("chat.js")
     _css = chat_css()
@@ -86,7 +90,10 @@ class Chat(FollowsRuns, QloraWidget):
         self.history, self.system, self.prompt, self.notes = history, system, prompt, notes
         self.title = f"chat · {getattr(getattr(session, 'config', None), 'model', '')}"
         self.options = _defaults()
-        self.refresh_adapters()
+        try:
+            self.refresh_adapters()
+        except SessionGone:  # opened on an unloaded session: the panel shows why
+            self.available = []
         self.observe(self._check_options, names="options")
         self.observe(self._on_prompt, names="prompt")
         self.observe(self._on_mode, names="mode")
@@ -98,6 +105,7 @@ class Chat(FollowsRuns, QloraWidget):
         self.notes = [*(n for n in self.notes if not n.startswith("waiting for training")), text]
 
     # -------------------------------------------------------------- state
+    @needs_session
     def refresh_adapters(self) -> None:
         self.available = offered_columns(self.session)  # adapters, then an exported GGUF (--gguf)
 
@@ -129,6 +137,12 @@ class Chat(FollowsRuns, QloraWidget):
         if event in ("send", "regenerate", "edit", "clear") and self._watch.defer(content):
             return  # a run is going on: answered at its next step boundary (between_steps.py)
         self.notes = [n for n in self.notes if not n.startswith("waiting for training")]
+        try:
+            self._handle(event, content)
+        except SessionGone:  # the guard already put its paragraph in the panel
+            pass
+
+    def _handle(self, event: Any, content: dict) -> None:
         if event == "send":
             self.send(content.get("text", self.prompt))
         elif event == "regenerate":
@@ -141,6 +155,7 @@ class Chat(FollowsRuns, QloraWidget):
             self.refresh_adapters()
 
     # -------------------------------------------------------------- actions
+    @needs_session
     def send(self, text: str | None = None) -> Any:
         """Send ``text`` (default: the message box) to every column; returns the ChatResult (None on an error)."""
         text = self.prompt if text is None else text
@@ -155,6 +170,7 @@ class Chat(FollowsRuns, QloraWidget):
         self.prompt = ""
         return self._reply(before, text)
 
+    @needs_session
     def regenerate(self) -> Any:
         """Generate the last turn's replies again (after more training, other options or another seed)."""
         if not self._turns:
@@ -164,6 +180,7 @@ class Chat(FollowsRuns, QloraWidget):
         self._turns[-1]["cells"] = {}
         return self._reply(before)
 
+    @needs_session
     def edit(self, index: int, text: str) -> Any:
         """Replace user message ``index`` with ``text``, drop the turns after it and reply again."""
         if not 0 <= index < len(self._turns):
@@ -183,6 +200,7 @@ class Chat(FollowsRuns, QloraWidget):
         with self.hold_sync():
             self.turns, self.rendered, self.code, self.error, self.status = [], {}, "", "", "idle"
 
+    @needs_session
     def conversations(self) -> dict[str, list[dict[str, str]]] | list[dict[str, str]]:
         """What the next reply is generated from: one message list (same history) or one per column (own)."""
         columns = self._columns()

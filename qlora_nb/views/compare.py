@@ -29,6 +29,7 @@ class CompareWidget(QloraWidget):
     """Columns side by side (base + adapters), one row per prompt, with the count of changed prompts."""
 
     _esm = esm("compare.js")
+    SESSION_FREE = ("from_result", "for_session", "on_event", "show_result")  # shows a result; holds no session
     _css = asset("qlora.css")
     title = traitlets.Unicode("comparison").tag(sync=True)  # named after the columns once they are known
     columns = traitlets.List(traitlets.Unicode()).tag(sync=True)

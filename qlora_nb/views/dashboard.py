@@ -53,6 +53,8 @@ class TrainingDashboard(QloraWidget):
     """Live view of one training run; build it with :meth:`for_session`."""
 
     _esm = esm("dashboard.js")
+    SESSION_FREE = ("for_session", "continue_from", "detach", "close", "on_event", "flush", "request_stop",
+                    "overhead")  # a record of a run: readable after the session is gone; Stop then does nothing
     _css = asset("qlora.css")
     SETTLED = ()  # it rewrites its saved fallback itself, once the final curve is in (train_end)
 

@@ -48,6 +48,7 @@ class PlannerWidget(QloraWidget):
     """Sliders/dropdowns over :class:`qlora_nb.config.PlanConfig` options with the verdict and comparison bar."""
 
     _esm = esm("planner.js")
+    SESSION_FREE = ("current_plan",)  # a plan from a config: no session
     _css = asset("qlora.css")
     archs = traitlets.Dict().tag(sync=True)
     arch = traitlets.Dict().tag(sync=True)  # the planned model's own dimensions (may be off-table)

@@ -23,13 +23,13 @@ from ..config import GenerateConfig
 from ..engine.generation.columns import diverge_index, offered_columns
 from .base import QloraWidget, esm
 from .between_steps import FollowsRuns
+from .session_guard import SessionGone, needs_session, unloaded_text
 from .workbench import error_text, workbench_css
 
 MAX_HISTORY = 20
 # The generation options the playground shows; names, defaults, help and kinds come from GenerateConfig.
 GENERATION_OPTIONS = ("max_new_tokens", "sample", "temperature", "top_p", "seed", "logprobs")
-UNLOADED = ("playground: this session was unloaded (%qlora_unload), so there is no model to generate with. "
-            "Load one with %qlora_load (or qlora_nb.load()) and open a new playground with %qlora_playground.")
+UNLOADED = unloaded_text("playground", "to generate with", "%qlora_playground")
 
 
 def generation_specs() -> list[dict[str, Any]]:
@@ -42,6 +42,8 @@ class Playground(FollowsRuns, QloraWidget):
     """Prompt box, generation options, one streamed column per model (base first), prompt history."""
 
     _esm = esm("playground.js")
+    UNLOADED = UNLOADED
+    SESSION_FREE = ("on_event",)
     _css = workbench_css()
 
     title = traitlets.Unicode("playground").tag(sync=True)
@@ -68,21 +70,19 @@ class Playground(FollowsRuns, QloraWidget):
         self.specs = generation_specs()
         self.options = {spec["name"]: spec["default"] for spec in self.specs}
         self.prompt = prompt
-        self.refresh_adapters()
+        try:
+            self.refresh_adapters()
+        except SessionGone:  # opened on an unloaded session: the panel shows why
+            self.available = []
         self.on_msg(self._on_front_msg)
         self.follow_runs(session)
 
     def _show_waiting(self, text: str) -> None:
         self.status, self.error, self.notes = "waiting", "", [text]
 
+    @needs_session
     def refresh_adapters(self) -> None:
         """Re-read the session's adapters (after ``%qlora_load_adapter`` or more training)."""
-        from ..engine.lifecycle import is_unloaded
-
-        if is_unloaded(self.session):
-            self.available = []
-            self.status, self.error = "error", UNLOADED
-            return
         self.available = offered_columns(self.session)  # adapters, then an exported GGUF (--gguf)
 
     @traitlets.observe("options")
@@ -128,6 +128,7 @@ class Playground(FollowsRuns, QloraWidget):
                 self.status = "error"
             self.send({"event": "handled"})
 
+    @needs_session
     def generate(self, prompt: str | None = None) -> Any:
         """Stream ``prompt`` (default: the prompt box) through the base and the chosen adapters."""
         if self.status == "generating":
@@ -138,8 +139,6 @@ class Playground(FollowsRuns, QloraWidget):
             return None
         self.error, self._error_from = "", None
         self.refresh_adapters()
-        if self.error == UNLOADED:
-            return None
         opts = dict(self.options)
         logprobs = bool(opts.pop("logprobs", False))
         chosen = [c for c in self.chosen if c in self.available]

@@ -19,12 +19,16 @@ import traitlets
 
 from ..errors import QloraError
 from .base import QloraWidget, asset, esm, text_as_html
+from .session_guard import needs_session
 
 
 class RunsView(QloraWidget):
     """Shows ``runs``; ``session`` (optional) is where "load adapter" loads."""
 
     _esm = esm("runs.js")
+    UNLOADED = ("runs view: there is no session to load the adapter into (it was unloaded with %qlora_unload, or "
+                "none was given). Run %qlora_load first, then %qlora_runs again (or pass session=).")
+    SESSION_FREE = ("select", "resume_cell")
     _css = asset("qlora.css")
 
     folder = traitlets.Unicode("").tag(sync=True)
@@ -60,11 +64,9 @@ class RunsView(QloraWidget):
         except QloraError as exc:
             self.message = str(exc)
 
+    @needs_session
     def load_adapter(self, name: str) -> str:
         """Load run ``name``'s adapter into the session under an adapter name made from the run's name."""
-        if self.session is None:
-            raise QloraError("there is no session to load the adapter into.", where="runs view",
-                             hint="Run %qlora_load first, then %qlora_runs again (or pass session=).")
         run = self._runs[name]
         if run.adapter_dir is None or not run.adapter_dir.is_dir():
             raise QloraError(f"run {name!r} has no saved adapter (status: {run.status}).", where="runs view",

@@ -29,17 +29,19 @@ from ..config import SESSION_NAME, TRAIN_RESULT_NAME, TrainConfig
 from ..errors import QloraError
 from ..textsplit import interpolate, variable_name
 from .base import QloraWidget, esm
+from .session_guard import SessionGone, needs_session, unloaded_text
 from .studio_preview import file_signature, preview_state
 from .workbench import default_values, error_text, option_specs, workbench_css, yaml_value
 
-UNLOADED = ("studio: this session was unloaded (%qlora_unload), so there is no model to train. Load one with "
-            "%qlora_load (or qlora_nb.load()) and open a new studio with %qlora_studio.")
+UNLOADED = unloaded_text("studio", "to train", "%qlora_studio")
 
 
 class Studio(QloraWidget):
     """Data, options, memory forecast and Train/Stop/Resume for one session; ``view`` embeds the dashboard."""
 
     _esm = esm("studio.js")
+    UNLOADED = UNLOADED
+    SESSION_FREE = ("resolved_data", "typed_options", "config", "to_code")
     _css = workbench_css()
 
     title = traitlets.Unicode("").tag(sync=True)
@@ -88,7 +90,10 @@ class Studio(QloraWidget):
                     self._data_object = data
         self.observe(self._changed, names=["data", "template", "values"])
         self.on_msg(self._on_front_msg)
-        self.refresh()
+        try:
+            self.refresh()
+        except SessionGone:  # opened on an unloaded session: the panel shows why
+            pass
 
     _data_object: Any = None
 
@@ -181,6 +186,7 @@ class Studio(QloraWidget):
         except Exception as exc:  # a typed value reaches Python through the comm: never a silent kernel-log error
             self.status, self.error = "error", error_text(exc)
 
+    @needs_session
     def refresh(self) -> None:
         """Recompute the preview, the forecast, the field errors and the code (after every change)."""
         opts = self.typed_options()
@@ -240,22 +246,19 @@ class Studio(QloraWidget):
         elif event == "refresh":
             self.refresh()
 
+    @needs_session
     def stop(self) -> None:
         if self.dashboard is not None:
             self.dashboard.request_stop()
         else:
             self.session.request_stop()
 
+    @needs_session
     def train(self, resume: bool = False) -> Any:
         """Run ``session.train`` with the panel's options (the same call as ``%%qlora_train``), dashboard inside."""
         if self.status == "running":
             return None
         self.error = self.message = ""
-        from ..engine.lifecycle import is_unloaded
-
-        if is_unloaded(self.session):
-            self.status, self.error = "error", UNLOADED
-            return None
         try:
             cfg = self.config()
         except QloraError as exc:

@@ -65,12 +65,17 @@ def _decoder_layer_class(session: Session) -> str:
     return "LlamaDecoderLayer"
 
 
-def _train_options(session: Session, overrides: dict[str, Any]) -> dict[str, Any]:
+def train_options(session: Session, overrides: dict[str, Any]) -> dict[str, Any]:
     """The last run's TrainConfig (or the defaults) with ``overrides``, validated, data made portable."""
     last = session.runs[-1].config if session.runs else {}
     last = last.to_dict() if hasattr(last, "to_dict") else dict(last or {})
     merged = {k: v for k, v in last.items() if k not in ("output_dir", "resume", "overwrite")}
     merged.update({TrainConfig._canonical(k): v for k, v in overrides.items()})  # lr= replaces learning_rate
+    if callable(merged.get("eval_metric")):  # config.yaml holds text: a function cannot reach the script's ranks
+        raise QloraError("eval_metric is a Python function, which cannot be written into config.yaml for the "
+                         "exported/launched train.py.", where="train option 'eval_metric'",
+                         hint="Use a named metric there (exact_match, contains, json_match), or train in the "
+                              "notebook with %%qlora_train to score with your function.")
     data = merged.get("data")
     if data is None or (isinstance(data, str) and data.startswith("<") and data.endswith(">")):
         raise QloraError("the exported script needs data it can read from a file: "
@@ -155,7 +160,7 @@ def export_script(session: Session, directory: str | Path, overwrite: bool = Fal
 
     export = ExportOptions.from_options({k: options.pop(k) for k in ("num_processes", "fsdp") if k in options})
     num_processes, fsdp = export.num_processes, export.fsdp
-    train = _train_options(session, options)
+    train = train_options(session, options)
     load = {**session.config.to_dict(), "device": "auto"}
     model_path = Path(str(load["model"])).expanduser()
     if model_path.exists():  # a local folder: absolute, so the script runs from anywhere

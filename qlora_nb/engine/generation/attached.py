@@ -84,13 +84,19 @@ def attach_gguf(session, path: Any, engine: str = "transformers") -> Attached:
     ``engine``: transformers (the default) or llama.cpp (:mod:`.llamacpp`) serves it.
     """
     from ..export.gguf_check import _same_ids, load_back
+    from ..export.gguf_header import check_before_loading
 
+    config = session.model.config  # first: an unloaded session's stand-in model raises its one paragraph here
     file = _resolve(path)
     column = COLUMN if COLUMN not in session.adapters else f"{COLUMN} file"
     current = attached(session).get(column)
     if current is not None and current.file == file.resolve() and current.mtime == file.stat().st_mtime \
             and current.engine == engine:
         return current
+    # incomplete metadata, another model than the base, too big for the free memory: refused before loading
+    # (llama.cpp maps the file instead of building an fp32 copy, so only transformers' load is sized)
+    check_before_loading(file, config, freed=sum(e.nbytes for e in attached(session).values()),
+                         sized=engine == "transformers")
     if engine != "transformers":
         return _attach_llamacpp(session, file, column)
     detach(session)

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from ...config import GenerateConfig
 from ...errors import QloraError
 from ..model.adapters import BASE, evaluating
+from .attached import attached
 from .columns import choose_columns, diff_mask, token_pieces
 from .compare_result import side_by_side
 from .interleave import generate_together
@@ -176,7 +177,7 @@ class ChatResult:
     def text(self, width: int = 100) -> str:
         last = self.messages[self.columns[0]][-1]["content"] if self.messages else ""
         lines = [f"user: {last}"] + [f"note: {n}" for n in self.notes]
-        heads = list(self.columns)
+        heads = [f"{c} (gguf file)" if self.cells[c].get("source") == "gguf" else c for c in self.columns]
         bodies = [f"({_stats(self.cells[c])})\n{self.replies[c]}" for c in self.columns]
         lines.append(side_by_side(heads, bodies, width))
         return "\n".join(lines)
@@ -199,6 +200,7 @@ def _stats(cell: dict[str, Any]) -> str:
 def _columns_and_messages(session, messages: Any, adapters: list[str] | None, gguf: Any = None,
                           engine: str = "transformers"
                           ) -> tuple[list[str], dict[str, list[dict[str, str]]], list[str], str]:
+    messages = _one_message_as_list(messages)
     if isinstance(messages, Mapping):  # own history: one conversation per column
         if adapters is not None:
             raise QloraError("adapters is given twice: by the keys of the messages dict and by adapters=.",
@@ -217,6 +219,22 @@ def _columns_and_messages(session, messages: Any, adapters: list[str] | None, gg
     conv = check_messages(messages)
     columns, notes = choose_columns(session, _adapter_list(adapters), gguf, engine)
     return columns, {c: conv for c in columns}, notes, "chat"
+
+
+def _one_message_as_list(messages: Any) -> Any:
+    """``{"role": "user", "content": "hi"}`` is one message, not per-column histories: the conversation ``[it]``.
+
+    A dict mixing message keys with other keys is neither, and is refused rather than guessed.
+    """
+    if not isinstance(messages, Mapping) or not {"role", "content"} & set(messages):
+        return messages
+    extra = [str(k) for k in messages if k not in ("role", "content")]
+    if extra:
+        raise QloraError(f"the messages dict has the message keys 'role'/'content' and also {', '.join(map(repr, extra))}"
+                         ", so it is neither one message nor one conversation per column.", where="messages",
+                         hint=f"Pass one conversation as a list, e.g. {EXAMPLE}, or per-column histories as "
+                              '{"base": [...], "<adapter>": [...]}.')
+    return [dict(messages)]
 
 
 def _adapter_list(adapters: Any) -> list[str]:
@@ -296,7 +314,9 @@ def _run(session, columns: list[str], prompts: dict[str, Prompt], convs: dict[st
         outputs = generate_together(session, ids, generate_kwargs(session, cfg), cfg.seed, state, on_token,
                                     should_stop)
     base_ids = outputs[BASE][0] if BASE in outputs else None
-    first = next((c for c in columns if c != BASE), None)
+    files = set(attached(session))
+    first = next((c for c in columns if c != BASE and c not in files), None) or next(
+        (c for c in columns if c != BASE), None)
     cells: dict[str, dict[str, Any]] = {}
     for c in columns:
         out, seconds = outputs[c]
@@ -304,7 +324,8 @@ def _run(session, columns: list[str], prompts: dict[str, Prompt], convs: dict[st
         cells[c] = {"text": tok.decode(out, skip_special_tokens=True), "ids": out, "tokens": token_pieces(tok, out),
                     "diff": diff_mask(out, other), "n_tokens": len(out), "prompt_tokens": len(ids[c]),
                     "seconds": seconds, "tokens_per_s": len(out) / seconds if seconds > 0 else 0.0,
-                    "changed": c != BASE and base_ids is not None and out != base_ids}
+                    "changed": c != BASE and base_ids is not None and out != base_ids,
+                    "source": BASE if c == BASE else "gguf" if c in files else "adapter"}
         emit("chat_column", column=c, cell=cells[c])
     result = ChatResult(list(columns), {c: cells[c]["text"] for c in columns}, formatted, convs, cells, opts,
                         list(notes), mode)

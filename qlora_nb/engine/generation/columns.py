@@ -58,7 +58,10 @@ def choose_columns(session, requested: list[str], gguf: Any = None,
     else:
         chosen = known
     if not chosen and not extra:
-        notes.append("this session has no adapter yet, so only the base model is shown.")
+        if requested and known:  # adapters=["base"]: the base was asked for, the adapters exist
+            notes.append(f"only the base was asked for; this session's adapters ({', '.join(known)}) are left out.")
+        else:
+            notes.append("this session has no adapter yet, so only the base model is shown.")
     trained = []
     for name in chosen:
         if not is_trained(session.model, name):
@@ -150,3 +153,9 @@ def column_cells(tokenizer, columns: list[str], runs: dict[str, dict[str, Any]])
     """Every column's cell once all have run (the base's marks are against the first adapter)."""
     first = runs[columns[1]]["ids"] if len(columns) > 1 else None
     return {c: column_cell(tokenizer, c, runs[c], first if c == BASE else runs[BASE]["ids"]) for c in columns}
+
+
+def mark_sources(cells: dict[str, dict[str, Any]], files: Any) -> None:
+    """Mark each cell with what answered it: "base", "adapter" or "gguf" (an attached file, :mod:`.attached`)."""
+    for column, cell in cells.items():
+        cell["source"] = BASE if column == BASE else "gguf" if column in files else "adapter"

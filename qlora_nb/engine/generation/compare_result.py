@@ -27,7 +27,8 @@ class CompareResult(list):
     (plus ``<name>_ids``), ``diverge_at`` (first token index where the adapted
     output differs from the base, None when equal), ``changed`` (any adapter
     column differs) and ``columns`` (per column: text, ids, tokens, diff mask,
-    diverge_at, optional ``logprob_delta``). ``notes`` explain left-out columns.
+    diverge_at, source, optional ``logprob_delta``). ``notes`` explain left-out columns. An attached GGUF is
+    its own column (``source`` "gguf"): ``adapter``/``adapted``/``diverge_at``/``changed`` never speak of it.
     """
 
     def __init__(self, records: list[dict[str, Any]], columns: list[str], options: dict[str, Any],
@@ -92,10 +93,17 @@ def render_text(state: Mapping[str, Any], width: int = 100) -> str:
             cell = (row.get("columns") or {}).get(c) or {}
             texts.append(_marked_text(cell))
         lines.append(side_by_side(columns, texts, width))
+        cells = row.get("columns") or {}
+        files = [c for c in columns if (cells.get(c) or {}).get("source") == "gguf"]
         d = row.get("diverge_at")
-        if len(columns) > 1:
+        if len(columns) > 1 + len(files):
             lines.append("outputs identical" if not row.get("changed") else
                          f"first difference at token {d}" if d is not None else "changed")
+        for c in files:  # an attached GGUF is named as itself, never as "the adapter"
+            fd = cells[c].get("diverge_at")
+            lines.append(f"{c} (GGUF file): " + ("same as the base" if not cells[c].get("changed") else
+                                                  f"differs from the base at token {fd}" if fd is not None
+                                                  else "differs from the base"))
     return "\n".join(lines)
 
 

@@ -37,7 +37,7 @@ from ...config import GenerateConfig
 from ...data.scoring import exact_match
 from ..model.adapters import BASE, active_adapter, evaluating, no_adapter
 from .attached import attached
-from .columns import adapter_names, choose_columns, column_cells
+from .columns import adapter_names, choose_columns, column_cells, mark_sources
 from .compare_result import _RESERVED, CompareResult, _row_event
 from .prompts import encode, format_prompt, normalize_prompts
 from .stream import emitter, generate_columns
@@ -81,6 +81,7 @@ def compare(session, prompts: Any, on_event: Callable[[dict], None] | None = Non
     emit("compare_begin", prompts=[p[0] for p in prepared], columns=list(columns), options=opts, notes=list(notes))
     records: list[dict[str, Any]] = []
     tok = session.tokenizer
+    files = [c for c in columns if c in attached(session)]
     with evaluating(session.model) as state:
         for row, (shown, formatted, reference, ids) in enumerate(prepared):
             def on_token(column, new_ids, text, delta, _row=row):
@@ -88,7 +89,7 @@ def compare(session, prompts: Any, on_event: Callable[[dict], None] | None = Non
 
             runs = generate_columns(session, ids, columns, cfg, state, on_token=on_token,
                                     logprobs=logprobs and len(columns) > 1)
-            record = _record(shown, formatted, reference, columns, column_cells(tok, columns, runs))
+            record = _record(shown, formatted, reference, columns, column_cells(tok, columns, runs), files)
             record["prompt_ids"] = ids
             records.append(record)
             emit("compare_row", row=row, record=_row_event(record))
@@ -98,8 +99,12 @@ def compare(session, prompts: Any, on_event: Callable[[dict], None] | None = Non
 
 
 def _record(shown: str, formatted: str, reference: str | None, columns: list[str],
-            cells: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    first = columns[1] if len(columns) > 1 else None
+            cells: dict[str, dict[str, Any]], files: list[str] = ()) -> dict[str, Any]:
+    """One prompt's record. ``adapter``/``adapted``/``diverge_at``/``changed`` speak of the session's adapters only:
+    an attached GGUF (``files``) is its own column, named as itself (cell ``source`` "gguf"), never "the adapter"."""
+    mark_sources(cells, files)
+    adapters = [c for c in columns[1:] if c not in files]
+    first = adapters[0] if adapters else None
     if reference is not None:  # a data row (--data val): scored as eval_metric: exact_match scores it
         for column in columns:
             cells[column]["score"] = exact_match(cells[column]["text"], reference)
@@ -110,7 +115,7 @@ def _record(shown: str, formatted: str, reference: str | None, columns: list[str
         "adapted": cells[first]["text"] if first else None,
         "adapted_ids": cells[first]["ids"] if first else None,
         "diverge_at": cells[first]["diverge_at"] if first else None,
-        "changed": any(cells[c]["changed"] for c in columns),
+        "changed": any(cells[c]["changed"] for c in adapters),
         "columns": cells,
     }
     for column in columns[1:]:

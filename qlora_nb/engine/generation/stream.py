@@ -38,8 +38,8 @@ from typing import Any
 
 from ...config import GenerateConfig
 from ..model.adapters import BASE, use_adapter
-from .attached import model_for
-from .columns import choose_columns, column_cell, column_cells
+from .attached import attached, model_for
+from .columns import choose_columns, column_cell, column_cells, mark_sources
 from .compare_result import side_by_side
 
 TokenListener = Callable[[str, list[int], str, str], None]  # (column, ids so far, text so far, delta)
@@ -321,6 +321,8 @@ def stream(session, prompt: str, *, columns: list[str] | None = None, logprobs: 
 
     with evaluating(session.model) as state:
         generate_columns(session, ids, chosen, cfg, state, on_token=on_token, on_column=on_column, logprobs=logprobs)
-    result = StreamResult(p.shown, p.formatted, list(chosen), column_cells(tok, chosen, runs), opts, notes)
+    cells = column_cells(tok, chosen, runs)
+    mark_sources(cells, attached(session))
+    result = StreamResult(p.shown, p.formatted, list(chosen), cells, opts, notes)
     emit("stream_end", result=result.to_event())
     return result

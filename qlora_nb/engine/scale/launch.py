@@ -32,6 +32,7 @@ from typing import Any
 from ...errors import QloraError
 
 POLL_S = 0.2
+LAUNCH_ONLY = ("port", "directory", "overwrite")  # launch's own options; the rest are TrainConfig fields
 
 
 @dataclass
@@ -208,6 +209,18 @@ def rank_failure(events_dir: Path, log: Path, returncode: int) -> QloraError:
                       where="%qlora_launch", hint=f"The full output is in {log}.")
 
 
+def _removed(job: Path, log: Path, error: QloraError) -> QloraError:
+    """The auto-named job folder of a launch that never reached a step is removed; its log's tail goes in the error."""
+    import shutil
+
+    text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+    tail = " | ".join(line.strip() for line in text.strip().splitlines()[-6:] if line.strip())[-600:]
+    shutil.rmtree(job, ignore_errors=True)
+    hint = f"It failed before its first step, so its folder {job} was removed; the ranks' last output: {tail}" \
+        if tail else f"It failed before its first step, so its folder {job} was removed."
+    return QloraError(error.message, where=error.where, hint=hint)
+
+
 def launch(session, processes: int = 2, fsdp: bool = False, cpu_offload: bool = False, port: int | None = None,
            directory: str | Path | None = None, overwrite: bool = False, on_event=None,
            **train_options: Any) -> LaunchResult:
@@ -219,8 +232,9 @@ def launch(session, processes: int = 2, fsdp: bool = False, cpu_offload: bool = 
         raise QloraError(f"port must be a number from 1 to 65535, got {port!r}.", where="--port")
     check_port(port)
     name = time.strftime("launch-%Y%m%d-%H%M%S")
-    job = Path(directory).expanduser() if directory else Path("runs") / name
+    job = Path(directory).expanduser() if directory else Path("runs") / name  # relative: the notebook's folder
     job = session.export(job, overwrite=overwrite, num_processes=processes, fsdp=bool(fsdp), **train_options)
+    job = job.resolve()  # the ranks run inside it; the kernel keeps reading it wherever its cwd goes
     events_dir, log = job / "events", job / "launch.log"
     cmd = _command(job, processes, port, bool(fsdp), bool(cpu_offload), kind)
     unsubscribe = session.events.subscribe(on_event) if on_event is not None else None
@@ -237,7 +251,10 @@ def launch(session, processes: int = 2, fsdp: bool = False, cpu_offload: bool = 
         if unsubscribe:
             unsubscribe()
     if proc.returncode != 0:
-        raise rank_failure(events_dir, log, proc.returncode)
+        error = rank_failure(events_dir, log, proc.returncode)
+        if directory is None and not history:  # failed before its first step: leave no runs/launch-* behind
+            error = _removed(job, log, error)
+        raise error
     summary = json.loads((job / "output" / "run_summary.json").read_text(encoding="utf-8"))
     adapter = session.load_adapter(job / "output" / "adapter", name=name)
     strategy = "fsdp" if fsdp else "ddp" if processes > 1 else "single"

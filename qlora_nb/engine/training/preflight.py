@@ -30,6 +30,14 @@ def check_probes(cfg) -> None:
                              hint='Write probes as a list of texts, e.g. probes: ["What is 2+2?", "Say hi"].')
 
 
+def check_metric(cfg) -> None:
+    """A metric callable must be callable as ``f(prediction, reference)``: refused before any work, not at an eval."""
+    if cfg.eval_metric is not None:
+        from ...data.scoring import resolve
+
+        resolve(cfg.eval_metric)
+
+
 def check_schedule(cfg, planned: int, warmup_given: bool):
     """Refuse a run that is all warm-up; a *default* warm-up longer than a short run shrinks to fit it.
 

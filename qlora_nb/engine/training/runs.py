@@ -18,8 +18,6 @@ yesterday's runs at once.
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,17 @@ from ...errors import QloraError, did_you_mean
 from ...options import field_default
 from ...overwrite import MARKER
 from ...units import human_bytes
+from .run_files import (
+    checkpoints,
+    clean_history,
+    describe,
+    int_or_none,
+    mtime,
+    number_or_none,
+    read_json,
+    section,
+    text_or_none,
+)
 
 # Options that name the run rather than configure it (shown elsewhere in the listing), or resolve "auto" per machine.
 NOT_OPTIONS = {"data", "output_dir", "run_name", "overwrite", "resume", "model", "device", "compute_dtype"}
@@ -117,11 +126,14 @@ class RunInfo:
         return {"name": self.name, "date": self.date, "status": self.status, "model": self.model,
                 "data": self.data, "data_sha256": (self.data_sha256 or "")[:12] or None,
                 "changed": {k: _plain(v) for k, v in self.changed.items()}, "steps": self.steps,
-                "max_steps": m.get("max_steps") or self.train.get("max_steps"), "train_loss": self.train_loss,
-                "eval_loss": self.eval_loss, "metric": self.metric, "tokens_per_s": m.get("tokens_per_s"),
-                "peak_memory": m.get("peak_rss"), "duration_s": m.get("wall_s"),
+                "max_steps": int_or_none(m.get("max_steps")) or int_or_none(self.train.get("max_steps")),
+                "train_loss": self.train_loss, "eval_loss": self.eval_loss, "metric": self.metric,
+                "tokens_per_s": number_or_none(m.get("tokens_per_s")), "peak_memory": number_or_none(m.get("peak_rss")),
+                "duration_s": number_or_none(m.get("wall_s")),
                 "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None,
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None, "notes": list(self.notes)}
+
+
 
 
 def _changed(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
@@ -143,52 +155,44 @@ def _plain(v: Any) -> Any:
     return v if isinstance(v, (str, int, float, bool, type(None), list)) else str(v)
 
 
-def _read_json(path: Path, notes: list[str]) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:  # half-written (interrupted save, full disk) or unreadable
-        notes.append(f"{path.name} could not be read ({type(exc).__name__})")
-        return None
-
-
-def _checkpoints(folder: Path) -> list[Path]:
-    found = []
-    for p in folder.glob("checkpoint-*"):
-        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-        if m and p.is_dir():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found, reverse=True)]
 
 
 def read_run(folder: str | Path) -> RunInfo | None:
     """The run in ``folder``, or None when it is not a run folder (or vanished while being read)."""
     folder = Path(folder)
     notes: list[str] = []
-    marker = _read_json(folder / MARKER, notes)
-    config = _read_json(folder / "train_config.json", notes)
-    if not isinstance(config, dict) or "train" not in config:
+    marker = read_json(folder / MARKER, notes)
+    n_notes = len(notes)
+    config = read_json(folder / "train_config.json", notes)
+    parsed = len(notes) == n_notes and (folder / "train_config.json").is_file()  # present, and valid JSON
+    if parsed and not (isinstance(config, dict) and isinstance(config.get("train"), dict)):
+        notes.append(f"train_config.json is unreadable: {describe(config)}, not the toolkit's object with a "
+                     "'train' section of options")
         config = None
     is_run = (isinstance(marker, dict) and marker.get("kind") == "run") or config is not None
     if not is_run or not folder.is_dir():
         return None
-    ckpts = _checkpoints(folder)
-    state = _read_json(folder / "trainer_state.json", notes)
+    ckpts = checkpoints(folder)
+    state = read_json(folder / "trainer_state.json", notes)
     ckpt_state = None
     complete = None
     for c in ckpts:  # the newest checkpoint whose state parses (a torn one is skipped, as resume skips it)
-        ckpt_state = _read_json(c / "trainer_state.json", [])
+        ckpt_state = read_json(c / "trainer_state.json", [])
         if isinstance(ckpt_state, dict):
             complete = c
             break
     if not isinstance(state, dict):
         state = ckpt_state if isinstance(ckpt_state, dict) else {}
-    history = [h for h in state.get("log_history") or [] if isinstance(h, dict)]
+    history = clean_history(state.get("log_history"), notes)
     marker = marker if isinstance(marker, dict) else {}
-    metrics = dict((config or {}).get("metrics") or {})
-    train = dict((config or {}).get("train") or {})
-    if config is None:
+    metrics = section(config, "metrics", notes)
+    train = section(config, "train", notes)
+    load = section(config, "load", notes)
+    if config is None and parsed:
+        status = "unreadable"  # valid JSON of the wrong type, noted above: not "still training"
+    elif config is None and (folder / "train_config.json").is_file():
+        status = "incomplete"  # torn mid-write (an interrupted save): noted above as could not be read
+    elif config is None:
         status = "incomplete"
         notes.append("no final train_config.json: the run is still training, or it ended before saving")
     elif (isinstance(metrics.get("steps"), int) and isinstance(metrics.get("max_steps"), int)
@@ -197,21 +201,21 @@ def read_run(folder: str | Path) -> RunInfo | None:
     else:
         status = "done"
     adapter = folder / "adapter"
-    started = _mtime(folder / MARKER) or _mtime(folder)
+    started = mtime(folder / MARKER) or mtime(folder)
     data = marker.get("data") or (train.get("data") if isinstance(train.get("data"), str) else None)
+    model = load.get("model") or (config or {}).get("base_model")
     return RunInfo(name=folder.name, folder=folder, status=status, started=started,
-                   model=(config or {}).get("load", {}).get("model") or (config or {}).get("base_model"),
-                   data=data, data_sha256=marker.get("data_sha256"), train=train,
-                   load=dict((config or {}).get("load") or {}), metrics=metrics, history=history,
+                   model=model if isinstance(model, str) else None,
+                   data=data, data_sha256=text_or_none(marker.get("data_sha256")), train=train,
+                   load=load, metrics=metrics, history=history,
                    adapter_dir=adapter if (adapter / "adapter_config.json").is_file() else None,
                    checkpoint=complete, notes=notes)
 
 
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
+
+
+
+
 
 
 def list_runs(folder: str | Path = "runs") -> Runs:

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...data.scoring import fmt_hits, metric_name, resolve
+from ...data.scoring import MetricError, fmt_hits, metric_name, resolve, score_pairs
+from ...errors import QloraError
 
 CHUNK = 16  # rows generated together: bounds the KV cache of one generate() call
 
@@ -57,7 +58,7 @@ def score_rows(session, template, rows: list[dict[str, Any]], metric: Any = "exa
     """Greedy completions of ``rows`` (their template prompts) scored against their references."""
     from .probes import generate_batch
 
-    fn = resolve(metric)
+    fn = resolve(metric)  # a user callable's signature is checked here, before anything is generated
     prompts = [template.prompt(r) for r in rows]
     refs = [template.completion(r) for r in rows]
     if max_new_tokens is None:  # room for the longest reference and its end-of-sequence token
@@ -66,7 +67,7 @@ def score_rows(session, template, rows: list[dict[str, Any]], metric: Any = "exa
     outputs: list[str] = []
     for i in range(0, len(prompts), CHUNK):
         outputs += generate_batch(session, prompts[i:i + CHUNK], max_new_tokens, base=base)
-    scores = [fn(o, r) for o, r in zip(outputs, refs, strict=True)]
+    scores = score_pairs(fn, outputs, refs)
     return TaskScore(metric_name(metric), scores, prompts, outputs, refs, time.perf_counter() - started)
 
 
@@ -90,6 +91,7 @@ class TrainingMetric:
 
     def __init__(self, session, template, rows: list[dict[str, Any]], metric: Any) -> None:
         self.session, self.template, self.rows = session, template, rows
+        resolve(metric)  # a callable with the wrong signature is refused here, before training starts
         self.metric, self.name = metric, metric_name(metric)
         self.max_new_tokens = min(512, reference_tokens(session.tokenizer, [template.completion(r) for r in rows]) + 8)
         self.base: TaskScore | None = None
@@ -123,3 +125,27 @@ class TrainingMetric:
         if self.last is not None:
             out.update(eval_metric=self.last.score, eval_metric_hits=self.last.hits)
         return out
+
+
+def stopped_by_metric(trainer, out, exc: MetricError) -> QloraError:
+    """The run stops where the user's metric failed: the last finished step is checkpointed, and the one error says
+    which metric, which row, what it raised, and how to continue (``MetricError`` is re-exported for train.py)."""
+    from ..interrupts import ignoring_interrupts
+    from ..lifecycle import last_complete_checkpoint
+
+    step = int(getattr(trainer.state, "global_step", 0) or 0)
+    if step == 0:
+        kept = "The run stopped before its first step (scoring the base), so nothing was trained."
+    else:
+        existing = last_complete_checkpoint(out)
+        try:
+            if not (existing and str(existing).endswith(f"checkpoint-{step}")):
+                with ignoring_interrupts():
+                    trainer._save_checkpoint(trainer.model, trial=None)
+            kept = (f"The run stopped after step {step}; {last_complete_checkpoint(out)} holds it: fix the metric and "
+                    "train again with resume: true to continue from there.")
+        except Exception as save_exc:  # noqa: BLE001 - a full disk: say so rather than claim a checkpoint
+            kept = (f"The run stopped after step {step}, and writing its checkpoint failed ({type(save_exc).__name__}:"
+                    f" {save_exc}).")
+    return QloraError(exc.message, where=exc.where,
+                      hint=f"{exc.hint} {kept}".strip())

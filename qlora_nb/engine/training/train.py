@@ -204,22 +204,28 @@ def _flops_and_peak(session, cfg: TrainConfig):
 
 
 # --------------------------------------------------------------------------- train
-def train(session, data: Any = None, on_event=None, **options: Any) -> TrainResult:
-    """Train the session's active adapter; options are :class:`~qlora_nb.config.TrainConfig` fields."""
-    if data is not None:
-        options["data"] = data
+def checked_options(options: dict[str, Any]) -> TrainConfig:
+    """The options as a TrainConfig, probes and a metric callable checked: nothing read or written yet."""
     from . import preflight
 
     cfg = TrainConfig.from_options(options)
     preflight.check_probes(cfg)
-    out, name = output_dir(session, cfg)
-    preflight.prepare_output_dir(session, cfg, out)  # a file, unwritable, or not ours: before the data work
+    preflight.check_metric(cfg)
+    return cfg
+
+
+def checked_data(session, cfg: TrainConfig, warmup_given: bool) -> tuple[Prepared, int, TrainConfig]:
+    """The data loaded, validated and tokenized, then what depends on it (held-out rows, the schedule).
+
+    ``(prepared, planned steps, the config the run uses)``. :func:`check_run` runs the same checks for a
+    launch, in the kernel, before any process starts.
+    """
     from ..interrupts import interrupted_as_error
+    from . import preflight
 
     with interrupted_as_error("reading and checking the training data", "train option 'data'",
                               "Nothing was trained and the session is unchanged; run it again."):
         prep = prepare(session, cfg)
-    resume_from = find_checkpoint(out) if cfg.resume else None
     if cfg.early_stopping_patience and not prep.val:
         raise QloraError("early_stopping_patience needs held-out rows to evaluate.",
                          where="train option 'early_stopping_patience'", hint="Set val_split > 0.")
@@ -228,7 +234,26 @@ def train(session, data: Any = None, on_event=None, **options: Any) -> TrainResu
                          where="train option 'eval_metric'", hint="Set val_split > 0 (or give val rows), or drop "
                                                                    "eval_metric.")
     planned = _planned_steps(cfg, len(prep.train))
-    cfg = preflight.check_schedule(cfg, planned, warmup_given="warmup_steps" in options)
+    return prep, planned, preflight.check_schedule(cfg, planned, warmup_given=warmup_given)
+
+
+def check_run(session, options: dict[str, Any]) -> TrainConfig:
+    """Every check ``train`` makes before its first step, without training or writing anything (launch uses it)."""
+    cfg = checked_options(dict(options))
+    return checked_data(session, cfg, warmup_given="warmup_steps" in options)[2]
+
+
+def train(session, data: Any = None, on_event=None, **options: Any) -> TrainResult:
+    """Train the session's active adapter; options are :class:`~qlora_nb.config.TrainConfig` fields."""
+    if data is not None:
+        options["data"] = data
+    from . import preflight
+
+    cfg = checked_options(options)
+    out, name = output_dir(session, cfg)
+    preflight.prepare_output_dir(session, cfg, out)  # a file, unwritable, or not ours: before the data work
+    resume_from = find_checkpoint(out) if cfg.resume else None
+    prep, planned, cfg = checked_data(session, cfg, warmup_given="warmup_steps" in options)
     fingerprint = preflight.data_fingerprint(prep.train_rows, prep.val_rows)
     if resume_from is not None:
         preflight.check_resume(out, resume_from, fingerprint, planned)
@@ -317,7 +342,10 @@ def _fit(session, cfg: TrainConfig, prep: Prepared, out: Path, name: str, resume
                 model.zero_grad(set_to_none=True)
             except Exception as exc:  # out of memory: stop cleanly, keep the checkpoints, explain (issue 9)
                 from ..lifecycle import drop_traceback, is_oom
+                from .task_metric import MetricError, stopped_by_metric
 
+                if isinstance(exc, MetricError):  # the user's metric failed at an eval: stop at a checkpoint
+                    raise stopped_by_metric(trainer, out, exc) from None
                 if not is_oom(exc):
                     raise
                 oom = drop_traceback(exc)  # its frames hold the step's activations
