@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from qlora_nb import command_options as CO
 from qlora_nb import config as C
 from qlora_nb.errors import QloraError
 from qlora_nb.magics import magic_classes
@@ -33,8 +34,8 @@ HAND_WRITTEN = {
     ("qlora_plan", "--gpu-model"): "which GPU's published peak prices the time (plan's gpu_model=), not a setting",
 }
 
-OPTION_CLASSES = [C.LoadConfig, C.TrainConfig, C.PlanConfig, C.GenerateConfig, C.SaveOptions, C.MergeOptions,
-                  C.LaunchOptions, C.PlaygroundOptions, C.ExportOptions, C.QuantReportOptions, MagicFlags]
+OPTION_CLASSES = [C.LoadConfig, C.TrainConfig, C.PlanConfig, C.GenerateConfig, CO.SaveOptions, CO.MergeOptions,
+                  CO.LaunchOptions, CO.PlaygroundOptions, CO.ExportOptions, CO.QuantReportOptions, MagicFlags]
 
 # One name in several classes that means different things there, and why.
 DISTINCT = {
@@ -131,17 +132,17 @@ def test_new_option_classes_parse_their_flags():
     from qlora_nb.magics.plan import PlanMagics
 
     args = parse_args(PlanMagics.qlora_quant_report, "--sample all --max-tokens 64 --no-perplexity", "x")
-    cfg = C.QuantReportOptions.from_options(options_from_args(args, C.QuantReportOptions))
+    cfg = CO.QuantReportOptions.from_options(options_from_args(args, CO.QuantReportOptions))
     assert (cfg.sample, cfg.max_tokens, cfg.perplexity) == (None, 64, False)
     args = parse_args(ExportMagics.qlora_merge, "out --dtype bf16 --no-verify --adapter a", "x")
-    cfg = C.MergeOptions.from_options(options_from_args(args, C.MergeOptions))
+    cfg = CO.MergeOptions.from_options(options_from_args(args, CO.MergeOptions))
     assert (cfg.dtype, cfg.verify, cfg.adapter, cfg.overwrite) == ("bfloat16", False, "a", False)
-    assert C.MergeOptions().dtype == "bfloat16"  # one default for the magic and Session.merge
+    assert CO.MergeOptions().dtype == "bfloat16"  # one default for the magic and Session.merge
     args = parse_args(ExportMagics.qlora_export, "job --num-processes 0", "x")
     with pytest.raises(QloraError, match=r"export option 'num_processes' \(--num-processes\): 0 is out of range"):
-        C.ExportOptions.from_options(options_from_args(args, C.ExportOptions))
+        CO.ExportOptions.from_options(options_from_args(args, CO.ExportOptions))
     with pytest.raises(QloraError, match="whole numbers or 'all'"):
-        C.QuantReportOptions(sample="lots")
+        CO.QuantReportOptions(sample="lots")
 
 
 def test_planner_widget_takes_its_choices_from_plan_config():

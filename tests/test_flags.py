@@ -6,15 +6,8 @@ import dataclasses
 
 import pytest
 
-from qlora_nb.config import (
-    ExportOptions,
-    GenerateConfig,
-    LoadConfig,
-    MergeOptions,
-    PlanConfig,
-    QuantReportOptions,
-    SaveOptions,
-)
+from qlora_nb.command_options import ExportOptions, MergeOptions, QuantReportOptions, SaveOptions
+from qlora_nb.config import GenerateConfig, LoadConfig, PlanConfig
 from qlora_nb.magics.base import parse_args
 from qlora_nb.magics.compare import CompareMagics
 from qlora_nb.magics.export import ExportMagics

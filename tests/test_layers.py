@@ -29,7 +29,7 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "qlora_nb"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("config", "options", "errors", "events", "units", "fileio", "_version", "precision", "textsplit", "overwrite",
+    ("config", "command_options", "options", "errors", "events", "units", "fileio", "_version", "precision", "textsplit", "overwrite",
      "weightfiles", "quiet", "naming"),
     ("data", "memory"),
     ("engine",),

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import ExportOptions, GenerateConfig, LoadConfig, MergeOptions, SaveOptions
+from ..command_options import ExportOptions, MergeOptions, SaveOptions
+from ..config import GenerateConfig, LoadConfig
 from ..errors import QloraError
 from ..events import EventBus
 
@@ -151,7 +152,7 @@ class Session:
     def save(self, directory: str | Path, *, overwrite: bool = SaveOptions.overwrite,
              adapter: str | None = SaveOptions.adapter, format: str = SaveOptions.format) -> Path:
         """Write an adapter as a PEFT folder (``format="peft"``) or a GGUF LoRA for llama.cpp/Ollama (``"gguf"``);
-        the keywords are :class:`~qlora_nb.config.SaveOptions`."""
+        the keywords are :class:`~qlora_nb.command_options.SaveOptions`."""
         from .arguments import require_bool, require_optional_name, require_path
         from .export.export import save_adapter
 
@@ -181,7 +182,7 @@ class Session:
               format: str = MergeOptions.format, **options: Any):
         """A verified merged copy: a Hugging Face folder (``format="hf"``) or one GGUF file (``"gguf"``; ``"ollama"``
         adds a Modelfile; ``outtype=``; ``base_only=True``: the base alone as the session holds it, for a GGUF
-        LoRA). The keywords are :class:`~qlora_nb.config.MergeOptions` (plus ``verbose``…)."""
+        LoRA). The keywords are :class:`~qlora_nb.command_options.MergeOptions` (plus ``verbose``…)."""
         from .arguments import require_bool, require_path
         from .export.merge import merge
         from .rollback import rolled_back_on_error
@@ -213,7 +214,7 @@ class Session:
             return merge(self, directory, dtype=dtype, overwrite=require_bool(overwrite, "overwrite"), **options)
 
     def export(self, directory: str | Path, *, overwrite: bool = ExportOptions.overwrite, **options: Any) -> Path:
-        """train.py + accelerate configs; options are :class:`~qlora_nb.config.ExportOptions` and TrainConfig's."""
+        """train.py + accelerate configs; options are :class:`~qlora_nb.command_options.ExportOptions` and TrainConfig's."""
         from .arguments import require_bool, require_path
         from .export.accelerate_export import export_script
 
@@ -226,7 +227,7 @@ class Session:
         adapter here; options are TrainConfig fields plus ``port``, ``directory`` and ``overwrite``."""
         from .export.accelerate_export import train_options
         from .scale.launch import LAUNCH_ONLY, check_launch, launch
-        from .training.train import check_run
+        from .training.setup import check_run
 
         # everything %%qlora_train refuses, refused here in the kernel, before a folder or a process exists;
         # relative paths (data, directory) resolve against the kernel's working folder: the notebook's
@@ -245,7 +246,7 @@ class Session:
         return plan_session(self, measure=measure, loader=load, **options)
 
     def quant_report(self, **options: Any):
-        """4-bit reconstruction error and perplexity; options are :class:`~qlora_nb.config.QuantReportOptions`."""
+        """4-bit reconstruction error and perplexity; options are :class:`~qlora_nb.command_options.QuantReportOptions`."""
         from .model.quant_report import quant_report
 
         return quant_report(self, **options)

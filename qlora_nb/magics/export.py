@@ -1,6 +1,6 @@
 """%qlora_save, %qlora_merge and %qlora_export: thin wrappers over Session.save / merge / export.
 
-Their flags are generated from :class:`~qlora_nb.config.SaveOptions`, ``MergeOptions`` and ``ExportOptions``.
+Their flags are generated from :class:`~qlora_nb.command_options.SaveOptions`, ``MergeOptions`` and ``ExportOptions``.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from IPython.core.magic import line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..config import ExportOptions, MergeOptions, SaveOptions
+from ..command_options import ExportOptions, MergeOptions, SaveOptions
 from .base import QloraMagicsBase, display, friendly, parse_args
 from .flags import option_flags, options_from_args, output_flag, shared_flags
 

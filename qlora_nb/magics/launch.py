@@ -5,7 +5,8 @@ from __future__ import annotations
 from IPython.core.magic import line_cell_magic, magics_class
 from IPython.core.magic_arguments import magic_arguments
 
-from ..config import LaunchOptions, TrainConfig
+from ..command_options import LaunchOptions
+from ..config import TrainConfig
 from .base import QloraMagicsBase, friendly, parse_args, parse_yaml_body
 from .flags import option_flags, options_from_args, output_flag, shared_flags
 

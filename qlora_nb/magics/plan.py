@@ -5,7 +5,8 @@ from __future__ import annotations
 from IPython.core.magic import line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..config import PlanConfig, QuantReportOptions
+from ..command_options import QuantReportOptions
+from ..config import PlanConfig
 from .base import QloraMagicsBase, display, friendly, parse_args
 from .flags import option_flags, options_from_args, output_flag, shared_flags
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from IPython.core.magic import line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..config import PlaygroundOptions
+from ..command_options import PlaygroundOptions
 from ..errors import QloraError
 from .base import QloraMagicsBase, display, friendly, parse_args
 from .flags import option_flags, options_from_args, output_flag, shared_flags

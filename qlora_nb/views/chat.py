@@ -22,7 +22,8 @@ from typing import Any
 
 import traitlets
 
-from ..config import SESSION_NAME, GenerateConfig, PlaygroundOptions
+from ..command_options import PlaygroundOptions
+from ..config import SESSION_NAME, GenerateConfig
 from ..engine.generation.columns import offered_columns
 from ..errors import QloraError
 from .base import QloraWidget, asset, esm

@@ -15,7 +15,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...config import ExportOptions, TrainConfig
+from ...command_options import ExportOptions
+from ...config import TrainConfig
 from ...errors import QloraError
 from ...fileio import atomic_dir
 
@@ -152,7 +153,7 @@ the notebook with `%qlora_load {cfg.model} --adapter output/adapter` or `%qlora_
 def export_script(session: Session, directory: str | Path, overwrite: bool = False, **options: Any) -> Path:
     """Write train.py, config.yaml, accelerate configs, copied data and a README into ``directory``.
 
-    Options: :class:`~qlora_nb.config.ExportOptions` (``num_processes``, ``fsdp``: the README leads with the
+    Options: :class:`~qlora_nb.command_options.ExportOptions` (``num_processes``, ``fsdp``: the README leads with the
     FSDP config, ``data``: a file to train on instead of the last run's data) and any
     :class:`~qlora_nb.config.TrainConfig` field to override.
     """

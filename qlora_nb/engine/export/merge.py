@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...config import DTYPE_ALIASES, DTYPES, MergeOptions
+from ...command_options import MergeOptions
+from ...config import DTYPE_ALIASES, DTYPES
 from ...errors import QloraError
 from ...fileio import atomic_dir
 from ...quiet import quiet_libraries

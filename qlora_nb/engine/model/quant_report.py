@@ -12,7 +12,7 @@ import gc
 import math
 import time
 
-from ...config import QuantReportOptions
+from ...command_options import QuantReportOptions
 from ...errors import QloraError
 from ...memory.quant_report import (
     BLOCK,

@@ -28,6 +28,7 @@ from ...errors import QloraError, did_you_mean
 from ...options import field_default
 from ...overwrite import MARKER
 from ...units import human_bytes
+from .run_comparison import NOT_OPTIONS, RunComparison, _dur, _num, _plain, _short
 from .run_files import (
     checkpoints,
     clean_history,
@@ -41,7 +42,6 @@ from .run_files import (
 )
 
 # Options that name the run rather than configure it (shown elsewhere in the listing), or resolve "auto" per machine.
-NOT_OPTIONS = {"data", "output_dir", "run_name", "overwrite", "resume", "model", "device", "compute_dtype"}
 
 
 @dataclass
@@ -134,8 +134,6 @@ class RunInfo:
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None, "notes": list(self.notes)}
 
 
-
-
 def _changed(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(cls):
@@ -149,12 +147,6 @@ def _changed(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
             continue
         out[f.name] = value
     return out
-
-
-def _plain(v: Any) -> Any:
-    return v if isinstance(v, (str, int, float, bool, type(None), list)) else str(v)
-
-
 
 
 def read_run(folder: str | Path) -> RunInfo | None:
@@ -210,12 +202,6 @@ def read_run(folder: str | Path) -> RunInfo | None:
                    load=load, metrics=metrics, history=history,
                    adapter_dir=adapter if (adapter / "adapter_config.json").is_file() else None,
                    checkpoint=complete, notes=notes)
-
-
-
-
-
-
 
 
 def list_runs(folder: str | Path = "runs") -> Runs:
@@ -323,81 +309,3 @@ class Runs(list):
 
     def _repr_pretty_(self, printer, cycle) -> None:
         printer.text(self.text())
-
-
-class RunComparison:
-    """Runs side by side: one row per option or result, ``differs`` where the runs disagree."""
-
-    RESULTS = ("model", "data", "data_sha256", "status", "steps", "train_loss", "eval_loss", "metric",
-               "tokens_per_s", "peak_memory", "duration_s", "adapter_dir", "checkpoint")
-
-    def __init__(self, runs: list[RunInfo]) -> None:
-        self.runs = runs
-        self.names = [r.name for r in runs]
-        summaries = [r.summary() for r in runs]
-        keys = sorted({k for r in runs for k in {**r.load, **r.train}} - NOT_OPTIONS)
-        self.rows: list[dict[str, Any]] = []
-        for k in keys:
-            values = [_plain({**r.load, **r.train}.get(k)) for r in runs]
-            self.rows.append({"key": k, "kind": "option", "values": values, "differs": len(set(map(str, values))) > 1})
-        for k in self.RESULTS:
-            values = [s[k] for s in summaries]
-            self.rows.append({"key": k, "kind": "result", "values": values, "differs": len(set(map(str, values))) > 1})
-
-    @property
-    def differences(self) -> dict[str, list[Any]]:
-        """Options that differ between the runs: name -> one value per run."""
-        return {r["key"]: r["values"] for r in self.rows if r["differs"] and r["kind"] == "option"}
-
-    def curves(self) -> dict[str, dict[str, list]]:
-        return {r.name: r.curve() for r in self.runs}
-
-    def to_pandas(self):
-        import pandas as pd
-
-        df = pd.DataFrame([r["values"] for r in self.rows], columns=self.names,
-                          index=[r["key"] for r in self.rows])
-        df["differs"] = [r["differs"] for r in self.rows]
-        return df
-
-    def to_event(self) -> dict[str, Any]:
-        return {"names": self.names, "rows": self.rows, "curves": self.curves()}
-
-    def text(self, only_differences: bool = False) -> str:
-        rows = [r for r in self.rows if r["differs"] or not only_differences]
-        table = [["", *self.names]] + [[("* " if r["differs"] else "  ") + r["key"],
-                                        *(_cell(v) for v in r["values"])] for r in rows]
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        lines = [f"{' vs '.join(self.names)} (* differs)"]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.text()
-
-    def __repr__(self) -> str:
-        return self.text()
-
-    def _repr_pretty_(self, printer, cycle) -> None:
-        printer.text(self.text())
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return _short(v, 40) if v is not None else "–"
-
-
-def _short(v: Any, n: int) -> str:
-    s = "–" if v is None else str(v)
-    return s if len(s) <= n else "…" + s[-(n - 1):]
-
-
-def _num(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, (int, float)) else "–"
-
-
-def _dur(s: Any) -> str:
-    if not isinstance(s, (int, float)):
-        return "–"
-    return f"{s:.0f}s" if s < 120 else f"{s / 60:.1f}min"

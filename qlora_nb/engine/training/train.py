@@ -17,16 +17,14 @@ schedule. A second interrupt still leaves a checkpoint (see
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ...config import TrainConfig
-from ...data.split import split_rows  # noqa: F401  (re-exported: the studio and older callers import it here)
 from ...errors import QloraError
 from .run_output import find_checkpoint, output_dir, save_run, save_state
+from .setup import Prepared, checked_data, checked_options
 from .train_events import PeakRssSampler, make_callback
 from .train_result import TrainResult
 
@@ -36,38 +34,6 @@ OPTIM_NAMES = {  # TrainingArguments names; bitsandbytes falls back to unpaged s
     "paged_adamw_8bit": "paged_adamw_8bit",
     "paged_adamw_32bit": "paged_adamw_32bit",
 }
-
-
-# ----------------------------------------------------------------------------- data
-@dataclass
-class Prepared:
-    train: list[dict[str, list[int]]]
-    val: list[dict[str, list[int]]]
-    train_rows: list[dict[str, str]]
-    val_rows: list[dict[str, str]]
-    template: Any
-    chat: bool
-    truncated: int
-
-
-def prepare(session, cfg: TrainConfig) -> Prepared:
-    """Load, validate, split and tokenize: every data error surfaces here, before the first step."""
-    from ...data.collate import tokenize_rows
-    from ...data.load import load_data
-    from ...data.validate import validate
-
-    text = validate(load_data(cfg.data), cfg.template, session.tokenizer)
-    if text.val_rows is not None:
-        train_rows, val_rows = text.rows, text.val_rows
-    else:
-        train_rows, val_rows = split_rows(text.rows, cfg.val_split, cfg.seed)
-    tr = tokenize_rows(train_rows, text.template, session.tokenizer, cfg.cutoff_len, cfg.completion_only, text.chat_format)
-    va = tokenize_rows(val_rows, text.template, session.tokenizer, cfg.cutoff_len, cfg.completion_only, text.chat_format)
-    if not any(t != -100 for ex in tr.examples for t in ex["labels"]):
-        raise QloraError("no row has a completion token left to learn.", where="train option 'data'",
-                         hint="Check that the output field is not empty, or raise cutoff_len.")
-    return Prepared(tr.examples, va.examples, train_rows, val_rows, text.template, text.chat_format,
-                    tr.truncated + va.truncated)
 
 
 def _trainer_class():
@@ -124,13 +90,6 @@ def _forecast_check(session, history: list[dict[str, Any]], predicted: float | N
         return check_run(session, history, predicted)
     except Exception:
         return None
-
-
-def _planned_steps(cfg: TrainConfig, n_train: int) -> int:
-    if cfg.max_steps > 0:
-        return cfg.max_steps
-    per_epoch = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.gradient_accumulation_steps)
-    return max(1, math.ceil(per_epoch * cfg.epochs))
 
 
 def _report_to(cfg: TrainConfig) -> list[str]:
@@ -204,45 +163,6 @@ def _flops_and_peak(session, cfg: TrainConfig):
 
 
 # --------------------------------------------------------------------------- train
-def checked_options(options: dict[str, Any]) -> TrainConfig:
-    """The options as a TrainConfig, probes and a metric callable checked: nothing read or written yet."""
-    from . import preflight
-
-    cfg = TrainConfig.from_options(options)
-    preflight.check_probes(cfg)
-    preflight.check_metric(cfg)
-    return cfg
-
-
-def checked_data(session, cfg: TrainConfig, warmup_given: bool) -> tuple[Prepared, int, TrainConfig]:
-    """The data loaded, validated and tokenized, then what depends on it (held-out rows, the schedule).
-
-    ``(prepared, planned steps, the config the run uses)``. :func:`check_run` runs the same checks for a
-    launch, in the kernel, before any process starts.
-    """
-    from ..interrupts import interrupted_as_error
-    from . import preflight
-
-    with interrupted_as_error("reading and checking the training data", "train option 'data'",
-                              "Nothing was trained and the session is unchanged; run it again."):
-        prep = prepare(session, cfg)
-    if cfg.early_stopping_patience and not prep.val:
-        raise QloraError("early_stopping_patience needs held-out rows to evaluate.",
-                         where="train option 'early_stopping_patience'", hint="Set val_split > 0.")
-    if cfg.eval_metric is not None and not prep.val_rows:
-        raise QloraError("eval_metric scores generations on held-out rows, and this run holds out none.",
-                         where="train option 'eval_metric'", hint="Set val_split > 0 (or give val rows), or drop "
-                                                                   "eval_metric.")
-    planned = _planned_steps(cfg, len(prep.train))
-    return prep, planned, preflight.check_schedule(cfg, planned, warmup_given=warmup_given)
-
-
-def check_run(session, options: dict[str, Any]) -> TrainConfig:
-    """Every check ``train`` makes before its first step, without training or writing anything (launch uses it)."""
-    cfg = checked_options(dict(options))
-    return checked_data(session, cfg, warmup_given="warmup_steps" in options)[2]
-
-
 def train(session, data: Any = None, on_event=None, **options: Any) -> TrainResult:
     """Train the session's active adapter; options are :class:`~qlora_nb.config.TrainConfig` fields."""
     if data is not None:
