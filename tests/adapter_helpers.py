@@ -21,3 +21,14 @@ def add_adapter(session, name: str, seed: int = 1) -> None:
     session.model.add_adapter(name, lora_config(session.config))
     session.adapters[name] = {"source": "test"}
     perturb(session, name, seed=seed)
+
+
+def gguf_export_of_a_changed_adapter(model_dir, folder):
+    """A tiny session whose adapter changes the greedy output, and its merged f32 GGUF: ``(session, file)``.
+
+    f32, so the file's column equals the adapter token for token (the GGUF column and attach tests)."""
+    import qlora_nb
+
+    s = qlora_nb.load(str(model_dir), r=4, alpha=8, dropout=0.0, compute_dtype="float32")
+    perturb(s, None, std=0.5, seed=1)
+    return s, s.merge(folder / "out", format="gguf", outtype="f32", verbose=False).file

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from adapter_helpers import perturb
+from adapter_helpers import gguf_export_of_a_changed_adapter, perturb
 from conftest import TINY, build_tiny_model_dir
 
 import qlora_nb
@@ -124,10 +124,8 @@ def test_a_truncated_file_is_named(tmp_path):
 # ------------------------------------------------------------------ on a real session
 @pytest.fixture(scope="module")
 def exported(tiny_model_dir, tmp_path_factory):
-    s = qlora_nb.load(str(tiny_model_dir), r=4, alpha=8, dropout=0.0, compute_dtype="float32")
-    perturb(s, None, std=0.5, seed=1)
-    result = s.merge(tmp_path_factory.mktemp("g") / "out", format="gguf", outtype="f32", verbose=False)
-    yield s, result.file
+    s, file = gguf_export_of_a_changed_adapter(tiny_model_dir, tmp_path_factory.mktemp("g"))
+    yield s, file
     s.unload()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from adapter_helpers import perturb
+from adapter_helpers import gguf_export_of_a_changed_adapter
 
 import qlora_nb
 from qlora_nb.errors import QloraError
@@ -13,10 +13,8 @@ PROMPTS = ["Hello there, how are you?", "def add(a, b):"]
 
 @pytest.fixture(scope="module")
 def exported(tiny_model_dir, tmp_path_factory):
-    s = qlora_nb.load(str(tiny_model_dir), r=4, alpha=8, dropout=0.0, compute_dtype="float32")
-    perturb(s, None, std=0.5, seed=1)
-    result = s.merge(tmp_path_factory.mktemp("g") / "out", format="gguf", outtype="f32", verbose=False)
-    yield s, result.file
+    s, file = gguf_export_of_a_changed_adapter(tiny_model_dir, tmp_path_factory.mktemp("g"))
+    yield s, file
     s.detach_gguf()
 
 

@@ -13,9 +13,8 @@ import sys
 import types
 
 import pytest
-from adapter_helpers import perturb
+from adapter_helpers import gguf_export_of_a_changed_adapter, perturb
 
-import qlora_nb
 from qlora_nb.errors import QloraError
 
 PROMPTS = ["Hello there, how are you?", "def add(a, b):"]
@@ -161,10 +160,8 @@ def test_streamer_forward_logits_and_seeded_sampling(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def exported(tiny_model_dir, tmp_path_factory):
-    s = qlora_nb.load(str(tiny_model_dir), r=4, alpha=8, dropout=0.0, compute_dtype="float32")
-    perturb(s, None, std=0.5, seed=1)
-    result = s.merge(tmp_path_factory.mktemp("g") / "out", format="gguf", outtype="f32", verbose=False)
-    yield s, result.file
+    s, file = gguf_export_of_a_changed_adapter(tiny_model_dir, tmp_path_factory.mktemp("g"))
+    yield s, file
     s.detach_gguf()
 
 

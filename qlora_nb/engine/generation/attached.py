@@ -100,14 +100,8 @@ def attach_gguf(session, path: Any, engine: str = "transformers") -> Attached:
     if engine != "transformers":
         return _attach_llamacpp(session, file, column)
     detach(session)
-    try:
-        model, tokenizer = load_back(file.parent, file.name)
-    except QloraError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure to read the file is reported as that
-        raise QloraError(f"transformers could not load {file} ({type(exc).__name__}: {str(exc)[:200]}).",
-                         where="--gguf", hint="Pass a GGUF written by %qlora_merge --format gguf, or a model "
-                                              "transformers can read from GGUF.") from None
+    model, tokenizer = _loaded(lambda: load_back(file.parent, file.name), file, "transformers",
+                               "or a model transformers can read from GGUF.")
     if len(tokenizer) != len(session.tokenizer) or not _same_ids(session.tokenizer, tokenizer, _PROBES):
         del model
         gc.collect()
@@ -116,10 +110,25 @@ def attach_gguf(session, path: Any, engine: str = "transformers") -> Attached:
                          where="--gguf", hint="Attach a GGUF exported from this session's model.")
     model.to(session.device)
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    entry = Attached(column, file.resolve(), file.stat().st_mtime, model, nbytes)
+    return _keep(session, Attached(column, file.resolve(), file.stat().st_mtime, model, nbytes))
+
+
+def _loaded(load: Any, file: Path, program: str, alternative: str) -> Any:
+    """``load()``, any failure to read the file reported as one paragraph naming the program."""
+    try:
+        return load()
+    except QloraError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to read the file is reported as that
+        raise QloraError(f"{program} could not load {file} ({type(exc).__name__}: {str(exc)[:200]}).",
+                         where="--gguf", hint=f"Pass a GGUF written by %qlora_merge --format gguf, {alternative}"
+                         ) from None
+
+
+def _keep(session, entry: Attached) -> Attached:
     if not hasattr(session, "attached"):
         session.attached = {}
-    session.attached[column] = entry
+    session.attached[entry.column] = entry
     return entry
 
 
@@ -128,24 +137,14 @@ def _attach_llamacpp(session, file: Path, column: str) -> Attached:
     from .llamacpp import LlamaCppModel, same_ids
 
     detach(session)
-    try:
-        model = LlamaCppModel(file)
-    except QloraError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure to read the file is reported as that
-        raise QloraError(f"llama.cpp could not load {file} ({type(exc).__name__}: {str(exc)[:200]}).",
-                         where="--gguf", hint="Pass a GGUF written by %qlora_merge --format gguf, or leave "
-                                              "--engine out to load it with transformers.") from None
+    model = _loaded(lambda: LlamaCppModel(file), file, "llama.cpp",
+                    "or leave --engine out to load it with transformers.")
     if not same_ids(model, session.tokenizer, _PROBES):
         model.close()
         raise QloraError(f"llama.cpp splits text differently from this session's tokenizer when it reads {file}, "
                          "so its column cannot be shown beside the others.", where="--gguf",
                          hint="Attach a GGUF exported from this session's model.")
-    entry = Attached(column, file.resolve(), file.stat().st_mtime, model, model.nbytes, "llama.cpp")
-    if not hasattr(session, "attached"):
-        session.attached = {}
-    session.attached[column] = entry
-    return entry
+    return _keep(session, Attached(column, file.resolve(), file.stat().st_mtime, model, model.nbytes, "llama.cpp"))
 
 
 def detach(session) -> int:
