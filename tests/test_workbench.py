@@ -105,9 +105,11 @@ def test_forecast_follows_options_and_says_wont_fit(tiny_session):
     assert st.forecast["verdict"] == "fits" and st.forecast["limit_bytes"] > 0
     _set(st, batch_size=64)
     assert st.forecast["total"] > small
-    _set(st, batch_size=10**7, cutoff_len=4096)
+    _set(st, batch_size=2**16, cutoff_len=4096)  # the largest batch the planner takes (PLAN_MAX_BATCH)
     st.template = "{q}{output}" + " pad" * 3000  # rows as long as the cutoff: the forecast uses the longest row
     assert st.forecast["verdict"] != "fits", st.forecast
+    _set(st, batch_size=10**7)  # beyond it: the forecast names the option instead of planning petabytes
+    assert "verdict" not in st.forecast and "batch_size" in str(st.forecast), st.forecast
 
 
 # ------------------------------------------------------------------ train / stop / resume
